@@ -1,0 +1,1 @@
+"""litecomp benchmarks: ``python -m benchmarks [--quick] [--filter NAME] [--json PATH]``."""

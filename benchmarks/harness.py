@@ -1,0 +1,198 @@
+"""The benchmark harness: litecomp beside its anchor (torch, gguf, safetensors, numpy) in the
+same run, as ratios, plus the fraction of this machine's measured memory bandwidth.
+
+A case is a function decorated with ``@case(...)`` in a module of benchmarks/cases/.  It
+gets ``quick`` (tiny sizes for CI) and returns a ``Run``:
+
+    @case("copy 256 MiB", group="core")
+    def copy(quick):
+        src = ...; dst = ...
+        return Run(litecomp=lambda: ..., anchor=("numpy.copyto", lambda: ...),
+                   bytes=2 * src.nbytes)
+
+``bytes`` is what the litecomp call must move through memory at least (bytes read plus
+bytes written); the roofline fraction is bytes / time / measured bandwidth.  An anchor that
+cannot be imported is given as ``anchor=("torch ...", None)`` or with ``missing(...)`` and
+shows as missing in the table, never silently dropped.
+"""
+
+import gc
+import importlib
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+
+@dataclass
+class Run:
+    litecomp: Callable[[], object]
+    anchor: tuple = ("", None)  # (name, callable or None when missing)
+    bytes: Optional[int] = None
+    missing_reason: str = ""
+    notes: str = ""
+    check: Optional[Callable[[object, object], None]] = None  # (litecomp_out, anchor_out)
+
+
+@dataclass
+class Case:
+    name: str
+    group: str
+    setup: Callable[[bool], Run]
+    repeats: int = 5
+
+
+@dataclass
+class Result:
+    case: str
+    group: str
+    litecomp_s: float
+    anchor: str
+    anchor_s: Optional[float]
+    ratio: Optional[float]
+    roofline: Optional[float]
+    litecomp_peak: Optional[int]
+    anchor_peak: Optional[int]
+    notes: str = ""
+    missing: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+CASES: list = []
+
+
+def case(name: str, *, group: str, repeats: int = 5):
+    """Register a benchmark case (see the module docstring)."""
+    def deco(fn):
+        CASES.append(Case(name, group, fn, repeats))
+        return fn
+    return deco
+
+
+def missing(anchor_name: str, package: str) -> tuple:
+    """An anchor whose package is not installed: (name, None) plus the reason."""
+    return (anchor_name, None, f"{package} not installed")
+
+
+def optional_import(name: str):
+    """Import a module or return None (the case then reports its anchor as missing)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+# ------------------------------------------------------------------ measurement
+def _rss_status():
+    try:
+        with open("/proc/self/status") as f:
+            d = {}
+            for line in f:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    k, v = line.split(":", 1)
+                    d[k] = int(v.split()[0]) * 1024
+            return d
+    except OSError:
+        return None
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_extra_memory(fn) -> Optional[int]:
+    """Peak resident memory above the starting point while fn runs (Linux; None elsewhere).
+
+    Resets the kernel's high-water mark (clear_refs 5), runs fn once, reads VmHWM.  It sees
+    every allocator (NumPy, torch, C), unlike tracemalloc.
+    """
+    gc.collect()
+    if not _reset_peak():
+        return None
+    before = _rss_status()
+    out = fn()
+    after = _rss_status()
+    del out
+    if not before or not after:
+        return None
+    return max(0, after["VmHWM"] - before["VmRSS"])
+
+
+def time_it(fn, repeats: int) -> float:
+    """Median wall time of ``repeats`` calls after one warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def measure_bandwidth(quick: bool) -> float:
+    """This machine's memory bandwidth in bytes/s: STREAM-style copy in C (litecomp's
+    stream_copy, all kernel threads), bytes read + bytes written, best of several runs."""
+    from litecomp import _C
+    n = (32 if quick else 512) << 20
+    src = np.ones(n, np.uint8)
+    dst = np.zeros(n, np.uint8)
+    _C.stream_copy(dst, src)
+    best = min(_timed(lambda: _C.stream_copy(dst, src)) for _ in range(3 if quick else 7))
+    return 2 * n / best
+
+
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def run_case(c: Case, quick: bool, bandwidth: float, threads: int) -> Result:
+    run = c.setup(quick)
+    repeats = 1 if quick else c.repeats
+    anchor = run.anchor
+    reason = run.missing_reason
+    if len(anchor) == 3:
+        anchor_name, anchor_fn, reason = anchor
+    else:
+        anchor_name, anchor_fn = anchor
+    if anchor_fn is not None:
+        _set_torch_threads(threads)
+    lt = time_it(run.litecomp, repeats)
+    at = time_it(anchor_fn, repeats) if anchor_fn is not None else None
+    if run.check is not None and anchor_fn is not None:
+        run.check(run.litecomp(), anchor_fn())
+    lp = peak_extra_memory(run.litecomp)
+    ap = peak_extra_memory(anchor_fn) if anchor_fn is not None else None
+    roof = (run.bytes / lt / bandwidth) if run.bytes else None
+    return Result(case=c.name, group=c.group, litecomp_s=lt, anchor=anchor_name,
+                  anchor_s=at, ratio=(at / lt) if at is not None else None, roofline=roof,
+                  litecomp_peak=lp, anchor_peak=ap, notes=run.notes,
+                  missing="" if anchor_fn is not None else (reason or "missing"))
+
+
+def _set_torch_threads(n: int) -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def load_cases(pattern: Optional[str] = None):
+    """Import every benchmarks/cases/*.py (they register themselves) and filter by name."""
+    here = os.path.join(os.path.dirname(__file__), "cases")
+    for fname in sorted(os.listdir(here)):
+        if fname.endswith(".py") and not fname.startswith("_"):
+            importlib.import_module(f"benchmarks.cases.{fname[:-3]}")
+    if not pattern:
+        return list(CASES)
+    pats = [p.strip().lower() for p in pattern.split(",")]
+    return [c for c in CASES if any(p in c.name.lower() or p == c.group for p in pats)]

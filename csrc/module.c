@@ -1,0 +1,52 @@
+/* module.c: litecomp._C, the one extension module.  Imports NumPy's C API, fetches the
+ * exception classes from litecomp.errors, and lets every family in families.h add its
+ * functions. */
+#define LC_MODULE_MAIN
+#include "litecomp.h"
+#include "families.h"
+
+LC_FAMILIES(LC_DECLARE_FAMILY)
+
+PyObject *lc_ArgumentError, *lc_DTypeError, *lc_ShapeError, *lc_NonFiniteError, *lc_FormatError;
+
+static int fetch_errors(void) {
+    PyObject *mod = PyImport_ImportModule("litecomp.errors");
+    if (!mod) return -1;
+    struct { PyObject **slot; const char *name; } want[] = {
+        {&lc_ArgumentError, "ArgumentError"}, {&lc_DTypeError, "DTypeError"},
+        {&lc_ShapeError, "ShapeError"},       {&lc_NonFiniteError, "NonFiniteError"},
+        {&lc_FormatError, "FormatError"},
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++) {
+        *want[i].slot = PyObject_GetAttrString(mod, want[i].name);
+        if (!*want[i].slot) { Py_DECREF(mod); return -1; }
+    }
+    Py_DECREF(mod);
+    return 0;
+}
+
+int lc_add_methods(PyObject *m, PyMethodDef *defs) { return PyModule_AddFunctions(m, defs); }
+
+static struct PyModuleDef moduledef = {
+    PyModuleDef_HEAD_INIT, "litecomp._C",
+    "litecomp's C kernels.  Call them through the litecomp Python API, which checks and\n"
+    "normalises arguments; these entry points only re-check cheaply.",
+    -1, NULL, NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__C(void) {
+    import_array();
+    if (fetch_errors() < 0) return NULL;
+    PyObject *m = PyModule_Create(&moduledef);
+    if (!m) return NULL;
+#ifdef LC_FREE_THREADED
+    PyUnstable_Module_SetGIL(m, Py_MOD_GIL_NOT_USED);
+#endif
+#define X(name) if (lc_init_##name(m) < 0) goto error;
+    LC_FAMILIES(X)
+#undef X
+    return m;
+error:
+    Py_DECREF(m);
+    return NULL;
+}

@@ -1,0 +1,32 @@
+"""litecomp: model compression (pruning, quantization, distillation) on NumPy arrays and
+PyTorch-exported state dicts, with OpenMP C kernels.  torch is optional; interop lives in
+``litecomp.torch``.
+"""
+
+try:
+    from . import _C  # noqa: F401
+except ImportError as exc:  # pragma: no cover - only when the build is missing
+    raise ImportError(
+        "litecomp's compiled extension (litecomp._C) is missing. Install litecomp with "
+        "`pip install .` (or `pip install -e .` for development) from the source tree, "
+        f"rather than importing the source folder directly. ({exc})") from exc
+
+from ._runtime import (  # noqa: E402
+    __version__, available_simd, build_info, detected_simd, get_num_threads, get_simd,
+    set_num_threads, set_simd, simd, threads,
+)
+from . import errors, dtypes, core, random, examples  # noqa: E402
+from .core import tensor_stats, to_float32, TensorStats  # noqa: E402
+from .errors import (  # noqa: E402
+    LitecompError, ArgumentError, DTypeError, ShapeError, NonFiniteError, FormatError,
+    UnsafeCheckpointError,
+)
+
+__all__ = [
+    "__version__", "build_info", "set_num_threads", "get_num_threads", "threads",
+    "set_simd", "get_simd", "simd", "detected_simd", "available_simd",
+    "errors", "dtypes", "core", "random", "examples",
+    "tensor_stats", "to_float32", "TensorStats",
+    "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",
+    "FormatError", "UnsafeCheckpointError",
+]

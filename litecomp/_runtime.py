@@ -1,0 +1,130 @@
+"""Threads, SIMD level and build facts: the knobs every kernel obeys."""
+
+import contextlib
+import os
+import platform
+import sys
+
+from . import _C
+from ._check import check_int
+from .errors import ArgumentError
+
+__version__ = "0.1.0"
+
+SIMD_LEVELS = ("scalar", "avx2", "avx512", "avx512_vnni")
+
+
+def available_cores() -> int:
+    """Cores this process may run on (affinity-aware), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads litecomp's kernels use (results do not depend on it)."""
+    _C.set_num_threads(check_int(n, "n", 1, 4096))
+
+
+def get_num_threads() -> int:
+    """The number of threads litecomp's kernels use."""
+    return _C.get_num_threads()
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    """``with litecomp.threads(n):`` run the block's kernels on n threads, then restore."""
+    old = get_num_threads()
+    set_num_threads(n)
+    try:
+        yield
+    finally:
+        _C.set_num_threads(old)
+
+
+def _level_number(level) -> int:
+    if isinstance(level, str):
+        if level not in SIMD_LEVELS:
+            raise ArgumentError(f"level: {level!r} is not one of {', '.join(SIMD_LEVELS)}")
+        return SIMD_LEVELS.index(level)
+    return check_int(level, "level", 0, len(SIMD_LEVELS) - 1)
+
+
+_simd_cap = len(SIMD_LEVELS) - 1
+
+
+def set_simd(level) -> None:
+    """Cap the SIMD level kernels may use: 'scalar' forces the reference path everywhere.
+
+    The effective level is the lower of the cap and what this CPU supports.  The
+    ``LITECOMP_SIMD`` environment variable sets the cap at import.
+    """
+    global _simd_cap
+    _simd_cap = _level_number(level)
+    _C.set_simd_cap(_simd_cap)
+
+
+def get_simd() -> str:
+    """The SIMD level kernels use now."""
+    return SIMD_LEVELS[_C.simd_level()]
+
+
+def detected_simd() -> str:
+    """The best SIMD level this CPU and OS support."""
+    return SIMD_LEVELS[_C.build_info()["simd_detected"]]
+
+
+def available_simd() -> tuple:
+    """Every level that can be forced here, from 'scalar' up to the detected one."""
+    return SIMD_LEVELS[: _C.build_info()["simd_detected"] + 1]
+
+
+@contextlib.contextmanager
+def simd(level):
+    """``with litecomp.simd("scalar"):`` cap the SIMD level inside the block, then restore."""
+    old = _simd_cap
+    set_simd(level)
+    try:
+        yield
+    finally:
+        set_simd(old)
+
+
+def build_info() -> dict:
+    """How this litecomp was built and what it will use on this machine."""
+    c = _C.build_info()
+    return {
+        "version": __version__,
+        "openmp": c["openmp"],
+        "openmp_version": c["openmp_version"],
+        "simd": SIMD_LEVELS[c["simd"]],
+        "simd_detected": SIMD_LEVELS[c["simd_detected"]],
+        "avxvnni": c["avxvnni"],
+        "num_threads": get_num_threads(),
+        "available_cores": available_cores(),
+        "compiler": c["compiler"],
+        "python": platform.python_version(),
+        "numpy": __import__("numpy").__version__,
+        "platform": f"{sys.platform}-{platform.machine()}",
+    }
+
+
+def _init_from_env() -> None:
+    env = os.environ.get("LITECOMP_NUM_THREADS", "").strip()
+    n = available_cores()
+    if env:
+        try:
+            n = int(env)
+            if n < 1:
+                raise ValueError
+        except ValueError:
+            raise ArgumentError(
+                f"LITECOMP_NUM_THREADS: expected a positive integer, got {env!r}") from None
+    _C.set_num_threads(n)
+    level = os.environ.get("LITECOMP_SIMD", "").strip().lower()
+    if level:
+        set_simd(level)
+
+
+_init_from_env()

@@ -1,0 +1,87 @@
+"""PyTorch interop (optional).  Importing this module imports torch; nothing else in
+litecomp does.
+
+- ``DecoderLM``: the torch twin of ``litecomp.examples.decoder_lm`` (same names and shapes).
+- ``to_numpy`` / ``from_numpy``: zero-copy conversion of CPU tensors, bfloat16 included.
+"""
+
+try:
+    import torch
+    from torch import nn
+except ImportError as exc:  # pragma: no cover - exercised only without torch
+    raise ImportError("litecomp.torch needs PyTorch: pip install torch") from exc
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..errors import DTypeError
+
+_TO_NUMPY = {
+    torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.float64),
+    torch.float16: np.dtype(np.float16), torch.bfloat16: _dt.bfloat16,
+    torch.int8: np.dtype(np.int8), torch.uint8: np.dtype(np.uint8),
+    torch.int16: np.dtype(np.int16), torch.int32: np.dtype(np.int32),
+    torch.int64: np.dtype(np.int64), torch.bool: np.dtype(np.bool_),
+    torch.complex64: np.dtype(np.complex64), torch.complex128: np.dtype(np.complex128),
+    torch.float8_e4m3fn: _dt.float8_e4m3fn, torch.float8_e5m2: _dt.float8_e5m2,
+}
+_FROM_NUMPY = {v.name: k for k, v in _TO_NUMPY.items()}
+_SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def to_numpy(t: "torch.Tensor") -> np.ndarray:
+    """A NumPy view of a CPU tensor (no copy); bfloat16/float8 become ml_dtypes arrays."""
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.detach()
+    try:
+        dt = _TO_NUMPY[t.dtype]
+    except KeyError:
+        raise DTypeError(f"tensor dtype {t.dtype} has no NumPy equivalent here") from None
+    if dt.kind == "V" or dt.name in ("bfloat16",) or dt.name.startswith("float8"):
+        raw = t.view(_SAME_SIZE_INT[dt.itemsize]).numpy()
+        return raw.view(dt)
+    return t.numpy()
+
+
+def from_numpy(a: np.ndarray) -> "torch.Tensor":
+    """A CPU tensor sharing memory with ``a`` (bfloat16/float8 included)."""
+    name = _dt.name_of(a.dtype)
+    try:
+        tdt = _FROM_NUMPY[name]
+    except KeyError:
+        raise DTypeError(f"dtype {a.dtype} has no torch equivalent here") from None
+    if name == "bfloat16" or name.startswith("float8"):
+        raw = a.view(np.uint8 if a.dtype.itemsize == 1 else np.int16)
+        return torch.from_numpy(raw).view(tdt)
+    return torch.from_numpy(a)
+
+
+class DecoderLM(nn.Module):
+    """The motivating model in torch: Embedding -> TransformerDecoder -> Linear.
+
+    ``forward(tokens)`` takes [batch, seq] token ids and returns [batch, seq, vocab] logits,
+    with a causal mask and the embedded sequence as the decoder's memory.
+    """
+
+    def __init__(self, vocab=98631, d_model=512, heads=8, layers=6, ffn=2048):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.positional_encoding = nn.Parameter(torch.zeros(d_model))
+        layer = nn.TransformerDecoderLayer(d_model, heads, dim_feedforward=ffn,
+                                           dropout=0.0, batch_first=True)
+        self.transformer_decoder = nn.TransformerDecoder(layer, layers)
+        self.fc = nn.Linear(d_model, vocab)
+
+    def forward(self, tokens):
+        h = self.embed(tokens) + self.positional_encoding
+        seq = tokens.shape[1]
+        mask = nn.Transformer.generate_square_subsequent_mask(seq, device=tokens.device)
+        h = self.transformer_decoder(h, h, tgt_mask=mask, tgt_is_causal=True)
+        return self.fc(h)
+
+
+def load_numpy_state_dict(module: "nn.Module", state_dict, strict=True):
+    """``module.load_state_dict`` from a dict of NumPy arrays (copied into the module)."""
+    return module.load_state_dict({k: from_numpy(np.ascontiguousarray(v))
+                                   for k, v in state_dict.items()}, strict=strict)

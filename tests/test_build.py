@@ -1,0 +1,93 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import litecomp
+from litecomp import _C, dtypes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, env=None, check=True):
+    e = dict(os.environ)
+    e.update(env or {})
+    p = subprocess.run([sys.executable, "-m", "litecomp", *args], capture_output=True,
+                       text=True, env=e, timeout=300)
+    if check:
+        assert p.returncode == 0, p.stderr
+    return p
+
+
+def test_build_info_keys_and_values():
+    info = litecomp.build_info()
+    for key in ("version", "openmp", "simd", "num_threads"):
+        assert key in info
+    assert info["version"] == litecomp.__version__ == "0.1.0"
+    assert info["simd"] in litecomp._runtime.SIMD_LEVELS
+    assert info["num_threads"] == litecomp.get_num_threads()
+    assert isinstance(info["openmp"], bool)
+
+
+@pytest.mark.skipif(os.environ.get("LITECOMP_ALLOW_SERIAL") == "1",
+                    reason="LITECOMP_ALLOW_SERIAL=1: serial build accepted")
+def test_openmp_is_on_with_gcc_on_linux():
+    if sys.platform != "linux":
+        pytest.skip("OpenMP expectation only pinned for Linux/gcc")
+    assert litecomp.build_info()["openmp"] is True
+
+
+def test_version_and_info_commands():
+    p = run_cli("--version")
+    assert p.stdout.startswith(f"litecomp {litecomp.__version__}")
+    assert "openmp" in p.stdout and "simd" in p.stdout
+    info = json.loads(run_cli("info", "--json").stdout)
+    assert info["version"] == litecomp.__version__
+    assert info["openmp"] == litecomp.build_info()["openmp"]
+
+
+C_NAMES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
+           "float8_e4m3fn": "F8E4M3FN", "float8_e5m2": "F8E5M2", "int8": "I8", "uint8": "U8",
+           "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL", "uint16": "U16",
+           "uint32": "U32", "uint64": "U64"}
+
+
+def test_dtype_codes_names_and_sizes_agree_with_c():
+    c = _C.dtype_table()
+    py = dtypes.table()
+    assert set(c) == set(py)
+    for code, (name, size) in py.items():
+        assert c[code] == (C_NAMES[name], size), (code, name)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
+                    reason="no C compiler")
+def test_serial_fallback_build_warns_and_works(tmp_path):
+    """LITECOMP_NO_OPENMP=1 builds serial kernels with a visible warning; the result imports,
+    reports openmp False, and computes the same bits.  Also: -Wall -Wextra clean."""
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(ROOT, name), tmp_path / name)
+    shutil.copytree(os.path.join(ROOT, "csrc"), tmp_path / "csrc")
+    shutil.copytree(os.path.join(ROOT, "litecomp"), tmp_path / "litecomp",
+                    ignore=shutil.ignore_patterns("*.so", "*.pyd", "__pycache__"))
+    env = dict(os.environ, LITECOMP_NO_OPENMP="1")
+    p = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=tmp_path,
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "OpenMP not available" in p.stderr
+    compiler_warnings = [line for line in (p.stdout + p.stderr).splitlines()
+                         if "warning:" in line and ".c:" in line]
+    assert compiler_warnings == []
+    code = ("import litecomp, numpy as np; i = litecomp.build_info(); "
+            "x = litecomp.random.normal(100000, seed=5); "
+            "print(i['openmp'], litecomp.tensor_stats(x).sum.hex())")
+    q = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert q.returncode == 0, q.stderr
+    openmp, total = q.stdout.split()
+    assert openmp == "False"
+    here = litecomp.tensor_stats(litecomp.random.normal(100000, seed=5)).sum.hex()
+    assert total == here

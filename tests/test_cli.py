@@ -1,0 +1,54 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import litecomp
+from litecomp import cli
+
+
+def run(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "litecomp", *args], capture_output=True,
+                          text=True, timeout=600, **kw)
+
+
+def test_demo_small_prints_parameter_table_and_summary(tmp_path):
+    p = run("demo", "--small", "--out", str(tmp_path))
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert "embed.weight" in out and "1000x64" in out
+    assert "transformer_decoder.layers.1.norm3.bias" in out
+    assert "== summary" in out
+    total = sum(a.size for a in litecomp.examples.tiny_decoder_lm().values())
+    assert f"{total:,} parameters" in out
+
+
+def test_demo_in_process_and_step_selection(capsys, tmp_path):
+    assert cli.main(["demo", "--small", "--steps", "model", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "== model" in out
+    assert cli.main(["demo", "--small", "--steps", "nope"]) == 1
+    err = capsys.readouterr().err
+    assert "steps: unknown step(s) nope" in err
+
+
+def test_info_json_and_threads_flag(capsys):
+    assert cli.main(["--threads", "1", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_threads"] == 1
+    litecomp.set_num_threads(litecomp._runtime.available_cores())
+
+
+def test_no_command_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    exe = os.path.join(os.path.dirname(sys.executable), "litecomp")
+    if not os.path.exists(exe):
+        pytest.skip("console script not on this interpreter's bin folder")
+    p = subprocess.run([exe, "info"], capture_output=True, text=True)
+    assert p.returncode == 0 and "openmp" in p.stdout
