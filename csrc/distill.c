@@ -409,9 +409,12 @@ static void sparse_row(const dparams *P, const sparse_t *S, int64_t r, int path)
     const int64_t *ids = S->ids + r * S->k;
     const float *lps = S->lps + r * S->k;
     double tot = 0.0, qk = 0.0;
+    int64_t kv = 0;
     for (int64_t j = 0; j < S->k; j++)
-        if (ids[j] >= 0) tot += exp((double)lps[j]);
-    double lz = S->tail ? 0.0 : log(tot), ptail = S->tail && tot < 1.0 ? 1.0 - tot : 0.0;
+        if (ids[j] >= 0) { tot += exp((double)lps[j]); kv++; }
+    /* A cache that covers the whole vocabulary has no tail, whatever rounding left over. */
+    double lz = S->tail ? 0.0 : log(tot);
+    double ptail = S->tail && tot < 1.0 && kv < P->v ? 1.0 - tot : 0.0;
     double kl = 0.0;
     for (int64_t j = 0; j < S->k; j++) {
         if (ids[j] < 0) continue;
