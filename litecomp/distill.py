@@ -300,3 +300,41 @@ __all__ = ["loss", "kl_div", "soft_cross_entropy", "reverse_kl", "jsd", "skew_kl
            "skew_reverse_kl", "tvd", "mse", "cosine", "attention_kl", "topk", "kl_div_topk",
            "KINDS", "REDUCTIONS"]
 
+
+
+# ------------------------------------------------------------------ litecomp demo
+def demo_step(ctx) -> str:
+    """Distillation: fused KL (T=2) loss + gradient on logits of the model's fc head."""
+    import time
+    from . import random as _random
+    from ._table import render_table
+    from .reference.distill import log_softmax
+
+    w, b = ctx.state_dict["fc.weight"], ctx.state_dict["fc.bias"]
+    rows = 32 if ctx.small else 256
+    h = _random.normal((rows, w.shape[1]), seed=ctx.seed + 11)
+    teacher = h @ w.T + b                                   # [rows, vocab] teacher logits
+    student = 0.8 * teacher + _random.normal(teacher.shape, 0.0, float(teacher.std()),
+                                             seed=ctx.seed + 12)
+    T = 2.0
+    t0 = time.perf_counter()
+    value, g = kl_div(student, teacher, temperature=T)
+    ours = time.perf_counter() - t0
+    t0 = time.perf_counter()                                # the same in plain NumPy float32
+    lq, lp = log_softmax(student / T).astype(np.float32), log_softmax(teacher / T).astype(np.float32)
+    p = np.exp(lp)
+    np_value = float(np.sum(p * (lp - lq), dtype=np.float64)) * T * T / rows
+    np_grad = (np.exp(lq) - p) * (T / rows)
+    theirs = time.perf_counter() - t0
+    err = float(np.abs(g - np_grad).max())
+    gbps = (student.nbytes + teacher.nbytes + g.nbytes) / ours / 1e9
+    print(render_table(
+        ["", "rows x vocab", "time", "loss", "max |grad diff|"],
+        [["litecomp kl_div (C)", f"{rows} x {teacher.shape[1]:,}", f"{ours * 1e3:.1f} ms",
+          f"{value:.6f}", f"{err:.1e}"],
+         ["NumPy (log_softmax, exp, sum)", "", f"{theirs * 1e3:.1f} ms", f"{np_value:.6f}", ""]],
+        align=["<", ">", ">", ">", ">"]))
+    print(f"throughput {rows / ours:,.0f} rows/s, {gbps:.1f} GB/s (inputs + gradient); "
+          f"{theirs / ours:.1f}x NumPy")
+    return (f"KL T=2 loss+grad on {rows}x{teacher.shape[1]:,} logits in {ours * 1e3:.0f} ms "
+            f"({theirs / ours:.0f}x NumPy, loss {value:.4f})")
