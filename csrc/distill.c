@@ -10,7 +10,7 @@
  *
  * The row algorithms live once, in distill_rows.h, over a 16-lane vector vocabulary.  The
  * scalar path runs them with plain C loops over the lanes and defines the result; the
- * AVX-512 path runs the same lane operations with intrinsics.  exp and log are this file's
+ * AVX-512 and AVX2 paths run the same lane operations with intrinsics.  exp and log are this file's
  * own polynomials (Cephes expf/logf, multiply and add only, no FMA) in BOTH paths, so the
  * paths agree bit for bit.  float64 input takes a double-precision scalar path (libm exp and
  * log) meant for gradient checks, not speed.
@@ -306,15 +306,142 @@ static inline void set1_vf(void *g, int64_t i, float v) { ((float *)g)[i] = v; }
 #undef VT
 #undef RT
 #undef ATTR
+
+/* ------------------------------------------------------------------ path va: AVX2 float */
+/* 16 lanes as two __m256 (lanes 0-7, 8-15); masks as two vector masks. */
+typedef struct { __m256 lo, hi; } vva;
+typedef struct { __m256 lo, hi; } mva;
+#define VA LC_TARGET_AVX2 static inline
+VA vva vset_va(float c) { vva r = {_mm256_set1_ps(c), _mm256_set1_ps(c)}; return r; }
+VA __m256 load8_va(const void *p, int code, int64_t i) {
+    if (code == LC_F32) return _mm256_loadu_ps((const float *)p + i);
+    __m128i h = _mm_loadu_si128((const __m128i *)((const uint16_t *)p + i));
+    if (code == LC_BF16) return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+    return _mm256_cvtph_ps(h);
+}
+VA vva vload_va(const void *p, int code, int64_t i, int n, float scale, float fill) {
+    vva r;
+    const __m256 sc = _mm256_set1_ps(scale);
+    if (n == 16) {
+        r.lo = _mm256_mul_ps(load8_va(p, code, i), sc);
+        r.hi = _mm256_mul_ps(load8_va(p, code, i + 8), sc);
+        return r;
+    }
+    float t[16];
+    for (int l = 0; l < 16; l++) t[l] = l < n ? ld_f(p, code, i + l) : 0.0f;
+    r.lo = _mm256_mul_ps(_mm256_loadu_ps(t), sc);
+    r.hi = _mm256_mul_ps(_mm256_loadu_ps(t + 8), sc);
+    _mm256_storeu_ps(t, r.lo);
+    _mm256_storeu_ps(t + 8, r.hi);
+    for (int l = n; l < 16; l++) t[l] = fill;
+    r.lo = _mm256_loadu_ps(t);
+    r.hi = _mm256_loadu_ps(t + 8);
+    return r;
+}
+static inline float vload1_va(const void *p, int code, int64_t i) { return ld_f(p, code, i); }
+#define VA_BIN(name, op) \
+    VA vva name(vva a, vva b) { vva r = {op(a.lo, b.lo), op(a.hi, b.hi)}; return r; }
+VA_BIN(vadd_va, _mm256_add_ps)
+VA_BIN(vsub_va, _mm256_sub_ps)
+VA_BIN(vmul_va, _mm256_mul_ps)
+VA_BIN(vdiv_va, _mm256_div_ps)
+VA_BIN(vmax_va, _mm256_max_ps) /* a > b ? a : b */
+VA mva veq_va(vva a, vva b) { mva m = {_mm256_cmp_ps(a.lo, b.lo, _CMP_EQ_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_EQ_OQ)}; return m; }
+VA mva vgt_va(vva a, vva b) { mva m = {_mm256_cmp_ps(a.lo, b.lo, _CMP_GT_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_GT_OQ)}; return m; }
+VA mva vlt_va(vva a, vva b) { mva m = {_mm256_cmp_ps(a.lo, b.lo, _CMP_LT_OQ), _mm256_cmp_ps(a.hi, b.hi, _CMP_LT_OQ)}; return m; }
+VA vva vsel_va(mva m, vva a, vva b) {
+    vva r = {_mm256_blendv_ps(b.lo, a.lo, m.lo), _mm256_blendv_ps(b.hi, a.hi, m.hi)};
+    return r;
+}
+VA __m256 exp8_va(__m256 x) { /* dexpf, lane for lane */
+    __m256 xc = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
+    xc = _mm256_min_ps(xc, _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_floor_ps(_mm256_add_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
+                                             _mm256_set1_ps(0.5f)));
+    __m256 r = _mm256_sub_ps(xc, _mm256_mul_ps(n, _mm256_set1_ps(0.693359375f)));
+    r = _mm256_sub_ps(r, _mm256_mul_ps(n, _mm256_set1_ps(-2.12194440e-4f)));
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(5.0000001201e-1f));
+    __m256 y = _mm256_add_ps(_mm256_add_ps(_mm256_mul_ps(p, _mm256_mul_ps(r, r)), r),
+                             _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127)), 23);
+    __m256 res = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+    res = _mm256_and_ps(res, _mm256_cmp_ps(x, _mm256_set1_ps(-87.0f), _CMP_GE_OQ));
+    return _mm256_blendv_ps(res, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+VA __m256 log8_va(__m256 x) { /* dlogf, lane for lane */
+    const __m256 one = _mm256_set1_ps(1.0f);
+    __m256 small = _mm256_cmp_ps(x, _mm256_set1_ps(FLT_MIN_NORMAL), _CMP_LT_OQ);
+    __m256 xs = _mm256_blendv_ps(x, _mm256_mul_ps(x, _mm256_set1_ps(16777216.0f)), small);
+    __m256 e0 = _mm256_and_ps(small, _mm256_set1_ps(-24.0f));
+    __m256i u = _mm256_castps_si256(xs);
+    __m256 e = _mm256_add_ps(
+        _mm256_cvtepi32_ps(_mm256_sub_epi32(_mm256_srli_epi32(u, 23), _mm256_set1_epi32(126))), e0);
+    __m256 m = _mm256_castsi256_ps(_mm256_or_si256(
+        _mm256_and_si256(u, _mm256_set1_epi32(0x007fffff)), _mm256_set1_epi32(0x3f000000)));
+    __m256 lo = _mm256_cmp_ps(m, _mm256_set1_ps(0.707106781186547524f), _CMP_LT_OQ);
+    e = _mm256_blendv_ps(e, _mm256_sub_ps(e, one), lo);
+    m = _mm256_sub_ps(_mm256_blendv_ps(m, _mm256_add_ps(m, m), lo), one);
+    __m256 z = _mm256_mul_ps(m, m);
+    static const float c[9] = {7.0376836292e-2f, -1.1514610310e-1f, 1.1676998740e-1f,
+                               -1.2420140846e-1f, 1.4249322787e-1f, -1.6668057665e-1f,
+                               2.0000714765e-1f, -2.4999993993e-1f, 3.3333331174e-1f};
+    __m256 y = _mm256_set1_ps(c[0]);
+    for (int k = 1; k < 9; k++) y = _mm256_add_ps(_mm256_mul_ps(y, m), _mm256_set1_ps(c[k]));
+    y = _mm256_mul_ps(_mm256_mul_ps(y, m), z);
+    y = _mm256_add_ps(y, _mm256_mul_ps(e, _mm256_set1_ps(-2.12194440e-4f)));
+    y = _mm256_add_ps(y, _mm256_mul_ps(z, _mm256_set1_ps(-0.5f)));
+    __m256 res = _mm256_add_ps(m, y);
+    res = _mm256_add_ps(res, _mm256_mul_ps(e, _mm256_set1_ps(0.693359375f)));
+    res = _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), res,
+                           _mm256_cmp_ps(x, _mm256_setzero_ps(), _CMP_GT_OQ));
+    return _mm256_blendv_ps(res, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
+}
+VA vva vexp_va(vva a) { vva r = {exp8_va(a.lo), exp8_va(a.hi)}; return r; }
+VA vva vlog_va(vva a) { vva r = {log8_va(a.lo), log8_va(a.hi)}; return r; }
+VA float vhmax_va(vva a) { float t[16]; _mm256_storeu_ps(t, a.lo); _mm256_storeu_ps(t + 8, a.hi); return hmax16f(t); }
+VA void vtoacc_va(vva a, double *acc, double scale) {
+    __m256d s = _mm256_set1_pd(scale);
+    __m256d v[4] = {_mm256_cvtps_pd(_mm256_castps256_ps128(a.lo)), _mm256_cvtps_pd(_mm256_extractf128_ps(a.lo, 1)),
+                    _mm256_cvtps_pd(_mm256_castps256_ps128(a.hi)), _mm256_cvtps_pd(_mm256_extractf128_ps(a.hi, 1))};
+    for (int j = 0; j < 4; j++)
+        _mm256_storeu_pd(acc + 4 * j, _mm256_add_pd(_mm256_mul_pd(_mm256_loadu_pd(acc + 4 * j), s), v[j]));
+}
+VA void vstore_va(void *g, int64_t i, int n, vva a) {
+    float *d = (float *)g + i;
+    if (n == 16) { _mm256_storeu_ps(d, a.lo); _mm256_storeu_ps(d + 8, a.hi); return; }
+    float t[16];
+    _mm256_storeu_ps(t, a.lo);
+    _mm256_storeu_ps(t + 8, a.hi);
+    for (int l = 0; l < n; l++) d[l] = t[l];
+}
+static inline float sexp_va(float x) { return dexpf(x); }
+static inline void add1_va(void *g, int64_t i, float v) { ((float *)g)[i] = ((float *)g)[i] + v; }
+static inline void set1_va(void *g, int64_t i, float v) { ((float *)g)[i] = v; }
+
+#define PATH va
+#define VT vva
+#define RT float
+#define ATTR LC_TARGET_AVX2
+#include "distill_rows.h"
+#undef PATH
+#undef VT
+#undef RT
+#undef ATTR
 #endif
 
 /* ------------------------------------------------------------------ dispatch */
-enum { PATH_SF = 0, PATH_VF = 1, PATH_SD = 2 };
+enum { PATH_SF = 0, PATH_VF = 1, PATH_SD = 2, PATH_VA = 3 };
 
 static int choose_path(int code) {
     if (code == LC_F64) return PATH_SD;
 #ifdef LC_X86
     if (lc_simd() >= LC_SIMD_AVX512) return PATH_VF;
+    if (lc_simd() >= LC_SIMD_AVX2) return PATH_VA;
 #endif
     return PATH_SF;
 }
@@ -334,6 +461,7 @@ static void dist_row(const dparams *P, int64_t r, int path) {
     switch (path) {
 #ifdef LC_X86
     case PATH_VF: if (vec) row_vec_vf(P, r); else row_dist_vf(P, r, y); break;
+    case PATH_VA: if (vec) row_vec_va(P, r); else row_dist_va(P, r, y); break;
 #endif
     case PATH_SD: if (vec) row_vec_sd(P, r); else row_dist_sd(P, r, y); break;
     default: if (vec) row_vec_sf(P, r); else row_dist_sf(P, r, y); break;
@@ -366,6 +494,7 @@ static void sparse_stats(const dparams *P, int64_t r, int path, rowstats *st) {
     switch (path) {
 #ifdef LC_X86
     case PATH_VF: pass1_vf(P, r, 0, st); break;
+    case PATH_VA: pass1_va(P, r, 0, st); break;
 #endif
     case PATH_SD: pass1_sd(P, r, 0, st); break;
     default: pass1_sf(P, r, 0, st); break;
@@ -376,6 +505,7 @@ static double sparse_q(const dparams *P, int64_t idx, int path, const rowstats *
     switch (path) {
 #ifdef LC_X86
     case PATH_VF: return q1_vf(P, idx, st->ma, st->sa);
+    case PATH_VA: return q1_va(P, idx, st->ma, st->sa);
 #endif
     case PATH_SD: return q1_sd(P, idx, st->ma, st->sa);
     default: return q1_sf(P, idx, st->ma, st->sa);
@@ -386,6 +516,7 @@ static void sparse_fill(const dparams *P, int64_t r, int path, const rowstats *s
     switch (path) {
 #ifdef LC_X86
     case PATH_VF: write_q_vf(P, r, st->ma, st->sa, coef); break;
+    case PATH_VA: write_q_va(P, r, st->ma, st->sa, coef); break;
 #endif
     case PATH_SD: write_q_sd(P, r, st->ma, st->sa, coef); break;
     default: write_q_sf(P, r, st->ma, st->sa, coef); break;

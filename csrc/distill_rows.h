@@ -3,6 +3,7 @@
  *
  *   PATH=sf  plain C loops over 16 float lanes     (the scalar path: THE definition)
  *   PATH=vf  AVX-512 intrinsics, the same lane ops  (bit-identical to sf by construction)
+ *   PATH=va  AVX2 intrinsics, two 8-lane halves      (likewise)
  *   PATH=sd  plain C loops over 16 double lanes     (float64 inputs; libm exp/log)
  *
  * Before including, distill.c defines VT (vector), RT (real), ATTR (target attribute) and the
