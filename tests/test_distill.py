@@ -293,3 +293,58 @@ def test_kl_div_topk_paths_identical(rng):
     runs = same_for_all_paths(lambda: D.kl_div_topk(s, ids, lps, mode="tail"))
     for key, (l, g) in runs[1:]:
         assert l == runs[0][1][0] and g.tobytes() == runs[0][1][1].tobytes(), key
+
+
+@pytest.mark.parametrize("kind", DIST_KINDS)
+def test_rows_spanning_many_chunks_with_rising_maxima(kind, simd_level, rng):
+    """The online log-sum-exp rescales its sums whenever a later chunk raises the max;
+    a leading all -inf chunk exercises the 'no max yet' shift."""
+    v = 7000
+    ramp = np.linspace(-20, 20, v)
+    s = (ramp + rng.standard_normal((3, v))).astype(np.float32)
+    t = (ramp[::-1] * 0.5 + rng.standard_normal((3, v))).astype(np.float32)
+    t[1] = ramp + rng.standard_normal(v)
+    s[2, :2100] = -np.inf
+    t[2, :2100] = -np.inf
+    labels = np.array([5, v - 1, 2500])
+    for T in (1.0, 3.0):
+        got = D.loss(kind, s, t, temperature=T, labels=labels, alpha=0.2, reduction="none")
+        want = ref.loss(kind, s, t, temperature=T, labels=labels, alpha=0.2, reduction="none")
+        _close(got[0], want[0], 2e-5, 1e-6)
+        _close(got[1], want[1], 1e-4, 1e-8)
+
+
+def test_attention_kl_matches_torch_with_causal_mask(rng):
+    torch = pytest.importorskip("torch")
+    import torch.nn.functional as F
+    b, h, n = 2, 3, 6
+    mask = np.triu(np.ones((n, n), bool), 1)
+    ss = rng.standard_normal((b, h, n, n))
+    ts = rng.standard_normal((b, h, n, n))
+    ss[..., mask] = -np.inf
+    ts[..., mask] = -np.inf
+    st = torch.tensor(ss, requires_grad=True)
+    lq, lp = F.log_softmax(st, -1), F.log_softmax(torch.tensor(ts), -1)
+    # plain F.kl_div turns the masked 0 * (-inf) into NaN ...
+    assert torch.isnan(F.kl_div(lq, lp, reduction="sum", log_target=True))
+    # ... so the reference masks explicitly
+    keep = torch.tensor(~mask).expand(b, h, n, n)
+    want = torch.where(keep, lp.exp() * (lp - lq), 0.0).sum() / (b * h * n)
+    want.backward()
+    got, g = D.attention_kl(ss, ts)
+    assert got == pytest.approx(want.item(), rel=1e-11)
+    np.testing.assert_allclose(g, st.grad.numpy(), rtol=1e-9, atol=1e-14)
+    assert np.all(g[..., mask] == 0)
+
+
+def test_hidden_state_losses_3d(rng):
+    s, t = _data(rng, n=6, v=48, dtype=np.float64)
+    s3, t3 = s.reshape(2, 3, 48), t.reshape(2, 3, 48)
+    for kind in ("mse", "cosine"):
+        got = D.loss(kind, s3, t3)
+        want = ref.loss(kind, s3, t3)
+        _close(got[0], want[0], 1e-12, 1e-14)
+        _close(got[1], want[1], 1e-10, 1e-14)
+    zero = np.zeros((1, 4))
+    l, g = D.cosine(zero, np.ones((1, 4)))
+    assert l == 1.0 and np.all(np.isfinite(g))
