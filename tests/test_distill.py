@@ -348,3 +348,11 @@ def test_hidden_state_losses_3d(rng):
     zero = np.zeros((1, 4))
     l, g = D.cosine(zero, np.ones((1, 4)))
     assert l == 1.0 and np.all(np.isfinite(g))
+
+
+def test_topk_identical_for_every_path(rng):
+    x = (rng.standard_normal((5, 4000)) * 3).astype(np.float32)
+    runs = same_for_all_paths(lambda: D.topk(x, 16, temperature=1.5))
+    for key, (ids, lps) in runs[1:]:
+        assert np.array_equal(ids, runs[0][1][0]), key
+        assert lps.tobytes() == runs[0][1][1].tobytes(), key
