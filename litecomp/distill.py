@@ -97,7 +97,7 @@ def _labels(labels, lead_shape, ignore_index):
     return np.ascontiguousarray(lab.reshape(-1), dtype=np.int64)
 
 
-def _reduce_setup(reduction, n_rows, n_valid, first_dim):
+def _reduce_setup(reduction, n_valid, first_dim):
     """(weight per row for the gradient, divisor for the loss)."""
     if reduction == "mean":
         d = n_valid
@@ -164,7 +164,7 @@ def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_in
     s2, t2 = _rows("student", sk.raw), _rows("teacher", tk.raw)
     n = s2.shape[0]
     n_valid = n if lab is None else int(np.count_nonzero(lab != ignore))
-    weight, div = _reduce_setup(reduction, n, n_valid, shape[0] if len(shape) > 1 else 1)
+    weight, div = _reduce_setup(reduction, n_valid, shape[0] if len(shape) > 1 else 1)
     f64 = sk.array.dtype == np.float64
     g = _grad_buffer(out, shape, f64) if grad else None
     row_loss = np.empty(n, np.float64)
@@ -257,7 +257,7 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0,
     mode="renormalize" (REFERENCE's "zero"): p is the cached probabilities renormalised to
     sum to 1 within the k ids, 0 elsewhere.  mode="tail": the teacher's missing mass
     1 - sum p is one extra bucket compared with the student's mass outside the k ids.
-    Negative ids mark unused slots.
+    Negative ids mark unused slots; the other ids of a row must be distinct.
     """
     mode = {"zero": "renormalize", "renorm": "renormalize"}.get(mode, mode)
     check_choice(mode, "mode", ("renormalize", "tail"))
@@ -282,11 +282,15 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0,
     lp = np.ascontiguousarray(lp.reshape(-1, k), dtype=np.float32)
     if np.any(lp > 0) or np.isnan(lp).any():
         raise ArgumentError("logprobs: log-probabilities must be <= 0 and not NaN")
+    if k > 1:
+        srt = np.sort(idx, axis=1)
+        if np.any((srt[:, 1:] == srt[:, :-1]) & (srt[:, 1:] >= 0)):
+            raise ArgumentError("ids: a row lists the same token id twice")
     lab = _labels(labels, shape[:-1], ignore)
     s2 = _rows("student", sk.raw)
     n = s2.shape[0]
     n_valid = n if lab is None else int(np.count_nonzero(lab != ignore))
-    weight, div = _reduce_setup(reduction, n, n_valid, shape[0] if len(shape) > 1 else 1)
+    weight, div = _reduce_setup(reduction, n_valid, shape[0] if len(shape) > 1 else 1)
     g = _grad_buffer(out, shape, sk.array.dtype == np.float64) if grad else None
     row_loss = np.empty(n, np.float64)
     total = _C.distill_sparse(s2, sk.code, idx, lp, mode == "tail", lab, ignore, temperature,

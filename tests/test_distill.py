@@ -356,3 +356,20 @@ def test_topk_identical_for_every_path(rng):
     for key, (ids, lps) in runs[1:]:
         assert np.array_equal(ids, runs[0][1][0]), key
         assert lps.tobytes() == runs[0][1][1].tobytes(), key
+
+
+def test_kl_div_topk_errors(rng):
+    s, t = _data(rng, n=2, v=30)
+    ids, lps = D.topk(t, 4)
+    with pytest.raises(litecomp.ArgumentError, match="ids"):
+        D.kl_div_topk(s, np.array([[1, 1, 2, 3], [0, 1, 2, 3]]), lps)
+    with pytest.raises(litecomp.ArgumentError, match="ids"):
+        D.kl_div_topk(s, ids + 30, lps)
+    with pytest.raises(litecomp.ShapeError, match="ids"):
+        D.kl_div_topk(s, ids[:, :3], lps)
+    with pytest.raises(litecomp.ArgumentError, match="logprobs"):
+        D.kl_div_topk(s, ids, -lps + 1)
+    with pytest.raises(litecomp.ArgumentError, match="mode"):
+        D.kl_div_topk(s, ids, lps, mode="bucket")
+    with pytest.raises(litecomp.ArgumentError, match="k"):
+        D.topk(t, 31)

@@ -120,3 +120,13 @@ def test_other_devices_use_torch_math():
 def test_bad_kind():
     with pytest.raises(litecomp.ArgumentError, match="kind"):
         DistillationLoss("nope")
+
+
+def test_backward_scales_by_grad_output():
+    s, t = _pair(n=3, v=20, dtype=torch.float32)
+    fn = DistillationLoss("kl", temperature=2.0)
+    (fn(s, t) * 3.0).backward()
+    g3 = s.grad.clone()
+    s.grad = None
+    fn(s, t).backward()
+    torch.testing.assert_close(g3, 3.0 * s.grad)

@@ -97,7 +97,7 @@ class _FusedLoss(torch.autograd.Function):
         value, g = _d.loss(cfg["kind"], s, t, temperature=cfg["temperature"],
                            reduction=cfg["reduction"], ignore_index=cfg["ignore_index"],
                            labels=lab, alpha=cfg["alpha"], beta=cfg["beta"],
-                           grad=student.requires_grad)
+                           grad=ctx.needs_input_grad[0])
         ctx.none = cfg["reduction"] == "none"
         ctx.grad = None if g is None else from_numpy(g).to(student.dtype)
         if ctx.none:
@@ -110,7 +110,12 @@ class _FusedLoss(torch.autograd.Function):
         g = ctx.grad
         if g is None:
             return None, None, None, None
-        g = g * (grad_out.unsqueeze(-1) if ctx.none else grad_out)
+        if ctx.none:
+            g = g * grad_out.unsqueeze(-1)
+        elif grad_out.device.type != "cpu" or grad_out.item() != 1.0:
+            g = g * grad_out
+        # else: loss.backward() on the loss itself -- hand over the kernel's gradient as is,
+        # without a second [N, V] buffer
         return g, None, None, None
 
 
