@@ -9,12 +9,11 @@
  * [N, V] is allocated: the gradient goes into the caller's buffer.
  *
  * The row algorithms live once, in distill_rows.h, over a 16-lane vector vocabulary
- * (distill_lanes.h: one per path).  The
- * scalar path runs them with plain C loops over the lanes and defines the result; the
- * AVX-512 and AVX2 paths run the same lane operations with intrinsics.  exp and log are this file's
- * own polynomials (Cephes expf/logf, multiply and add only, no FMA) in BOTH paths, so the
- * paths agree bit for bit.  float64 input takes a double-precision scalar path (libm exp and
- * log) meant for gradient checks, not speed.
+ * (distill_lanes.h has one per path).  The scalar path runs them with plain C loops over the
+ * lanes and defines the result; the AVX-512 and AVX2 paths run the same lane operations with
+ * intrinsics.  exp and log are litecomp's own polynomials (Cephes expf/logf, multiply and add
+ * only, no FMA) in every path, so the paths agree bit for bit.  float64 input takes a
+ * double-precision scalar path (libm exp and log) meant for gradient checks, not speed.
  *
  * The formulas (REFERENCE.md section 11, docs/distill.md): forward KL T^2 KL(p||q), soft
  * cross entropy T^2 H(p, q), reverse KL KL(q||p), generalized JSD(beta), skew KL
