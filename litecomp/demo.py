@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import examples
 from ._table import format_bytes, format_count, render_table
 from .errors import ArgumentError
+from .distill import demo_step as step_distill
 
 
 @dataclass
@@ -56,6 +57,7 @@ def step_model(ctx: DemoContext) -> str:
 # distill.
 STEPS = [
     ("model", step_model),
+    ("distill", step_distill),
 ]
 
 
