@@ -36,6 +36,8 @@ def detect(path) -> str:
         return "torch-legacy"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
         return "safetensors"
+    if path.endswith(".safetensors"):   # let the header check say what is wrong
+        return "safetensors"
     if head.lstrip()[:1] == b"{" and path.endswith(".json"):
         return "shards"
     raise FormatError(f"{path}: not a format litecomp reads (torch zip or legacy .pth/.bin, "

@@ -7,6 +7,7 @@ tensor on it becomes a view, so tied weights share memory as they did in torch.
 """
 
 import hashlib
+import math
 import os
 import zipfile
 
@@ -107,7 +108,7 @@ class TorchZip:
 def view_of(base, ref, what):
     """The tensor ``ref`` as a view of its storage ``base`` (bounds checked)."""
     shape, strides, offset = ref.shape, ref.strides, ref.offset
-    n = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    n = math.prod(shape)                 # Python ints: hostile shapes cannot overflow
     if n == 0:
         return np.empty(shape, base.dtype)
     last = offset + sum((s - 1) * st for s, st in zip(shape, strides))

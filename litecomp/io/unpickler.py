@@ -9,6 +9,7 @@ Tensors come out as ``TensorRef`` records (storage, offset, shape, strides) that
 caller turns into arrays, so reading the pickle never touches storage bytes.
 """
 
+import _compat_pickle
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -182,6 +183,12 @@ _CALLABLE = {id(v): v for v in ALLOWED.values() if callable(v) and not isinstanc
 
 
 def _global(module: str, name: str):
+    # Protocol-2 pickles written by Python 3 spell some modules the Python 2 way
+    # (__builtin__.set); translate names as pickle's fix_imports does (names only).
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    elif module in _compat_pickle.IMPORT_MAPPING:
+        module = _compat_pickle.IMPORT_MAPPING[module]
     full = f"{module}.{name}"
     try:
         return ALLOWED[full]
