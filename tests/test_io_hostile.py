@@ -191,3 +191,30 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(litecomp.ArgumentError, match="does not exist"):
         litecomp.load(tmp_path / "missing.pth")
     assert isinstance(io.BytesIO, type)   # the stdlib io module is not shadowed
+
+
+DEEP = {
+    "dict-key": b"\x80\x02}" + b"N" + b"\x85" * 300000 + b"Ns.",
+    "set-item": b"\x80\x02\x8f(" + b"N" + b"\x85" * 300000 + b"\x90.",
+    "frozenset": b"\x80\x02(" + b"N" + b"\x85" * 300000 + b"\x91.",
+    "ordereddict": (b"\x80\x02ccollections\nOrderedDict\n(N" + b"\x85" * 300000
+                    + b"K\x01\x86\x85\x85R."),
+    "nested-tuple": b"\x80\x02N" + b"\x85" * 300000 + b".",
+    "nested-list": b"\x80\x02" + b"]" * 100000 + b"a" * 99999 + b".",
+    "bytearray-bomb": b"\x80\x02cbuiltins\nbytearray\nJ\xff\xff\xff\x7f\x85R.",
+}
+
+
+def test_deep_and_huge_objects_do_not_crash(tmp_path):
+    # run in a child: a C stack overflow would kill the test process itself
+    import subprocess
+    code = ("import sys, litecomp\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n        litecomp.load(path)\n"
+            "    except litecomp.LitecompError as e:\n        print('OK', path, flush=True)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [str(torch_zip(tmp_path / f"{name}.pth", pkl)) for name, pkl in DEEP.items()]
+    p = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True,
+                       text=True, cwd=root, timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-500:])
+    assert p.stdout.split() == [w for path in paths for w in ("OK", path)]

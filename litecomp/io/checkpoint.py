@@ -4,6 +4,7 @@ the lazy read-only mapping ``litecomp.open`` returns (``litecomp.load`` is built
 import builtins
 import mmap as _mmap
 import os
+import reprlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -70,7 +71,7 @@ def select(obj, key, what):
 
 
 def _keys(keys, limit=12):
-    shown = ", ".join(repr(k) for k in keys[:limit])
+    shown = ", ".join(reprlib.repr(k) for k in keys[:limit])
     return f"[{shown}{', ...' if len(keys) > limit else ''}]"
 
 

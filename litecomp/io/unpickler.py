@@ -10,6 +10,7 @@ caller turns into arrays, so reading the pickle never touches storage bytes.
 """
 
 import _compat_pickle
+import reprlib
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -72,7 +73,7 @@ PARAMETER_CLASS = _Marker("torch.nn.Parameter")
 
 def _ints(x, what):
     if not isinstance(x, (tuple, list)) or not all(type(i) is int for i in x):
-        raise FormatError(f"checkpoint: tensor {what} {x!r} is not a tuple of ints")
+        raise FormatError(f"checkpoint: tensor {what} {_short(x)} is not a tuple of ints")
     return tuple(x)
 
 
@@ -81,21 +82,21 @@ def _tensor(storage, offset, size, stride, dtype):
         raise FormatError(f"checkpoint: tensor storage is {type(storage).__name__}, "
                           "not a storage")
     if type(offset) is not int or offset < 0:
-        raise FormatError(f"checkpoint: tensor storage offset {offset!r} is invalid")
+        raise FormatError(f"checkpoint: tensor storage offset {_short(offset)} is invalid")
     size, stride = _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride) or any(s < 0 for s in size + stride):
         raise FormatError(f"checkpoint: tensor size {size} / stride {stride} are invalid")
     if not isinstance(dtype, TorchDtype):
-        raise FormatError(f"checkpoint: tensor dtype {dtype!r} is not a torch dtype")
+        raise FormatError(f"checkpoint: tensor dtype {_short(dtype)} is not a torch dtype")
     return TensorRef(storage, offset, size, stride, dtype)
 
 
 def rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False,
                       backward_hooks=None, metadata=None):
-    if storage.dtype is None if isinstance(storage, StorageRef) else False:
+    dtype = storage.dtype if isinstance(storage, StorageRef) else None
+    if isinstance(storage, StorageRef) and dtype is None:
         raise FormatError("checkpoint: _rebuild_tensor_v2 on an untyped storage")
-    return _tensor(storage, offset, size, stride,
-                   storage.dtype if isinstance(storage, StorageRef) else None)
+    return _tensor(storage, offset, size, stride, dtype)
 
 
 def rebuild_tensor_v3(storage, offset, size, stride, requires_grad, backward_hooks,
@@ -114,9 +115,11 @@ def rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None
 
 
 def rebuild_from_type_v2(func, new_type, args, state):
-    if func not in _REBUILDERS or new_type not in (TENSOR_CLASS, PARAMETER_CLASS):
-        raise UnsafeCheckpointError(
-            f"checkpoint: _rebuild_from_type_v2 of {func!r} / {new_type!r} is not allowed")
+    # identity checks only: `in` would hash/compare objects a hostile pickle built
+    if not (any(func is r for r in _REBUILDERS)
+            and (new_type is TENSOR_CLASS or new_type is PARAMETER_CLASS)):
+        raise UnsafeCheckpointError(f"checkpoint: _rebuild_from_type_v2 of {_short(func)} / "
+                                    f"{_short(new_type)} is not allowed")
     if not isinstance(args, tuple):
         raise FormatError("checkpoint: _rebuild_from_type_v2 arguments are not a tuple")
     return func(*args)
@@ -135,6 +138,46 @@ def _codecs_encode(obj, encoding="utf-8", errors="strict"):
     return obj.encode("latin1")
 
 
+_FLAT = (str, int, float, bool, bytes, type(None))
+
+
+def flat_key(k):
+    """Dict keys and set items must be flat scalars: hashing a deeply nested tuple built by
+    a hostile pickle would overflow the C stack."""
+    if type(k) not in _FLAT:
+        raise FormatError(f"checkpoint: a {type(k).__name__} as a dict key or set item is "
+                          "not allowed")
+    return k
+
+
+def _ordered_dict(items=()):
+    d = OrderedDict()
+    pairs = items.items() if type(items) in (dict, OrderedDict) else items
+    if type(pairs) not in (list, tuple, type({}.items())):
+        raise FormatError("checkpoint: OrderedDict of something that is not a list of pairs")
+    for pair in pairs:
+        if type(pair) not in (tuple, list) or len(pair) != 2:
+            raise FormatError("checkpoint: OrderedDict item is not a pair")
+        d[flat_key(pair[0])] = pair[1]
+    return d
+
+
+def _set(items=()):
+    if type(items) not in (list, tuple, set, frozenset):
+        raise FormatError("checkpoint: set of something that is not a list")
+    return {flat_key(i) for i in items}
+
+
+def _frozenset(items=()):
+    return frozenset(_set(items))
+
+
+def _bytearray(data=b""):
+    if type(data) not in (bytes, bytearray):     # never bytearray(n): a memory bomb
+        raise FormatError("checkpoint: bytearray of something other than bytes")
+    return bytearray(data)
+
+
 def _identity(*args):
     return args[0] if len(args) == 1 else args
 
@@ -144,7 +187,7 @@ _REBUILDERS = {rebuild_tensor_v2, rebuild_tensor_v3, rebuild_tensor, rebuild_par
 
 def _allowed():
     a = {
-        "collections.OrderedDict": OrderedDict,
+        "collections.OrderedDict": _ordered_dict,
         "torch._utils._rebuild_tensor_v2": rebuild_tensor_v2,
         "torch._utils._rebuild_tensor_v3": rebuild_tensor_v3,
         "torch._utils._rebuild_tensor": rebuild_tensor,
@@ -161,9 +204,9 @@ def _allowed():
         "torch.Size": tuple,
         "torch.device": _identity,
         "_codecs.encode": _codecs_encode,
-        "builtins.set": set,
-        "builtins.frozenset": frozenset,
-        "builtins.bytearray": bytearray,
+        "builtins.set": _set,
+        "builtins.frozenset": _frozenset,
+        "builtins.bytearray": _bytearray,
         "builtins.complex": complex,
         "torch.storage.UntypedStorage": StorageType(None),
     }
@@ -178,8 +221,8 @@ def _allowed():
 
 ALLOWED = _allowed()
 _CALLABLE = {id(v): v for v in ALLOWED.values() if callable(v) and not isinstance(v, type)
-             } | {id(OrderedDict): OrderedDict, id(set): set, id(frozenset): frozenset,
-                  id(bytearray): bytearray, id(complex): complex, id(tuple): tuple}
+             } | {id(complex): complex, id(tuple): tuple}
+_NEWOBJ = (_ordered_dict, _set, _frozenset, _bytearray)
 
 
 def _global(module: str, name: str):
@@ -201,7 +244,7 @@ def _global(module: str, name: str):
 
 def _call(func, args, what):
     if id(func) not in _CALLABLE or _CALLABLE[id(func)] is not func:
-        raise UnsafeCheckpointError(f"checkpoint: {what} of {func!r}, which is not an "
+        raise UnsafeCheckpointError(f"checkpoint: {what} of {_short(func)}, which is not an "
                                     "allowlisted callable")
     if not isinstance(args, tuple):
         raise FormatError(f"checkpoint: {what} arguments are not a tuple")
@@ -210,7 +253,7 @@ def _call(func, args, what):
     except (FormatError, UnsafeCheckpointError):
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise FormatError(f"checkpoint: bad arguments to {func!r}: {exc}") from None
+        raise FormatError(f"checkpoint: bad arguments to {_short(func)}: {_short(str(exc))}") from None
 
 
 # ------------------------------------------------------------------ the reader
@@ -260,10 +303,7 @@ def loads(data, persistent_load, *, pos=0):
         if type(d) not in (dict, OrderedDict) or len(items) % 2:
             raise FormatError("checkpoint: SETITEMS on a non-dict")
         for i in range(0, len(items), 2):
-            try:
-                d[items[i]] = items[i + 1]
-            except TypeError:
-                raise FormatError("checkpoint: unhashable dict key") from None
+            d[flat_key(items[i])] = items[i + 1]
 
     while True:
         op = take(1)[0]
@@ -357,16 +397,10 @@ def loads(data, persistent_load, *, pos=0):
             s = top()
             if type(s) is not set:
                 raise FormatError("checkpoint: ADDITEMS to a non-set")
-            try:
-                s.update(items)
-            except TypeError:
-                raise FormatError("checkpoint: unhashable set item") from None
+            s.update(flat_key(i) for i in items)
         elif op == 0x91:                                 # FROZENSET
-            try:
-                fs = frozenset(pop_mark())
-                stack.append(fs)
-            except TypeError:
-                raise FormatError("checkpoint: unhashable set item") from None
+            fs = frozenset(flat_key(i) for i in pop_mark())
+            stack.append(fs)
         elif op == 0x63:                                 # GLOBAL
             line = []
             for _ in range(2):
@@ -387,16 +421,17 @@ def loads(data, persistent_load, *, pos=0):
                 parts = bytes(mv[pos:pos + 2048]).split(b"\n", 2)
                 full = b".".join(parts[:2]).decode("utf-8", "replace")
             else:
-                full = repr(stack[-1] if stack else None)
-            raise UnsafeCheckpointError(f"checkpoint: pickle opcode {'INST' if op == 0x69 else 'OBJ'} "
-                                        f"({full}) is not allowed")
+                full = _short(stack[-1] if stack else None)
+            opname = "INST" if op == 0x69 else "OBJ"
+            raise UnsafeCheckpointError(f"checkpoint: pickle opcode {opname} ({full}) is "
+                                        "not allowed")
         elif op == 0x52:                                 # REDUCE
             args, func = pop(), pop()
             stack.append(_call(func, args, "REDUCE"))
         elif op == 0x81:                                 # NEWOBJ
             args, cls = pop(), pop()
-            if cls not in (OrderedDict, set, frozenset, bytearray):
-                raise UnsafeCheckpointError(f"checkpoint: NEWOBJ of {cls!r} is not allowed")
+            if not any(cls is c for c in _NEWOBJ):
+                raise UnsafeCheckpointError(f"checkpoint: NEWOBJ of {_short(cls)} is not allowed")
             stack.append(_call(cls, args, "NEWOBJ"))
         elif op == 0x62:                                 # BUILD
             state = pop()
@@ -441,8 +476,7 @@ def storage_from_pid(pid):
 
 
 def _short(x):
-    r = repr(x)
-    return r if len(r) < 120 else r[:117] + "..."
+    return reprlib.repr(x)          # bounded depth: a hostile object cannot recurse
 
 
 # ------------------------------------------------------------------ the writer
