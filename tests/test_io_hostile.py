@@ -112,6 +112,9 @@ def test_bad_persistent_ids_and_storages(tmp_path):
         "stride-outside": (_tensor_pickle(4, shape=(2, 2), strides=(3, 1)), {"0": good}),
         "huge-shape": (_tensor_pickle(4, shape=(2 ** 40, 2 ** 40), strides=(1, 1)),
                        {"0": good}),
+        "huge-broadcast": (_tensor_pickle(4, shape=(2 ** 40, 2 ** 40), strides=(0, 0)),
+                           {"0": good}),
+        "negative-size": (_tensor_pickle(4, shape=(-1,), strides=(1,)), {"0": good}),
         "truncated-pickle": (_tensor_pickle(4)[:-9], {"0": good}),
         "long4": (b"\x80\x02\x8b\xff\xff\xff\x7f.", {}),
         "not-a-dict": (b"\x80\x02]q\x00.", {}),
@@ -218,3 +221,38 @@ def test_deep_and_huge_objects_do_not_crash(tmp_path):
                        text=True, cwd=root, timeout=300)
     assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-500:])
     assert p.stdout.split() == [w for path in paths for w in ("OK", path)]
+
+
+def test_mutated_pickles_fail_cleanly(tmp_path):
+    """Random byte changes in a real state-dict pickle: a litecomp error or a result."""
+    from litecomp.io.unpickler import loads, storage_from_pid
+    pw = PickleWriter()
+    items = [(f"layer{i}.weight", (lambda i=i: pw.tensor(
+        ["float32", "bfloat16", "uint16", "int64"][i % 4], str(i), 6, 0, (2, 3), (3, 1))))
+        for i in range(6)]
+    pw.dict_(items)
+    good = pw.finish()
+    assert len(loads(good, storage_from_pid)[0]) == 6
+    rng = np.random.default_rng(7)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(1500):
+        data = bytearray(good)
+        for i in rng.integers(0, len(data), rng.integers(1, 4)):
+            data[i] = rng.integers(0, 256)
+        try:
+            loads(bytes(data), storage_from_pid)
+            outcomes["ok"] += 1
+        except LitecompError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100 and outcomes["ok"] > 10
+
+
+def test_broadcast_tensor_from_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    t = torch.arange(3.0).expand(4, 3)
+    torch.save({"b": t}, tmp_path / "b.pth")
+    b = litecomp.load(tmp_path / "b.pth")["b"]
+    assert b.strides == (0, 4) and not b.flags.writeable
+    np.testing.assert_array_equal(b, t.numpy())
+    litecomp.save({"b": b}, tmp_path / "c.pth")
+    assert torch.equal(torch.load(tmp_path / "c.pth", weights_only=True)["b"], t)

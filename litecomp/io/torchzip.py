@@ -22,7 +22,7 @@ from . import dtypes as _dt
 from . import zipfmt
 from .unpickler import PickleWriter, StorageRef, TensorRef, loads, storage_from_pid
 
-MAX_PICKLE = 1 << 30
+MAX_PICKLE = 256 << 20       # a state dict's pickle is kilobytes to a few MB
 
 
 class TorchZip:
@@ -109,6 +109,8 @@ def view_of(base, ref, what):
     """The tensor ``ref`` as a view of its storage ``base`` (bounds checked)."""
     shape, strides, offset = ref.shape, ref.strides, ref.offset
     n = math.prod(shape)                 # Python ints: hostile shapes cannot overflow
+    if n * base.dtype.itemsize >= 1 << 62:
+        raise FormatError(f"{what}: tensor shape {shape} is absurdly large")
     if n == 0:
         return np.empty(shape, base.dtype)
     last = offset + sum((s - 1) * st for s, st in zip(shape, strides))
