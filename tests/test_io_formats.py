@@ -157,10 +157,16 @@ def test_shards(tmp_path, suffix):
         back = litecomp.load(where)
         assert list(back) == list(sd)
         assert all(same(back[k], sd[k]) for k in sd)
-    # everything fits: one plain file, no index (as transformers does)
-    one = litecomp.save(sd, tmp_path / "one" if False else tmp_path / f"single{suffix}",
-                        max_shard_size="1GB")
-    assert one.endswith(f"single{suffix}")
+    # fewer shards on a second save: the stale ones go
+    index2 = litecomp.save(sd, tmp_path / f"{stem}{suffix}", max_shard_size="300KB")
+    files2 = set(json.loads(open(index2).read())["weight_map"].values())
+    assert 1 < len(files2) < n
+    assert {f for f in os.listdir(tmp_path) if f.startswith(stem + "-")} == files2
+    # everything fits: one plain file, no index (as transformers does), old shards gone
+    one = litecomp.save(sd, tmp_path / f"{stem}{suffix}", max_shard_size="1GB")
+    assert one == str(tmp_path / f"{stem}{suffix}")
+    assert os.listdir(tmp_path) == [f"{stem}{suffix}"]
+    assert list(litecomp.load(one)) == list(sd) == list(litecomp.load(tmp_path))
 
 
 def test_shard_index_problems(tmp_path):

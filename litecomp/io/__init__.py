@@ -80,6 +80,7 @@ def save(state_dict, path, *, format=None, max_shard_size=None, metadata=None) -
     groups = _shards.plan(arrays, limit)
     if len(groups) == 1:
         _write(arrays, path, fmt, metadata if fmt == "safetensors" else None)
+        _shards.remove_stale(path, keep=[])
         return path
     files, index_name = _shards.shard_names(path, len(groups))
     weight_map = {}
@@ -93,6 +94,7 @@ def save(state_dict, path, *, format=None, max_shard_size=None, metadata=None) -
     index_path = os.path.join(folder, index_name)
     with atomic_write(index_path) as f:
         f.write(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2).encode())
+    _shards.remove_stale(path, keep=files)
     return index_path
 
 

@@ -20,7 +20,7 @@ def detect(path) -> str:
     """The format of the file or folder at ``path``, from its content."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        return "shards"
+        return detect(shards.resolve_folder(path))
     with builtins.open(path, "rb") as f:
         head = f.read(16)
         size = zipfmt.file_size(f)
@@ -179,6 +179,8 @@ class Checkpoint(Mapping):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise ArgumentError(f"path: {self.path} does not exist")
+        if os.path.isdir(self.path):
+            self.path = shards.resolve_folder(self.path)
         self.format = detect(self.path)
         self._sources = []
         self._where = {}

@@ -49,7 +49,7 @@ class TorchZip:
             self.big_endian = text == "big"
         self.storages = {}
         data = self._member_bytes(self.members[pkl], MAX_PICKLE)
-        self.obj, end = loads(data, self._persistent_load)
+        self.obj, _end = loads(data, self._persistent_load)
         self._bases = {}
 
     def _member_bytes(self, m, limit):
