@@ -243,3 +243,22 @@ def test_open_is_lazy(tmp_path):
             with pytest.raises(KeyError):
                 ck["nope"]
             assert repr(ck).startswith("<litecomp.io.Checkpoint")
+
+
+@pytest.mark.parametrize("name", ["m.pth", "m.safetensors", "m.npz", "legacy.pt"])
+def test_loaded_arrays_are_writeable_and_file_untouched(tmp_path, name):
+    sd = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.arange(3)}
+    path = tmp_path / name
+    if name == "legacy.pt":
+        torch = pytest.importorskip("torch")
+        torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path,
+                   _use_new_zipfile_serialization=False)
+    else:
+        litecomp.save(sd, path)
+    before = path.read_bytes()
+    for mmap in (True, False):
+        back = litecomp.load(path, mmap=mmap)
+        for k, v in back.items():
+            assert v.flags.writeable, (k, mmap)
+            v[...] = 0
+    assert path.read_bytes() == before

@@ -45,6 +45,15 @@ def detect(path) -> str:
                       ".safetensors, .npz, or a shard index)")
 
 
+def _read_all(f, size):
+    """The whole file in a writeable buffer (arrays made on it are writeable)."""
+    buf = bytearray(size)
+    f.seek(0)
+    if f.readinto(buf) != size:
+        raise FormatError(f"{f.name}: file shrank while being read")
+    return buf
+
+
 def select(obj, key, what):
     """The flat {name: TensorRef-or-array} that ``key`` names inside a checkpoint object."""
     if key is not None:
@@ -100,7 +109,7 @@ class _Source:
             self.refs = select(self.tz.obj, key, what)
         elif fmt == "torch-legacy":
             if self.buf is None:
-                self.buf = self.f.read()
+                self.buf = _read_all(self.f, size)
             self.lg = legacy.LegacyFile(self.buf, what)
             self.refs = select(self.lg.obj, key, what)
             self._bases = {}
@@ -112,7 +121,7 @@ class _Source:
         elif fmt == "npz":
             self._no_key(key)
             if self.buf is None:
-                self.buf = self.f.read()
+                self.buf = _read_all(self.f, size)
             members = zipfmt.read_members(self.f, size, what)
             self.refs = {n[:-4]: m for n, m in members.items()}
         else:
