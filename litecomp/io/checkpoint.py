@@ -64,6 +64,8 @@ def select(obj, key, what):
                 raise ArgumentError(f"key: {k!r} is not in the checkpoint; its keys are "
                                     f"{_keys(have)}")
             obj = obj[k]
+    if isinstance(obj, TensorRef):
+        raise FormatError(f"{what}: holds a single tensor, not a dict of tensors")
     if not isinstance(obj, dict):
         raise FormatError(f"{what}: holds a {type(obj).__name__}, not a dict of tensors")
     bad = [k for k, v in obj.items() if not isinstance(v, (TensorRef, np.ndarray))]
