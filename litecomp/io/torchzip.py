@@ -22,19 +22,19 @@ from . import dtypes as _dt
 from . import zipfmt
 from .unpickler import PickleWriter, StorageRef, TensorRef, loads, storage_from_pid
 
-MAX_PICKLE = 256 << 20       # a state dict's pickle is kilobytes to a few MB
+MAX_PICKLE = 64 << 20       # a state dict pickle: ~150 bytes per tensor
 
 
 class TorchZip:
     """A torch zip checkpoint open for reading: ``obj`` is the unpickled object with
     TensorRef leaves; ``array(ref)`` makes one of them an array."""
 
-    def __init__(self, f, buf, what):
+    def __init__(self, f, buf, what, members=None):
         self.what = what
         self.buf = buf                      # mmap (or None: read storages with f)
         self.f = f
-        size = zipfmt.file_size(f)
-        self.members = zipfmt.read_members(f, size, what)
+        self.members = (members if members is not None
+                        else zipfmt.read_members(f, zipfmt.file_size(f), what, buf))
         pkl = next((n for n in self.members if n == "data.pkl" or n.endswith("/data.pkl")),
                    None)
         if pkl is None:

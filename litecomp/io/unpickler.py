@@ -253,7 +253,8 @@ def _call(func, args, what):
     except (FormatError, UnsafeCheckpointError):
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise FormatError(f"checkpoint: bad arguments to {_short(func)}: {_short(str(exc))}") from None
+        raise FormatError(f"checkpoint: bad arguments to {_short(func)}: "
+                          f"{_short(str(exc))}") from None
 
 
 # ------------------------------------------------------------------ the reader
@@ -299,6 +300,11 @@ def loads(data, persistent_load, *, pos=0):
         except UnicodeDecodeError:
             raise FormatError("checkpoint: pickle string is not UTF-8") from None
 
+    def get(i):
+        if i not in memo:
+            raise FormatError(f"checkpoint: pickle memo {i} is not set")
+        stack.append(memo[i])
+
     def setitems(d, items):
         if type(d) not in (dict, OrderedDict) or len(items) % 2:
             raise FormatError("checkpoint: SETITEMS on a non-dict")
@@ -306,19 +312,77 @@ def loads(data, persistent_load, *, pos=0):
             d[flat_key(items[i])] = items[i + 1]
 
     while True:
-        op = take(1)[0]
-        if len(stack) > MAX_STACK:
-            raise FormatError("checkpoint: pickle stack too deep")
-        if op == 0x80:                                   # PROTO
-            if take(1)[0] > 5:
-                raise FormatError("checkpoint: unknown pickle protocol")
-        elif op == 0x95:                                 # FRAME
-            take(8)
-        elif op == 0x2e:                                 # STOP
-            return pop(), pos
+        if pos >= n:
+            raise FormatError("checkpoint: pickle is truncated")
+        op = mv[pos]
+        pos += 1
+        # The opcodes a torch state dict is made of come first, most frequent first.
+        if op == 0x71:                                   # BINPUT
+            memo[take(1)[0]] = top()
+        elif op == 0x68:                                 # BINGET
+            get(take(1)[0])
+        elif op == 0x58:                                 # BINUNICODE
+            k = int.from_bytes(take(4), "little")
+            stack.append(unicode(take(k)))
+        elif op == 0x4b:                                 # BININT1
+            stack.append(take(1)[0])
         elif op == 0x28:                                 # MARK
+            if len(metastack) > MAX_STACK:
+                raise FormatError("checkpoint: pickle nests too deep")
             metastack.append(stack)
             stack = []
+        elif op == 0x74:                                 # TUPLE
+            t = tuple(pop_mark())         # pop_mark() rebinds `stack`: call it first
+            stack.append(t)
+        elif op == 0x29:                                 # EMPTY_TUPLE
+            stack.append(())
+        elif op in (0x85, 0x86, 0x87):                   # TUPLE1..3
+            k = op - 0x84
+            if len(stack) < k:
+                raise FormatError("checkpoint: pickle stack underflow")
+            t = tuple(stack[-k:])
+            del stack[-k:]
+            stack.append(t)
+        elif op == 0x52:                                 # REDUCE
+            args, func = pop(), pop()
+            stack.append(_call(func, args, "REDUCE"))
+        elif op == 0x89:                                 # NEWFALSE
+            stack.append(False)
+        elif op == 0x51:                                 # BINPERSID
+            stack.append(persistent_load(pop()))
+        elif op == 0x63:                                 # GLOBAL
+            line = []
+            for _ in range(2):
+                end = bytes(mv[pos:min(n, pos + 1024)]).find(b"\n")
+                if end < 0:
+                    raise FormatError("checkpoint: pickle GLOBAL is malformed")
+                line.append(str(mv[pos:pos + end], "utf-8", "replace"))
+                pos += end + 1
+            stack.append(_global(*line))
+        elif op == 0x75:                                 # SETITEMS
+            items = pop_mark()
+            setitems(top(), items)
+        elif op == 0x7d:                                 # EMPTY_DICT
+            stack.append({})
+        elif op == 0x62:                                 # BUILD
+            state = pop()
+            inst = top()
+            # OrderedDict state holds torch's `_metadata` (module versions); tensors may
+            # carry Python attributes.  Neither matters for the arrays: drop it.
+            if type(inst) not in (OrderedDict, dict, TensorRef):
+                raise UnsafeCheckpointError(
+                    f"checkpoint: BUILD on {type(inst).__name__} is not allowed")
+            del state
+        elif op == 0x80:                                 # PROTO
+            if take(1)[0] > 5:
+                raise FormatError("checkpoint: unknown pickle protocol")
+        elif op == 0x2e:                                 # STOP
+            return pop(), pos
+        elif len(stack) > MAX_STACK:
+            raise FormatError("checkpoint: pickle stack too deep")
+        # The rest of protocols 0-5 that plain data needs.
+        elif op == 0x95:                                 # FRAME
+            take(8)
         elif op == 0x30:                                 # POP
             pop()
         elif op == 0x31:                                 # POP_MARK
@@ -327,12 +391,8 @@ def loads(data, persistent_load, *, pos=0):
             stack.append(None)
         elif op == 0x88:                                 # NEWTRUE
             stack.append(True)
-        elif op == 0x89:                                 # NEWFALSE
-            stack.append(False)
         elif op == 0x4a:                                 # BININT
             stack.append(struct.unpack("<i", take(4))[0])
-        elif op == 0x4b:                                 # BININT1
-            stack.append(take(1)[0])
         elif op == 0x4d:                                 # BININT2
             stack.append(struct.unpack("<H", take(2))[0])
         elif op in (0x8a, 0x8b):                         # LONG1, LONG4
@@ -342,31 +402,16 @@ def loads(data, persistent_load, *, pos=0):
             stack.append(int.from_bytes(take(k), "little", signed=True))
         elif op == 0x47:                                 # BINFLOAT
             stack.append(struct.unpack(">d", take(8))[0])
-        elif op in (0x58, 0x8c, 0x8d):                   # BINUNICODE, SHORT_.., ..8
-            k = {0x58: lambda: struct.unpack("<I", take(4))[0],
-                 0x8c: lambda: take(1)[0],
-                 0x8d: lambda: struct.unpack("<Q", take(8))[0]}[op]()
+        elif op in (0x8c, 0x8d):                         # SHORT_BINUNICODE, BINUNICODE8
+            k = take(1)[0] if op == 0x8c else struct.unpack("<Q", take(8))[0]
             stack.append(unicode(take(k)))
         elif op in (0x54, 0x55):                         # BINSTRING, SHORT_BINSTRING
             k = struct.unpack("<i", take(4))[0] if op == 0x54 else take(1)[0]
             stack.append(str(take(k), "latin1"))
         elif op in (0x42, 0x43, 0x8e):                   # BINBYTES, SHORT_.., ..8
-            k = {0x42: lambda: struct.unpack("<I", take(4))[0],
-                 0x43: lambda: take(1)[0],
-                 0x8e: lambda: struct.unpack("<Q", take(8))[0]}[op]()
+            k = (struct.unpack("<I", take(4))[0] if op == 0x42 else take(1)[0]
+                 if op == 0x43 else struct.unpack("<Q", take(8))[0])
             stack.append(bytes(take(k)))
-        elif op == 0x29:                                 # EMPTY_TUPLE
-            stack.append(())
-        elif op == 0x74:                                 # TUPLE
-            t = tuple(pop_mark())         # pop_mark() rebinds `stack`: call it first
-            stack.append(t)
-        elif op in (0x85, 0x86, 0x87):                   # TUPLE1..3
-            k = op - 0x84
-            if len(stack) < k:
-                raise FormatError("checkpoint: pickle stack underflow")
-            t = tuple(stack[-k:])
-            del stack[-k:]
-            stack.append(t)
         elif op == 0x5d:                                 # EMPTY_LIST
             stack.append([])
         elif op == 0x6c:                                 # LIST
@@ -378,8 +423,6 @@ def loads(data, persistent_load, *, pos=0):
             if type(lst) is not list:
                 raise FormatError("checkpoint: APPEND to a non-list")
             lst.extend(items)
-        elif op == 0x7d:                                 # EMPTY_DICT
-            stack.append({})
         elif op == 0x64:                                 # DICT
             d = {}
             setitems(d, pop_mark())
@@ -387,9 +430,6 @@ def loads(data, persistent_load, *, pos=0):
         elif op == 0x73:                                 # SETITEM
             v, k = pop(), pop()
             setitems(top(), [k, v])
-        elif op == 0x75:                                 # SETITEMS
-            items = pop_mark()
-            setitems(top(), items)
         elif op == 0x8f:                                 # EMPTY_SET
             stack.append(set())
         elif op == 0x90:                                 # ADDITEMS
@@ -401,16 +441,6 @@ def loads(data, persistent_load, *, pos=0):
         elif op == 0x91:                                 # FROZENSET
             fs = frozenset(flat_key(i) for i in pop_mark())
             stack.append(fs)
-        elif op == 0x63:                                 # GLOBAL
-            line = []
-            for _ in range(2):
-                start = pos
-                end = bytes(mv[pos:min(n, pos + 1024)]).find(b"\n")
-                if end < 0:
-                    raise FormatError("checkpoint: pickle GLOBAL is malformed")
-                line.append(str(mv[start:start + end], "utf-8", "replace"))
-                pos = start + end + 1
-            stack.append(_global(*line))
         elif op == 0x93:                                 # STACK_GLOBAL
             name, module = pop(), pop()
             if type(name) is not str or type(module) is not str:
@@ -425,24 +455,11 @@ def loads(data, persistent_load, *, pos=0):
             opname = "INST" if op == 0x69 else "OBJ"
             raise UnsafeCheckpointError(f"checkpoint: pickle opcode {opname} ({full}) is "
                                         "not allowed")
-        elif op == 0x52:                                 # REDUCE
-            args, func = pop(), pop()
-            stack.append(_call(func, args, "REDUCE"))
         elif op == 0x81:                                 # NEWOBJ
             args, cls = pop(), pop()
             if not any(cls is c for c in _NEWOBJ):
                 raise UnsafeCheckpointError(f"checkpoint: NEWOBJ of {_short(cls)} is not allowed")
             stack.append(_call(cls, args, "NEWOBJ"))
-        elif op == 0x62:                                 # BUILD
-            state = pop()
-            inst = top()
-            # OrderedDict state holds torch's `_metadata` (module versions); tensors may
-            # carry Python attributes.  Neither matters for the arrays: drop it.
-            if type(inst) not in (OrderedDict, dict, TensorRef):
-                raise UnsafeCheckpointError(
-                    f"checkpoint: BUILD on {type(inst).__name__} is not allowed")
-        elif op == 0x51:                                 # BINPERSID
-            stack.append(persistent_load(pop()))
         elif op == 0x50:                                 # PERSID (text)
             end = bytes(mv[pos:pos + 1024]).find(b"\n")
             if end < 0:
@@ -450,15 +467,10 @@ def loads(data, persistent_load, *, pos=0):
             pid = str(mv[pos:pos + end], "ascii", "replace")
             pos += end + 1
             stack.append(persistent_load(pid))
-        elif op in (0x68, 0x6a):                         # BINGET, LONG_BINGET
-            i = take(1)[0] if op == 0x68 else struct.unpack("<I", take(4))[0]
-            try:
-                stack.append(memo[i])
-            except KeyError:
-                raise FormatError(f"checkpoint: pickle memo {i} is not set") from None
-        elif op in (0x71, 0x72):                         # BINPUT, LONG_BINPUT
-            i = take(1)[0] if op == 0x71 else struct.unpack("<I", take(4))[0]
-            memo[i] = top()
+        elif op == 0x6a:                                 # LONG_BINGET
+            get(struct.unpack("<I", take(4))[0])
+        elif op == 0x72:                                 # LONG_BINPUT
+            memo[struct.unpack("<I", take(4))[0]] = top()
         elif op == 0x94:                                 # MEMOIZE
             memo[len(memo)] = top()
         else:
