@@ -31,5 +31,5 @@ __all__ = [
     "tensor_stats", "to_float32", "TensorStats",
     "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",
     "FormatError", "UnsafeCheckpointError",
-    "io", "load", "save", "open",
+    "io", "load", "save",  # not "open": `from litecomp import *` must not shadow open()
 ]

@@ -262,3 +262,10 @@ def test_loaded_arrays_are_writeable_and_file_untouched(tmp_path, name):
             assert v.flags.writeable, (k, mmap)
             v[...] = 0
     assert path.read_bytes() == before
+
+
+def test_star_import_does_not_shadow_builtin_open():
+    ns = {}
+    exec("from litecomp import *\nfrom litecomp.io import *", ns)
+    assert "open" not in ns and "load" in ns and "save" in ns
+    assert litecomp.open is litecomp.io.open

@@ -21,7 +21,8 @@ from . import torchzip as _tz
 from .atomic import atomic_write
 from .checkpoint import FORMATS, Checkpoint, detect
 
-__all__ = ["load", "save", "open", "detect", "Checkpoint", "FORMATS"]
+# `open` is left out on purpose: a star import must not shadow the built-in open().
+__all__ = ["load", "save", "detect", "Checkpoint", "FORMATS"]
 
 _SUFFIX = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch",
            ".ckpt": "torch", ".tar": "torch", ".npz": "npz"}
