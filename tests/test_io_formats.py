@@ -269,3 +269,40 @@ def test_star_import_does_not_shadow_builtin_open():
     exec("from litecomp import *\nfrom litecomp.io import *", ns)
     assert "open" not in ns and "load" in ns and "save" in ns
     assert litecomp.open is litecomp.io.open
+
+
+def test_save_over_the_file_it_was_loaded_from(tmp_path):
+    path = tmp_path / "m.pth"
+    sd = {"w": np.arange(1 << 16, dtype=np.float32), "b": np.ones(3, np.float32)}
+    litecomp.save(sd, path)
+    back = litecomp.load(path)              # memory-mapped from path
+    back["b"][:] = 7
+    litecomp.save(back, path)               # reads the old map while writing the new file
+    again = litecomp.load(path, mmap=False)
+    assert same(again["w"], sd["w"]) and same(again["b"], np.full(3, 7, np.float32))
+
+
+def test_killed_process_leaves_previous_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    path = tmp_path / "m.safetensors"
+    litecomp.save({"w": np.ones(8, np.float32)}, path)
+    before = path.read_bytes()
+    code = f"""
+import os, signal, numpy as np, litecomp
+from litecomp.io import safetensors as st
+real = st.write
+def dying(arrays, f, metadata=None):
+    f.write(b"12345678" * 1000)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+st.write = dying
+litecomp.save({{"w": np.zeros(1 << 20, np.float32)}}, {str(path)!r})
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True)
+    assert p.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    leftovers = [f for f in os.listdir(tmp_path) if f != "m.safetensors"]
+    assert all(f.startswith(".m.safetensors.") and f.endswith(".tmp") for f in leftovers)
