@@ -20,7 +20,7 @@ except ImportError:  # numpy < 2
 from ..errors import FormatError
 from . import dtypes as _dt
 from . import zipfmt
-from .unpickler import PickleWriter, StorageRef, TensorRef, loads, storage_from_pid
+from .unpickler import PickleWriter, TensorRef, loads, storage_from_pid
 
 MAX_PICKLE = 64 << 20       # a state dict pickle: ~150 bytes per tensor
 

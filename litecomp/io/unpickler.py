@@ -15,7 +15,6 @@ import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 
 from ..errors import FormatError, UnsafeCheckpointError
 from . import dtypes as _dt
@@ -258,10 +257,6 @@ def _call(func, args, what):
 
 
 # ------------------------------------------------------------------ the reader
-class _Mark:
-    pass
-
-
 def loads(data, persistent_load, *, pos=0):
     """Run the pickle in ``data[pos:]``; returns (object, end position)."""
     mv = memoryview(data)
