@@ -193,6 +193,10 @@ def test_nested_checkpoint_and_key(tmp_path):
     assert list(back) == ["w", "b"] and back["w"].shape == (2, 3)
     with pytest.raises(litecomp.ArgumentError, match="key: 'nope'"):
         litecomp.load(path, key="nope")
+    torch.save({"a": {"b": sd}, "n": 1}, tmp_path / "deep.pth")
+    assert list(litecomp.load(tmp_path / "deep.pth", key=("a", "b"))) == ["w", "b"]
+    with litecomp.open(tmp_path / "deep.pth", key=["a", "b"]) as ck:
+        assert ck.info("w") == (np.dtype(np.float32), (2, 3))
     torch.save(torch.ones(3), tmp_path / "single.pth")
     with pytest.raises(litecomp.FormatError, match="single tensor"):
         litecomp.load(tmp_path / "single.pth")

@@ -34,6 +34,23 @@ def _no_duplicates(pairs):
     return d
 
 
+def _parse(raw: bytes, what: str):
+    """The header JSON, with duplicate keys rejected.  The duplicate check (a Python hook
+    per object) runs only when a cheap count says a key may repeat: each of "dtype",
+    "shape" and "data_offsets" must appear exactly once per tensor."""
+    try:
+        text = raw.decode("utf-8")
+        header = json.loads(text)
+        if isinstance(header, dict):
+            n = len(header) - ("__metadata__" in header)
+            if any(text.count(k) != n for k in ('"dtype"', '"shape"', '"data_offsets"')) \
+                    or text.count('"__metadata__"') > 1:
+                header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FormatError(f"{what}: safetensors header is not valid JSON ({exc})") from None
+    return header
+
+
 def read_header(f, file_size: int, what: str) -> Header:
     f.seek(0)
     head = f.read(8)
@@ -47,10 +64,7 @@ def read_header(f, file_size: int, what: str) -> Header:
         raise FormatError(f"{what}: safetensors header of {n} bytes runs past the end of "
                           f"the file ({file_size} bytes)")
     raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise FormatError(f"{what}: safetensors header is not valid JSON ({exc})") from None
+    header = _parse(raw, what)
     if not isinstance(header, dict):
         raise FormatError(f"{what}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)
