@@ -137,7 +137,11 @@ def _arrays(state_dict, fmt) -> dict:
         if type(name) is not str:
             raise ArgumentError(f"state_dict: keys must be str, got {name!r}")
         if _is_torch_tensor(v):
-            a = _from_torch(v, torch_bases)
+            try:
+                a = _from_torch(v, torch_bases)
+            except (RuntimeError, NotImplementedError) as exc:   # meta, sparse, ...
+                raise ArgumentError(f"state_dict: tensor {name!r} cannot be saved: "
+                                    f"{exc}") from None
         elif isinstance(v, (np.ndarray, np.generic)):
             a = np.asarray(v)
         else:
