@@ -256,3 +256,15 @@ def test_broadcast_tensor_from_torch(tmp_path):
     np.testing.assert_array_equal(b, t.numpy())
     litecomp.save({"b": b}, tmp_path / "c.pth")
     assert torch.equal(torch.load(tmp_path / "c.pth", weights_only=True)["b"], t)
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    np.savez(tmp_path / "o.npz", a=np.array([Reduce(os.system, f"touch {marker}")], object))
+    with pytest.raises(FormatError, match="object arrays"):
+        litecomp.load(tmp_path / "o.npz")
+    np.savez_compressed(tmp_path / "c.npz", a=np.array([Reduce(os.system, f"touch {marker}")],
+                                                       object))
+    with pytest.raises(FormatError):
+        litecomp.load(tmp_path / "c.npz")
+    assert not marker.exists()
