@@ -1,0 +1,669 @@
+/* quant.c: uniform (affine / symmetric) quantization kernels -- min/max reduction for
+ * observers, quantize to integer codes, dense bit packing, dequantize, fake quantization
+ * with its clipped-STE and LSQ gradients, and float16/bfloat16/float8 casts.
+ *
+ * Parameter layout.  Every kernel sees the tensor as a 3-D view (A, C, B) of a C-contiguous
+ * array and a `mode` saying which parameter slot element (a, c, b) uses:
+ *   mode 0  per tensor:   slot 0                   (A = 1, C = 1, B = numel)
+ *   mode 1  per channel:  slot c                   (axis k: A = prod(shape[:k]), C = shape[k])
+ *   mode 2  per run:      slot a (C must be 1)     (groups: A = numel / group, B = group)
+ * So the parameter is constant along every run of B contiguous elements; the kernels
+ * process such runs in fixed chunks of at most LC_BLOCK elements, one task per chunk.
+ *
+ * Rounding: q = clamp(zp + nearbyint(x * inv_s), qmin, qmax) with inv_s = 1.0f / s in
+ * float32 (round half to even), exactly as torch's quantize_val does.  The scalar code is
+ * the definition; the AVX-512 / AVX2 paths give the same bits (roundscale/round with
+ * round-to-nearest-even, no FMA anywhere).
+ */
+#include "litecomp.h"
+#include "quant.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define CHUNK 1024 /* floats converted at a time for non-f32 inputs */
+
+typedef struct {
+    int64_t A, C, B;
+    int mode;
+} qview;
+
+static inline int64_t slot_of(const qview *v, int64_t a, int64_t c) {
+    return v->mode == 0 ? 0 : v->mode == 1 ? c : a;
+}
+static inline int64_t nslots(const qview *v) {
+    return v->mode == 0 ? 1 : v->mode == 1 ? v->C : v->A;
+}
+
+/* Tasks: each run (a, c) of B elements is cut into chunks of LC_BLOCK. */
+static inline int64_t chunks_per_run(const qview *v) { return v->B ? lc_nblocks(v->B, LC_BLOCK) : 0; }
+
+/* ------------------------------------------------------------------ min / max */
+/* Per slot min and max over its elements; any NaN or inf -> LC_ERR_NONFINITE.  min/max are
+ * exact, so the per-task partials can be combined in any fixed order; zeros come out +0.0. */
+static void minmax_run(const float *p, int64_t n, float *mn, float *mx, int *bad) {
+    float lo = INFINITY, hi = -INFINITY;
+    int nonfinite = 0;
+    for (int64_t i = 0; i < n; i++) {
+        float v = p[i];
+        nonfinite |= !(fabsf(v) < INFINITY); /* true for NaN and inf */
+        lo = v < lo ? v : lo;
+        hi = v > hi ? v : hi;
+    }
+    if (lo < *mn) *mn = lo;
+    if (hi > *mx) *mx = hi;
+    *bad |= nonfinite;
+}
+
+#ifdef LC_X86
+LC_TARGET_AVX512 static void minmax_run_avx512(const float *p, int64_t n, float *mn, float *mx,
+                                               int *bad) {
+    __m512 lo = _mm512_set1_ps(INFINITY), hi = _mm512_set1_ps(-INFINITY);
+    __m512 amax = _mm512_setzero_ps();
+    __mmask16 nan = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(p + i);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        lo = _mm512_min_ps(lo, v);
+        hi = _mm512_max_ps(hi, v);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    }
+    float l = _mm512_reduce_min_ps(lo), h = _mm512_reduce_max_ps(hi);
+    if (nan || !(_mm512_reduce_max_ps(amax) < INFINITY)) *bad = 1;
+    if (l < *mn) *mn = l;
+    if (h > *mx) *mx = h;
+    minmax_run(p + i, n - i, mn, mx, bad);
+}
+#endif
+
+static void minmax_f32(const float *p, int64_t n, float *mn, float *mx, int *bad) {
+#ifdef LC_X86
+    if (lc_simd() >= LC_SIMD_AVX512) { minmax_run_avx512(p, n, mn, mx, bad); return; }
+#endif
+    minmax_run(p, n, mn, mx, bad);
+}
+
+static void minmax_any(const void *x, int code, int64_t start, int64_t n, float *mn, float *mx,
+                       int *bad) {
+    if (code == LC_F32) { minmax_f32((const float *)x + start, n, mn, mx, bad); return; }
+    float buf[CHUNK];
+    for (int64_t s = 0; s < n; s += CHUNK) {
+        int64_t len = n - s < CHUNK ? n - s : CHUNK;
+        lc_to_f32(x, code, start + s, len, buf);
+        minmax_f32(buf, len, mn, mx, bad);
+    }
+}
+
+static lc_status quant_minmax(const void *x, int code, const qview *v, float *mn, float *mx) {
+    int64_t ns = nslots(v), cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
+    float *tmn = malloc((size_t)(ntasks ? ntasks : 1) * 2 * sizeof(float));
+    int *tbad = calloc((size_t)(ntasks ? ntasks : 1), sizeof(int));
+    if (!tmn || !tbad) { free(tmn); free(tbad); return LC_ERR_NOMEM; }
+    float *tmx = tmn + (ntasks ? ntasks : 1);
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t run = t / cpr, k = t % cpr;
+        int64_t off = run * v->B + k * LC_BLOCK;
+        int64_t len = v->B - k * LC_BLOCK < LC_BLOCK ? v->B - k * LC_BLOCK : LC_BLOCK;
+        tmn[t] = INFINITY; tmx[t] = -INFINITY;
+        minmax_any(x, code, off, len, &tmn[t], &tmx[t], &tbad[t]);
+    }
+    int bad = 0;
+    for (int64_t s = 0; s < ns; s++) { mn[s] = INFINITY; mx[s] = -INFINITY; }
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t run = t / cpr, s = slot_of(v, run / v->C, run % v->C);
+        if (tmn[t] < mn[s]) mn[s] = tmn[t];
+        if (tmx[t] > mx[s]) mx[s] = tmx[t];
+        bad |= tbad[t];
+    }
+    for (int64_t s = 0; s < ns; s++) {
+        if (mn[s] == 0.0f) mn[s] = 0.0f;
+        if (mx[s] == 0.0f) mx[s] = 0.0f;
+    }
+    free(tmn); free(tbad);
+    return bad ? LC_ERR_NONFINITE : LC_OK;
+}
+
+/* ------------------------------------------------------------------ quantize */
+/* One run chunk with a fixed (inv_s, zp): codes written as int32 then narrowed by the caller's
+ * out type.  lo = qmin - zp and hi = qmax - zp are applied to the rounded value in float,
+ * which equals clamping zp + r (r is an integer-valued float, exact below 2^24). */
+static inline int32_t quantize_one(float x, float inv_s, float lo, float hi, int32_t zp) {
+    float r = nearbyintf(x * inv_s);
+    r = r < lo ? lo : r;
+    r = r > hi ? hi : r;
+    return (int32_t)r + zp;
+}
+
+static void quantize_chunk_scalar(const float *x, int64_t n, float inv_s, int32_t zp,
+                                  int32_t qmin, int32_t qmax, void *out, int out_signed) {
+    float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
+    if (out_signed) {
+        int8_t *o = out;
+        for (int64_t i = 0; i < n; i++) o[i] = (int8_t)quantize_one(x[i], inv_s, lo, hi, zp);
+    } else {
+        uint8_t *o = out;
+        for (int64_t i = 0; i < n; i++) o[i] = (uint8_t)quantize_one(x[i], inv_s, lo, hi, zp);
+    }
+}
+
+#ifdef LC_X86
+LC_TARGET_AVX512 static int64_t quantize_chunk_avx512(const float *x, int64_t n, float inv_s,
+                                                      int32_t zp, int32_t qmin, int32_t qmax,
+                                                      void *out) {
+    const __m512 vinv = _mm512_set1_ps(inv_s);
+    const __m512 lo = _mm512_set1_ps((float)(qmin - zp)), hi = _mm512_set1_ps((float)(qmax - zp));
+    const __m512i vzp = _mm512_set1_epi32(zp);
+    uint8_t *o = out;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+        __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(r), vzp);
+        _mm_storeu_si128((__m128i *)(o + i), _mm512_cvtepi32_epi8(q)); /* truncating narrow */
+    }
+    return i;
+}
+
+LC_TARGET_AVX2 static int64_t quantize_chunk_avx2(const float *x, int64_t n, float inv_s,
+                                                  int32_t zp, int32_t qmin, int32_t qmax,
+                                                  void *out) {
+    const __m256 vinv = _mm256_set1_ps(inv_s);
+    const __m256 lo = _mm256_set1_ps((float)(qmin - zp)), hi = _mm256_set1_ps((float)(qmax - zp));
+    const __m256i vzp = _mm256_set1_epi32(zp);
+    uint8_t *o = out;
+    int32_t tmp[8];
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+        _mm256_storeu_si256((__m256i *)tmp, _mm256_add_epi32(_mm256_cvtps_epi32(r), vzp));
+        for (int j = 0; j < 8; j++) o[i + j] = (uint8_t)tmp[j];
+    }
+    return i;
+}
+#endif
+
+/* max/min compare order: NaN never reaches here (inputs are checked finite). */
+static void quantize_chunk(const float *x, int64_t n, float inv_s, int32_t zp, int32_t qmin,
+                           int32_t qmax, void *out, int out_signed) {
+    int64_t i = 0;
+#ifdef LC_X86
+    int level = lc_simd();
+    if (level >= LC_SIMD_AVX512) i = quantize_chunk_avx512(x, n, inv_s, zp, qmin, qmax, out);
+    else if (level >= LC_SIMD_AVX2) i = quantize_chunk_avx2(x, n, inv_s, zp, qmin, qmax, out);
+#endif
+    quantize_chunk_scalar(x + i, n - i, inv_s, zp, qmin, qmax, (uint8_t *)out + i, out_signed);
+}
+
+static lc_status quant_affine(const void *x, int code, const qview *v, const float *scales,
+                              const int32_t *zps, int32_t qmin, int32_t qmax, void *out,
+                              int out_signed) {
+    int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
+    int bad = 0;
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t run = t / cpr, k = t % cpr, s = slot_of(v, run / v->C, run % v->C);
+        int64_t off = run * v->B + k * LC_BLOCK;
+        int64_t len = v->B - k * LC_BLOCK < LC_BLOCK ? v->B - k * LC_BLOCK : LC_BLOCK;
+        float inv_s = 1.0f / scales[s];
+        float buf[CHUNK];
+        for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
+            int64_t m = len - c0 < CHUNK ? len - c0 : CHUNK;
+            const float *src;
+            if (code == LC_F32) src = (const float *)x + off + c0;
+            else { lc_to_f32(x, code, off + c0, m, buf); src = buf; }
+            for (int64_t i = 0; i < m; i++) bad |= !(fabsf(src[i]) < INFINITY);
+            quantize_chunk(src, m, inv_s, zps[s], qmin, qmax, (uint8_t *)out + off + c0,
+                           out_signed);
+        }
+    }
+    return bad ? LC_ERR_NONFINITE : LC_OK;
+}
+
+/* ------------------------------------------------------------------ dequantize */
+/* y = (q - zp) * s in float32: one rounding, no fused multiply-add. */
+static lc_status dequant_affine(const void *q, int q_signed, const qview *v, const float *scales,
+                                const int32_t *zps, float *out) {
+    int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t run = t / cpr, k = t % cpr, s = slot_of(v, run / v->C, run % v->C);
+        int64_t off = run * v->B + k * LC_BLOCK;
+        int64_t len = v->B - k * LC_BLOCK < LC_BLOCK ? v->B - k * LC_BLOCK : LC_BLOCK;
+        float sc = scales[s];
+        int32_t zp = zps[s];
+        if (q_signed) {
+            const int8_t *p = (const int8_t *)q + off;
+            for (int64_t i = 0; i < len; i++) out[off + i] = (float)((int32_t)p[i] - zp) * sc;
+        } else {
+            const uint8_t *p = (const uint8_t *)q + off;
+            for (int64_t i = 0; i < len; i++) out[off + i] = (float)((int32_t)p[i] - zp) * sc;
+        }
+    }
+    return LC_OK;
+}
+
+/* ------------------------------------------------------------------ bit packing */
+/* Dense packing, row by row: row r's codes form one little-endian bit stream; code i of the
+ * row occupies stream bits [i*bits, (i+1)*bits), least significant bit first, and stream bit
+ * j is bit (j % 8) of byte j / 8.  Each row starts on a byte boundary; unused high bits of a
+ * row's last byte are zero.  For 4 bits this is torch's quint4x2 order (even index -> low
+ * nibble), for 2 bits ggml's; 8 bits is the identity. */
+static void pack_row(const uint8_t *c, int64_t n, int bits, uint8_t *o, int64_t nbytes) {
+    memset(o, 0, (size_t)nbytes);
+    uint32_t mask = (1u << bits) - 1u;
+    uint64_t acc = 0;
+    int have = 0;
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; i++) {
+        acc |= (uint64_t)(c[i] & mask) << have;
+        have += bits;
+        while (have >= 8) { o[j++] = (uint8_t)acc; acc >>= 8; have -= 8; }
+    }
+    if (have > 0) o[j] = (uint8_t)acc;
+}
+
+static void unpack_row(const uint8_t *p, int64_t n, int bits, uint8_t *c) {
+    uint32_t mask = (1u << bits) - 1u;
+    uint64_t acc = 0;
+    int have = 0;
+    int64_t j = 0;
+    for (int64_t i = 0; i < n; i++) {
+        while (have < bits) { acc |= (uint64_t)p[j++] << have; have += 8; }
+        c[i] = (uint8_t)(acc & mask);
+        acc >>= bits;
+        have -= bits;
+    }
+}
+
+/* ------------------------------------------------------------------ fake quantization */
+/* Forward y = (clamp(nearbyint(x*inv_s) + zp, qmin, qmax) - zp) * s, as torch computes it.
+ * Backward (clipped STE): dx = dy where qmin <= nearbyint(x*inv_s) + zp <= qmax, else 0.
+ * LSQ (learnable s, zp), per element, summed per slot in a fixed order:
+ *   in range:  ds = (y - x) * inv_s * dy,  dzp = 0
+ *   below:     ds = (qmin - zp) * dy,      dzp = -s * dy
+ *   above:     ds = (qmax - zp) * dy,      dzp = -s * dy
+ * Per-task partial sums (double) are combined in task order: thread-count independent. */
+static lc_status fake_quant(const float *x, const float *dy, const qview *v, const float *scales,
+                            const int32_t *zps, int32_t qmin, int32_t qmax, float *y, float *dx,
+                            double *dscale, double *dzp) {
+    int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr, ns = nslots(v);
+    double *part = NULL;
+    if (dscale) {
+        part = calloc((size_t)(ntasks ? ntasks : 1) * 2, sizeof(double));
+        if (!part) return LC_ERR_NOMEM;
+    }
+    int bad = 0;
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t run = t / cpr, k = t % cpr, s = slot_of(v, run / v->C, run % v->C);
+        int64_t off = run * v->B + k * LC_BLOCK;
+        int64_t len = v->B - k * LC_BLOCK < LC_BLOCK ? v->B - k * LC_BLOCK : LC_BLOCK;
+        float sc = scales[s], inv_s = 1.0f / sc;
+        int32_t zp = zps[s];
+        double gs = 0.0, gz = 0.0;
+        for (int64_t i = off; i < off + len; i++) {
+            float xv = x[i];
+            bad |= !(fabsf(xv) < INFINITY);
+            float r = nearbyintf(xv * inv_s) + (float)zp;
+            float qc = r < (float)qmin ? (float)qmin : r > (float)qmax ? (float)qmax : r;
+            float yv = (qc - (float)zp) * sc;
+            if (y) y[i] = yv;
+            if (dy) {
+                int inside = r >= (float)qmin && r <= (float)qmax;
+                float g = dy[i];
+                if (dx) dx[i] = inside ? g : 0.0f;
+                if (part) {
+                    if (inside) gs += (double)((yv - xv) * inv_s) * (double)g;
+                    else {
+                        gs += (double)((r < (float)qmin ? qmin : qmax) - zp) * (double)g;
+                        gz += -(double)sc * (double)g;
+                    }
+                }
+            }
+        }
+        if (part) { part[2 * t] = gs; part[2 * t + 1] = gz; }
+    }
+    if (part) {
+        for (int64_t s = 0; s < ns; s++) dscale[s] = dzp[s] = 0.0;
+        for (int64_t t = 0; t < ntasks; t++) {
+            int64_t run = t / cpr, s = slot_of(v, run / v->C, run % v->C);
+            dscale[s] += part[2 * t];
+            dzp[s] += part[2 * t + 1];
+        }
+        free(part);
+    }
+    return bad ? LC_ERR_NONFINITE : LC_OK;
+}
+
+/* ------------------------------------------------------------------ float casts */
+/* Generic RNE encoder for the float8 formats: `ebits` exponent bits, `mbits` mantissa bits,
+ * bias, largest finite magnitude `maxf`.  e4m3fn has no inf: values beyond max (after
+ * rounding) become NaN (0x7f) unless saturating; e5m2 overflows to inf unless saturating. */
+static inline uint8_t f32_to_f8(float f, int mbits, int bias, float maxf, int has_inf,
+                                int saturate) {
+    uint32_t u = lc_f32_bits(f);
+    uint8_t sign = (uint8_t)((u >> 24) & 0x80u);
+    float a = fabsf(f);
+    if (a != a) return has_inf ? (uint8_t)(sign | 0x7e) : (uint8_t)(sign | 0x7f);
+    /* Quantise magnitude on the format's grid: spacing 2^(e - mbits) with e = max(floor(log2 a),
+     * 1 - bias) so subnormals share the smallest exponent's spacing. */
+    int e;
+    frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1) */
+    e -= 1;
+    if (e < 1 - bias) e = 1 - bias;
+    float step = ldexpf(1.0f, e - mbits);
+    float r = nearbyintf(a / step) * step; /* exact: power-of-two scaling */
+    if (r > maxf || a == INFINITY) {
+        if (saturate) r = maxf;
+        else return has_inf ? (uint8_t)(sign | 0x7c) : (uint8_t)(sign | 0x7f);
+    }
+    if (r == 0.0f) return sign;
+    int re;
+    float m = frexpf(r, &re);
+    re -= 1; /* r = (2m) * 2^re, 2m in [1, 2) */
+    if (re < 1 - bias) { /* subnormal: code = r / 2^(1-bias-mbits) */
+        return (uint8_t)(sign | (uint32_t)(r / ldexpf(1.0f, 1 - bias - mbits)));
+    }
+    uint32_t man = (uint32_t)((2.0f * m - 1.0f) * (float)(1 << mbits));
+    return (uint8_t)(sign | ((uint32_t)(re + bias) << mbits) | man);
+}
+
+static lc_status cast_float(const void *src, int code, int64_t n, void *dst, int out_code,
+                            int saturate) {
+    int64_t nb = lc_nblocks(n, LC_BLOCK);
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t s = b * LC_BLOCK, len = n - s < LC_BLOCK ? n - s : LC_BLOCK;
+        float buf[CHUNK];
+        for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
+            int64_t m = len - c0 < CHUNK ? len - c0 : CHUNK, base = s + c0;
+            lc_to_f32(src, code, base, m, buf);
+            switch (out_code) {
+            case LC_F32: memcpy((float *)dst + base, buf, (size_t)m * 4); break;
+            case LC_F16: {
+                uint16_t *o = (uint16_t *)dst + base;
+                for (int64_t i = 0; i < m; i++) {
+                    uint16_t h = lc_f32_to_f16(buf[i]);
+                    if (saturate && (h & 0x7fffu) == 0x7c00u && fabsf(buf[i]) < INFINITY)
+                        h = (uint16_t)((h & 0x8000u) | 0x7bffu);
+                    o[i] = h;
+                }
+                break;
+            }
+            case LC_BF16: {
+                uint16_t *o = (uint16_t *)dst + base;
+                for (int64_t i = 0; i < m; i++) {
+                    uint16_t h = lc_f32_to_bf16(buf[i]);
+                    if (saturate && (h & 0x7fffu) == 0x7f80u && fabsf(buf[i]) < INFINITY)
+                        h = (uint16_t)((h & 0x8000u) | 0x7f7fu);
+                    o[i] = h;
+                }
+                break;
+            }
+            case LC_F8E4M3FN: {
+                uint8_t *o = (uint8_t *)dst + base;
+                for (int64_t i = 0; i < m; i++) o[i] = f32_to_f8(buf[i], 3, 7, 448.0f, 0, saturate);
+                break;
+            }
+            case LC_F8E5M2: {
+                uint8_t *o = (uint8_t *)dst + base;
+                for (int64_t i = 0; i < m; i++)
+                    o[i] = f32_to_f8(buf[i], 2, 15, 57344.0f, 1, saturate);
+                break;
+            }
+            }
+        }
+    }
+    return LC_OK;
+}
+
+/* ------------------------------------------------------------------ Python entry points */
+static int parse_view(PyArrayObject *x, long long A, long long C, long long B, int mode, qview *v) {
+    if (A < 0 || C < 0 || B < 0 || mode < 0 || mode > 2 || (mode == 2 && C != 1) ||
+        A * C * B != (long long)PyArray_SIZE(x)) {
+        PyErr_Format(lc_ShapeError, "x: view (%lld, %lld, %lld) mode %d does not fit %lld elements",
+                     A, C, B, mode, (long long)PyArray_SIZE(x));
+        return -1;
+    }
+    v->A = A; v->C = C; v->B = B; v->mode = mode;
+    return 0;
+}
+
+static int check_params(const qview *v, PyArrayObject *s, PyArrayObject *z) {
+    if (lc_check_array(s, "scales", LC_F32, 0) < 0) return -1;
+    if (z && lc_check_array(z, "zero_points", LC_I32, 0) < 0) return -1;
+    int64_t ns = nslots(v);
+    if (PyArray_SIZE(s) != ns || (z && PyArray_SIZE(z) != ns)) {
+        PyErr_Format(lc_ShapeError, "scales: expected %lld values", (long long)ns);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *py_quant_minmax(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *x, *mn, *mx;
+    int code, mode;
+    long long A, C, B;
+    if (!PyArg_ParseTuple(args, "O!iLLLiO!O!", &PyArray_Type, &x, &code, &A, &C, &B, &mode,
+                          &PyArray_Type, &mn, &PyArray_Type, &mx))
+        return NULL;
+    qview v;
+    if (lc_check_array(x, "x", code, 0) < 0 || parse_view(x, A, C, B, mode, &v) < 0) return NULL;
+    if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
+    if (lc_check_array(mn, "min", LC_F32, 1) < 0 || lc_check_array(mx, "max", LC_F32, 1) < 0)
+        return NULL;
+    if (PyArray_SIZE(mn) != nslots(&v) || PyArray_SIZE(mx) != nslots(&v)) {
+        PyErr_SetString(lc_ShapeError, "min: wrong number of slots");
+        return NULL;
+    }
+    const void *p = PyArray_DATA(x);
+    float *a = PyArray_DATA(mn), *b = PyArray_DATA(mx);
+    lc_status st;
+    LC_NOGIL_BEGIN
+    st = quant_minmax(p, code, &v, a, b);
+    LC_NOGIL_END
+    if (st != LC_OK) return lc_raise_status(st, "x");
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *x, *s, *z, *out;
+    int code, mode, qmin, qmax;
+    long long A, C, B;
+    if (!PyArg_ParseTuple(args, "O!iLLLiO!O!iiO!", &PyArray_Type, &x, &code, &A, &C, &B, &mode,
+                          &PyArray_Type, &s, &PyArray_Type, &z, &qmin, &qmax, &PyArray_Type, &out))
+        return NULL;
+    qview v;
+    if (lc_check_array(x, "x", code, 0) < 0 || parse_view(x, A, C, B, mode, &v) < 0 ||
+        check_params(&v, s, z) < 0)
+        return NULL;
+    if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
+    int out_signed = PyArray_TYPE(out) == NPY_INT8;
+    if (lc_check_array(out, "out", out_signed ? LC_I8 : LC_U8, 1) < 0) return NULL;
+    if (PyArray_SIZE(out) != PyArray_SIZE(x) || qmin > qmax || qmin < (out_signed ? -128 : 0) ||
+        qmax > (out_signed ? 127 : 255)) {
+        PyErr_SetString(lc_ArgumentError, "out: size or [qmin, qmax] does not fit the output");
+        return NULL;
+    }
+    const float *sc = PyArray_DATA(s);
+    const int32_t *zp = PyArray_DATA(z);
+    int64_t ns = nslots(&v);
+    for (int64_t i = 0; i < ns; i++) {
+        if (!(sc[i] > 0.0f) || !(sc[i] < INFINITY)) {
+            PyErr_Format(lc_ArgumentError, "scales: must be positive and finite, got %g at %lld",
+                         (double)sc[i], (long long)i);
+            return NULL;
+        }
+        if (zp[i] < qmin || zp[i] > qmax) {
+            PyErr_Format(lc_ArgumentError, "zero_points: %d at %lld is outside [%d, %d]",
+                         zp[i], (long long)i, qmin, qmax);
+            return NULL;
+        }
+    }
+    const void *p = PyArray_DATA(x);
+    void *o = PyArray_DATA(out);
+    lc_status st;
+    LC_NOGIL_BEGIN
+    st = quant_affine(p, code, &v, sc, zp, qmin, qmax, o, out_signed);
+    LC_NOGIL_END
+    if (st != LC_OK) return lc_raise_status(st, "x");
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_dequant_affine(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *q, *s, *z, *out;
+    int mode;
+    long long A, C, B;
+    if (!PyArg_ParseTuple(args, "O!LLLiO!O!O!", &PyArray_Type, &q, &A, &C, &B, &mode,
+                          &PyArray_Type, &s, &PyArray_Type, &z, &PyArray_Type, &out))
+        return NULL;
+    int q_signed = PyArray_TYPE(q) == NPY_INT8;
+    qview v;
+    if (lc_check_array(q, "q", q_signed ? LC_I8 : LC_U8, 0) < 0 ||
+        parse_view(q, A, C, B, mode, &v) < 0 || check_params(&v, s, z) < 0 ||
+        lc_check_array(out, "out", LC_F32, 1) < 0)
+        return NULL;
+    if (PyArray_SIZE(out) != PyArray_SIZE(q)) {
+        PyErr_SetString(lc_ShapeError, "out: size does not match q");
+        return NULL;
+    }
+    const void *p = PyArray_DATA(q);
+    const float *sc = PyArray_DATA(s);
+    const int32_t *zp = PyArray_DATA(z);
+    float *o = PyArray_DATA(out);
+    LC_NOGIL_BEGIN
+    dequant_affine(p, q_signed, &v, sc, zp, o);
+    LC_NOGIL_END
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *c, *o;
+    int bits, unpack;
+    long long rows, cols;
+    if (!PyArg_ParseTuple(args, "O!LLiO!p", &PyArray_Type, &c, &rows, &cols, &bits,
+                          &PyArray_Type, &o, &unpack))
+        return NULL;
+    if (bits < 1 || bits > 8) return lc_raise_status(LC_ERR_RANGE, "bits");
+    PyArrayObject *codes = unpack ? o : c, *packed = unpack ? c : o;
+    long long rowbytes = (cols * bits + 7) / 8;
+    if (lc_check_array(codes, "codes", LC_U8, unpack) < 0 ||
+        lc_check_array(packed, "packed", LC_U8, !unpack) < 0)
+        return NULL;
+    if (rows < 0 || cols < 0 || PyArray_SIZE(codes) != rows * cols ||
+        PyArray_SIZE(packed) != rows * rowbytes) {
+        PyErr_Format(lc_ShapeError, "packed: expected %lld x %lld bytes for %lld x %lld codes",
+                     rows, rowbytes, rows, cols);
+        return NULL;
+    }
+    uint8_t *cp = PyArray_DATA(codes), *pp = PyArray_DATA(packed);
+    LC_NOGIL_BEGIN
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
+    for (long long r = 0; r < rows; r++) {
+        if (unpack) unpack_row(pp + r * rowbytes, cols, bits, cp + r * cols);
+        else pack_row(cp + r * cols, cols, bits, pp + r * rowbytes, rowbytes);
+    }
+    LC_NOGIL_END
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_fake_quant(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *x, *s, *z;
+    PyObject *dy_o, *y_o, *dx_o, *ds_o, *dz_o;
+    int mode, qmin, qmax;
+    long long A, C, B;
+    if (!PyArg_ParseTuple(args, "O!LLLiO!O!iiOOOOO", &PyArray_Type, &x, &A, &C, &B, &mode,
+                          &PyArray_Type, &s, &PyArray_Type, &z, &qmin, &qmax, &dy_o, &y_o, &dx_o,
+                          &ds_o, &dz_o))
+        return NULL;
+    qview v;
+    if (lc_check_array(x, "x", LC_F32, 0) < 0 || parse_view(x, A, C, B, mode, &v) < 0 ||
+        check_params(&v, s, z) < 0)
+        return NULL;
+    PyArrayObject *arrs[5] = {NULL, NULL, NULL, NULL, NULL};
+    PyObject *objs[5] = {dy_o, y_o, dx_o, ds_o, dz_o};
+    const char *names[5] = {"grad_y", "y", "grad_x", "grad_scale", "grad_zero_point"};
+    for (int i = 0; i < 5; i++) {
+        if (objs[i] == Py_None) continue;
+        if (!PyArray_Check(objs[i])) return lc_raise_status(LC_ERR_DTYPE, names[i]);
+        arrs[i] = (PyArrayObject *)objs[i];
+        int code = i >= 3 ? LC_F64 : LC_F32;
+        if (lc_check_array(arrs[i], names[i], code, i > 0) < 0) return NULL;
+        int64_t want = i >= 3 ? nslots(&v) : PyArray_SIZE(x);
+        if (PyArray_SIZE(arrs[i]) != want) {
+            PyErr_Format(lc_ShapeError, "%s: expected %lld elements", names[i], (long long)want);
+            return NULL;
+        }
+    }
+    if ((arrs[3] == NULL) != (arrs[4] == NULL) || (arrs[3] && !arrs[0])) {
+        PyErr_SetString(lc_ArgumentError, "grad_scale: needs grad_zero_point and grad_y");
+        return NULL;
+    }
+    const float *sc = PyArray_DATA(s);
+    for (int64_t i = 0; i < nslots(&v); i++)
+        if (!(sc[i] > 0.0f) || !(sc[i] < INFINITY))
+            return lc_raise_status(LC_ERR_RANGE, "scales");
+    const float *xp = PyArray_DATA(x);
+    const int32_t *zp = PyArray_DATA(z);
+    const float *dyp = arrs[0] ? PyArray_DATA(arrs[0]) : NULL;
+    float *yp = arrs[1] ? PyArray_DATA(arrs[1]) : NULL, *dxp = arrs[2] ? PyArray_DATA(arrs[2]) : NULL;
+    double *dsp = arrs[3] ? PyArray_DATA(arrs[3]) : NULL, *dzp = arrs[4] ? PyArray_DATA(arrs[4]) : NULL;
+    lc_status st;
+    LC_NOGIL_BEGIN
+    st = fake_quant(xp, dyp, &v, sc, zp, qmin, qmax, yp, dxp, dsp, dzp);
+    LC_NOGIL_END
+    if (st != LC_OK) return lc_raise_status(st, "x");
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_cast_float(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *src, *dst;
+    int code, out_code, saturate;
+    if (!PyArg_ParseTuple(args, "O!iO!ip", &PyArray_Type, &src, &code, &PyArray_Type, &dst,
+                          &out_code, &saturate))
+        return NULL;
+    if (lc_check_array(src, "x", code, 0) < 0 || lc_check_array(dst, "out", out_code, 1) < 0)
+        return NULL;
+    if (!lc_is_float_code(code) || !lc_is_float_code(out_code) || out_code == LC_F64)
+        return lc_raise_status(LC_ERR_DTYPE, "dtype");
+    if (PyArray_SIZE(src) != PyArray_SIZE(dst)) {
+        PyErr_SetString(lc_ShapeError, "out: size does not match x");
+        return NULL;
+    }
+    const void *s = PyArray_DATA(src);
+    void *d = PyArray_DATA(dst);
+    int64_t n = PyArray_SIZE(src);
+    LC_NOGIL_BEGIN
+    cast_float(s, code, n, d, out_code, saturate);
+    LC_NOGIL_END
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"quant_minmax", py_quant_minmax, METH_VARARGS,
+     "quant_minmax(x, code, A, C, B, mode, min_out, max_out): per-slot min/max (finite only)."},
+    {"quant_affine", py_quant_affine, METH_VARARGS,
+     "quant_affine(x, code, A, C, B, mode, scales, zps, qmin, qmax, out): integer codes."},
+    {"dequant_affine", py_dequant_affine, METH_VARARGS,
+     "dequant_affine(q, A, C, B, mode, scales, zps, out): (q - zp) * s."},
+    {"pack_bits", py_pack_bits, METH_VARARGS,
+     "pack_bits(src, rows, cols, bits, dst, unpack): dense LSB-first packing per row."},
+    {"fake_quant", py_fake_quant, METH_VARARGS,
+     "fake_quant(x, A, C, B, mode, scales, zps, qmin, qmax, dy, y, dx, dscale, dzp)."},
+    {"cast_float", py_cast_float, METH_VARARGS,
+     "cast_float(x, code, out, out_code, saturate): RNE float casts."},
+    {NULL, NULL, 0, NULL},
+};
+
+int lc_init_quant(PyObject *m) { return lc_add_methods(m, methods); }
