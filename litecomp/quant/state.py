@@ -1,0 +1,107 @@
+"""State-dict workflow: quantize every tensor a recipe names, report the error, and turn
+the compact state dict back into float tensors."""
+
+import fnmatch
+import math
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._check import as_array
+from ..errors import ArgumentError
+from .core import QTensor, quantize
+
+_SUFFIX = ".qmeta"
+
+
+@dataclass(frozen=True)
+class QuantError:
+    """How far a dequantized tensor is from the original."""
+    name: str
+    bits: int
+    sqnr_db: float
+    max_abs_err: float
+    cosine: float
+    bytes_before: int
+    bytes_after: int
+
+
+def error_report(name, x, y, bits=0, bytes_after=0) -> QuantError:
+    """SQNR (dB), max |x - y| and cosine similarity, in float64."""
+    a = np.asarray(x, np.float64).ravel()
+    b = np.asarray(y, np.float64).ravel()
+    sig, noise = float(a @ a), float((a - b) @ (a - b))
+    sqnr = math.inf if noise == 0 else (10 * math.log10(sig / noise) if sig else -math.inf)
+    na, nb = math.sqrt(sig), math.sqrt(float(b @ b))
+    cos = float(a @ b) / (na * nb) if na and nb else (1.0 if na == nb else 0.0)
+    return QuantError(name, bits, sqnr, float(np.abs(a - b).max()) if a.size else 0.0, cos,
+                      np.asarray(x).nbytes, bytes_after)
+
+
+def _matcher(pattern):
+    if isinstance(pattern, re.Pattern):
+        return lambda n: pattern.fullmatch(n) is not None
+    if isinstance(pattern, str) and pattern.startswith("re:"):
+        rx = re.compile(pattern[3:])
+        return lambda n: rx.fullmatch(n) is not None
+    return lambda n: fnmatch.fnmatchcase(n, pattern)
+
+
+def _spec(value, pattern):
+    if value == "skip" or value is None:
+        return None
+    if isinstance(value, int):
+        return {"bits": value}
+    if isinstance(value, dict):
+        unknown = set(value) - {"bits", "scheme", "axis", "group_size"}
+        if unknown:
+            raise ArgumentError(f"recipe[{pattern!r}]: unknown keys {sorted(unknown)}")
+        return dict(value)
+    raise ArgumentError(f"recipe[{pattern!r}]: expected 'skip', a bit width or a dict, "
+                        f"got {value!r}")
+
+
+def quantize_state_dict(state_dict, recipe, *, min_ndim=2):
+    """Quantize the tensors of ``state_dict`` that ``recipe`` names.
+
+    recipe: {pattern: spec}; the first matching pattern wins.  A pattern is a glob
+    (``"*.weight"``), ``"re:<regex>"`` or a compiled regex (full match).  A spec is "skip",
+    a bit width, or a dict of ``quantize`` arguments (bits, scheme, axis, group_size).
+    Tensors no pattern names, and tensors with fewer than ``min_ndim`` dims, stay as they
+    are.  Returns (compact state dict, [QuantError per quantized tensor]).
+    """
+    if not isinstance(recipe, dict) or not recipe:
+        raise ArgumentError("recipe: expected a non-empty dict {pattern: spec}")
+    rules = [(_matcher(p), _spec(v, p)) for p, v in recipe.items()]
+    out, report = {}, []
+    for name, value in state_dict.items():
+        a = as_array(value, name)
+        spec = next((s for match, s in rules if match(name)), None)
+        if spec is None or a.ndim < min_ndim or a.dtype.kind not in "fV":
+            out[name] = value
+            continue
+        q = quantize(a, **spec)
+        out.update(q.to_state_dict(name))
+        report.append(error_report(name, a, q.dequantize(), q.bits, q.nbytes))
+    return out, report
+
+
+def quantized_names(state_dict):
+    """Names of the QTensors stored in a compact state dict."""
+    return [k[:-len(_SUFFIX)] for k in state_dict if k.endswith(_SUFFIX)]
+
+
+def dequantize_state_dict(state_dict, dtype=np.float32):
+    """Float tensors again: every QTensor dequantized (to ``dtype``), the rest unchanged."""
+    names = set(quantized_names(state_dict))
+    parts = {f"{n}.{p}" for n in names for p in ("qdata", "scales", "zero_points", "qmeta")}
+    out = {}
+    for key, value in state_dict.items():
+        if key in parts:
+            if key.endswith(_SUFFIX):
+                name = key[:-len(_SUFFIX)]
+                out[name] = QTensor.from_state_dict(state_dict, name).dequantize(dtype)
+            continue
+        out[key] = value
+    return out
