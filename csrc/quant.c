@@ -10,8 +10,12 @@
  * So the parameter is constant along every run of B contiguous elements; the kernels
  * process such runs in fixed chunks of at most LC_BLOCK elements, one task per chunk.
  *
- * Rounding: q = clamp(zp + nearbyint(x * inv_s), qmin, qmax) with inv_s = 1.0f / s in
- * float32 (round half to even), exactly as torch's quantize_val does.  The scalar code is
+ * Rounding (`zp_in_round`, the three ways torch rounds; they differ only near ties):
+ *   0: q = clamp(nearbyint(x * inv_s) + zp)       torch quint4x2, litecomp.quant.quantize
+ *   1: q = clamp(nearbyint(x * inv_s + zp))       torch quantize_per_channel
+ *   2: q = clamp(nearbyint(fma(x, inv_s, zp)))    torch quantize_per_tensor (fbgemm, FMA)
+ * with inv_s = 1.0f / s in float32 and round half to even.  Only variant 2 fuses; the
+ * build's -ffp-contract=off keeps the others unfused.  The scalar code is
  * the definition; the AVX-512 / AVX2 paths give the same bits (roundscale/round with
  * round-to-nearest-even, no FMA anywhere).
  */
@@ -129,37 +133,40 @@ static lc_status quant_minmax(const void *x, int code, const qview *v, float *mn
 /* One run chunk with a fixed (inv_s, zp): codes written as int32 then narrowed by the caller's
  * out type.  lo = qmin - zp and hi = qmax - zp are applied to the rounded value in float,
  * which equals clamping zp + r (r is an integer-valued float, exact below 2^24). */
-static inline int32_t quantize_one(float x, float inv_s, float lo, float hi, int32_t zp) {
-    float r = nearbyintf(x * inv_s);
+static inline int32_t quantize_one(float x, float inv_s, float pre, int fused, float lo, float hi,
+                                   int32_t zp) {
+    float r = nearbyintf(fused ? fmaf(x, inv_s, pre) : x * inv_s + pre);
     r = r < lo ? lo : r;
     r = r > hi ? hi : r;
     return (int32_t)r + zp;
 }
 
-static void quantize_chunk_scalar(const float *x, int64_t n, float inv_s, int32_t zp,
+static void quantize_chunk_scalar(const float *x, int64_t n, float inv_s, float pre, int fused,
+                                  int32_t zp,
                                   int32_t qmin, int32_t qmax, void *out, int out_signed) {
     float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
     if (out_signed) {
         int8_t *o = out;
-        for (int64_t i = 0; i < n; i++) o[i] = (int8_t)quantize_one(x[i], inv_s, lo, hi, zp);
+        for (int64_t i = 0; i < n; i++) o[i] = (int8_t)quantize_one(x[i], inv_s, pre, fused, lo, hi, zp);
     } else {
         uint8_t *o = out;
-        for (int64_t i = 0; i < n; i++) o[i] = (uint8_t)quantize_one(x[i], inv_s, lo, hi, zp);
+        for (int64_t i = 0; i < n; i++) o[i] = (uint8_t)quantize_one(x[i], inv_s, pre, fused, lo, hi, zp);
     }
 }
 
 #ifdef LC_X86
 LC_TARGET_AVX512 static int64_t quantize_chunk_avx512(const float *x, int64_t n, float inv_s,
-                                                      int32_t zp, int32_t qmin, int32_t qmax,
+                                                      float pre, int fused, int32_t zp, int32_t qmin, int32_t qmax,
                                                       void *out) {
-    const __m512 vinv = _mm512_set1_ps(inv_s);
+    const __m512 vinv = _mm512_set1_ps(inv_s), vpre = _mm512_set1_ps(pre);
     const __m512 lo = _mm512_set1_ps((float)(qmin - zp)), hi = _mm512_set1_ps((float)(qmax - zp));
     const __m512i vzp = _mm512_set1_epi32(zp);
     uint8_t *o = out;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(_mm512_loadu_ps(x + i), vinv),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m512 v = _mm512_loadu_ps(x + i);
+        v = fused ? _mm512_fmadd_ps(v, vinv, vpre) : _mm512_add_ps(_mm512_mul_ps(v, vinv), vpre);
+        __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
         __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(r), vzp);
         _mm_storeu_si128((__m128i *)(o + i), _mm512_cvtepi32_epi8(q)); /* truncating narrow */
@@ -168,17 +175,18 @@ LC_TARGET_AVX512 static int64_t quantize_chunk_avx512(const float *x, int64_t n,
 }
 
 LC_TARGET_AVX2 static int64_t quantize_chunk_avx2(const float *x, int64_t n, float inv_s,
-                                                  int32_t zp, int32_t qmin, int32_t qmax,
+                                                  float pre, int fused, int32_t zp, int32_t qmin, int32_t qmax,
                                                   void *out) {
-    const __m256 vinv = _mm256_set1_ps(inv_s);
+    const __m256 vinv = _mm256_set1_ps(inv_s), vpre = _mm256_set1_ps(pre);
     const __m256 lo = _mm256_set1_ps((float)(qmin - zp)), hi = _mm256_set1_ps((float)(qmax - zp));
     const __m256i vzp = _mm256_set1_epi32(zp);
     uint8_t *o = out;
     int32_t tmp[8];
     int64_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256 r = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        __m256 v = _mm256_loadu_ps(x + i);
+        v = fused ? _mm256_fmadd_ps(v, vinv, vpre) : _mm256_add_ps(_mm256_mul_ps(v, vinv), vpre);
+        __m256 r = _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
         _mm256_storeu_si256((__m256i *)tmp, _mm256_add_epi32(_mm256_cvtps_epi32(r), vzp));
         for (int j = 0; j < 8; j++) o[i + j] = (uint8_t)tmp[j];
@@ -188,20 +196,21 @@ LC_TARGET_AVX2 static int64_t quantize_chunk_avx2(const float *x, int64_t n, flo
 #endif
 
 /* max/min compare order: NaN never reaches here (inputs are checked finite). */
-static void quantize_chunk(const float *x, int64_t n, float inv_s, int32_t zp, int32_t qmin,
-                           int32_t qmax, void *out, int out_signed) {
+static void quantize_chunk(const float *x, int64_t n, float inv_s, float pre, int fused, int32_t zp,
+                           int32_t qmin, int32_t qmax, void *out, int out_signed) {
     int64_t i = 0;
 #ifdef LC_X86
     int level = lc_simd();
-    if (level >= LC_SIMD_AVX512) i = quantize_chunk_avx512(x, n, inv_s, zp, qmin, qmax, out);
-    else if (level >= LC_SIMD_AVX2) i = quantize_chunk_avx2(x, n, inv_s, zp, qmin, qmax, out);
+    if (level >= LC_SIMD_AVX512) i = quantize_chunk_avx512(x, n, inv_s, pre, fused, zp, qmin, qmax, out);
+    else if (level >= LC_SIMD_AVX2) i = quantize_chunk_avx2(x, n, inv_s, pre, fused, zp, qmin, qmax, out);
 #endif
-    quantize_chunk_scalar(x + i, n - i, inv_s, zp, qmin, qmax, (uint8_t *)out + i, out_signed);
+    quantize_chunk_scalar(x + i, n - i, inv_s, pre, fused, zp, qmin, qmax, (uint8_t *)out + i,
+                          out_signed);
 }
 
 static lc_status quant_affine(const void *x, int code, const qview *v, const float *scales,
                               const int32_t *zps, int32_t qmin, int32_t qmax, void *out,
-                              int out_signed) {
+                              int out_signed, int zp_in_round) {
     int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
     int bad = 0;
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
@@ -217,8 +226,9 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
             if (code == LC_F32) src = (const float *)x + off + c0;
             else { lc_to_f32(x, code, off + c0, m, buf); src = buf; }
             for (int64_t i = 0; i < m; i++) bad |= !(fabsf(src[i]) < INFINITY);
-            quantize_chunk(src, m, inv_s, zps[s], qmin, qmax, (uint8_t *)out + off + c0,
-                           out_signed);
+            float pre = zp_in_round ? (float)zps[s] : 0.0f;
+            quantize_chunk(src, m, inv_s, pre, zp_in_round == 2, zp_in_round ? 0 : zps[s], qmin, qmax,
+                           (uint8_t *)out + off + c0, out_signed);
         }
     }
     return bad ? LC_ERR_NONFINITE : LC_OK;
@@ -352,13 +362,14 @@ static inline uint8_t f32_to_f8(float f, int mbits, int bias, float maxf, int ha
     if (a != a) return has_inf ? (uint8_t)(sign | 0x7e) : (uint8_t)(sign | 0x7f);
     /* Quantise magnitude on the format's grid: spacing 2^(e - mbits) with e = max(floor(log2 a),
      * 1 - bias) so subnormals share the smallest exponent's spacing. */
+    if (a == INFINITY) return has_inf ? (uint8_t)(sign | 0x7c) : (uint8_t)(sign | 0x7f);
     int e;
     frexpf(a, &e); /* a = m * 2^e, m in [0.5, 1) */
     e -= 1;
     if (e < 1 - bias) e = 1 - bias;
     float step = ldexpf(1.0f, e - mbits);
     float r = nearbyintf(a / step) * step; /* exact: power-of-two scaling */
-    if (r > maxf || a == INFINITY) {
+    if (r > maxf) {
         if (saturate) r = maxf;
         else return has_inf ? (uint8_t)(sign | 0x7c) : (uint8_t)(sign | 0x7f);
     }
@@ -475,10 +486,11 @@ static PyObject *py_quant_minmax(PyObject *self, PyObject *args) {
 static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
     (void)self;
     PyArrayObject *x, *s, *z, *out;
-    int code, mode, qmin, qmax;
+    int code, mode, qmin, qmax, zp_in_round = 0;
     long long A, C, B;
-    if (!PyArg_ParseTuple(args, "O!iLLLiO!O!iiO!", &PyArray_Type, &x, &code, &A, &C, &B, &mode,
-                          &PyArray_Type, &s, &PyArray_Type, &z, &qmin, &qmax, &PyArray_Type, &out))
+    if (!PyArg_ParseTuple(args, "O!iLLLiO!O!iiO!|i", &PyArray_Type, &x, &code, &A, &C, &B, &mode,
+                          &PyArray_Type, &s, &PyArray_Type, &z, &qmin, &qmax, &PyArray_Type, &out,
+                          &zp_in_round))
         return NULL;
     qview v;
     if (lc_check_array(x, "x", code, 0) < 0 || parse_view(x, A, C, B, mode, &v) < 0 ||
@@ -511,7 +523,7 @@ static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
     void *o = PyArray_DATA(out);
     lc_status st;
     LC_NOGIL_BEGIN
-    st = quant_affine(p, code, &v, sc, zp, qmin, qmax, o, out_signed);
+    st = quant_affine(p, code, &v, sc, zp, qmin, qmax, o, out_signed, zp_in_round);
     LC_NOGIL_END
     if (st != LC_OK) return lc_raise_status(st, "x");
     Py_RETURN_NONE;

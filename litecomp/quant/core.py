@@ -164,7 +164,9 @@ class QTensor:
         if self.group_size is not None and self.axis is not None:
             out = np.moveaxis(out, -1, self.axis)
         out = np.ascontiguousarray(out)
-        return out if np.dtype(dtype) == np.float32 else cast(out, dtype)
+        if np.dtype(dtype) in (np.float32, np.float64):
+            return out.astype(dtype, copy=False)
+        return cast(out, dtype)
 
     # -- plain-array form, so any state-dict writer can store it
     def to_state_dict(self, prefix: str) -> dict:
@@ -269,10 +271,17 @@ def _f32_input(x):
     return k
 
 
+# How torch rounds (see csrc/quant.c): per tensor through fbgemm's fused x * inv + zp, per
+# channel x * inv + zp unfused, quint4x2 nearbyint(x * inv) + zp.
+_ROUND_AFTER_ZP = {("tensor", "qint8"): 2, ("tensor", "quint8"): 2, ("channel", "qint8"): 1,
+                   ("channel", "quint8"): 1}
+
+
 def _torch_codes(k, view, scales, zps, name):
     qmin, qmax, signed, bits = TORCH_QDTYPES[name]
     out = np.empty(k.array.shape, np.int8 if signed else np.uint8)
-    _C.quant_affine(k.raw, k.code, *view, scales, zps, qmin, qmax, out)
+    variant = _ROUND_AFTER_ZP.get(("tensor" if view[3] == 0 else "channel", name), 0)
+    _C.quant_affine(k.raw, k.code, *view, scales, zps, qmin, qmax, out, variant)
     if bits == 4:
         return pack_codes(out.reshape(1, -1), 4).reshape(-1)
     return out
