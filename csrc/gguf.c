@@ -60,9 +60,10 @@ static void dequantize_q8_0_ref(const block_q8_0 *b, float *y) {
 }
 
 /* ------------------------------------------------------------------ Q4_0 / Q5_0 */
-/* The value of largest magnitude, sign kept; the first one on ties (argmax order). */
+/* The value of largest magnitude, sign kept; the first one on ties (NumPy argmax order, so
+ * an all-zero block keeps x[0]'s sign of zero as gguf.quants does). */
 static float signed_absmax(const float *x) {
-    float amax = 0.0f, max = 0.0f;
+    float amax = -1.0f, max = 0.0f;
     for (int j = 0; j < QK; j++) {
         float a = fabsf(x[j]);
         if (a > amax) { amax = a; max = x[j]; }
@@ -400,19 +401,139 @@ static void quantize_q6_K_ref(const float *x, block_q6_K *b) {
     }
 }
 
+/* ------------------------------------------------------------------ AVX-512 */
+/* One block of 32 = two vectors.  Bit-identical to the *_ref functions: the same float
+ * operations in the same order (mul then add, never fused), roundf as trunc plus a
+ * half-away-from-zero correction, and float -> int32 with cvtt, whose out-of-range result
+ * INT_MIN narrows to 0 exactly like lc_f32_to_u8_numpy.  Returns 0 on a non-finite value
+ * (the caller then reports it). */
+#ifdef LC_X86
+#define V16 __m512
+LC_TARGET_AVX512 static inline int finite2(V16 a, V16 b) {
+    const V16 inf = _mm512_set1_ps(INFINITY);
+    return !(_mm512_cmp_ps_mask(_mm512_abs_ps(a), inf, _CMP_NLT_UQ) |
+             _mm512_cmp_ps_mask(_mm512_abs_ps(b), inf, _CMP_NLT_UQ));
+}
+/* u8 codes (numpy semantics) of t, clipped to hi, as int32 lanes */
+LC_TARGET_AVX512 static inline __m512i codes_u8(V16 t, int hi) {
+    __m512i q = _mm512_and_si512(_mm512_cvttps_epi32(t), _mm512_set1_epi32(0xff));
+    return _mm512_min_epu32(q, _mm512_set1_epi32(hi));
+}
+
+LC_TARGET_AVX512 static int quantize_q8_0_avx512(const float *x, void *out) {
+    block_q8_0 *b = out;
+    V16 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    if (!finite2(v0, v1)) return 0;
+    float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    float d = amax / 127.0f, id = inv_or_zero(d);
+    const V16 vid = _mm512_set1_ps(id), half = _mm512_set1_ps(0.5f), one = _mm512_set1_ps(1.0f);
+    V16 t[2] = {_mm512_mul_ps(v0, vid), _mm512_mul_ps(v1, vid)};
+    for (int h = 0; h < 2; h++) {
+        V16 tr = _mm512_roundscale_ps(t[h], _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __mmask16 up = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(t[h], tr)), half, _CMP_GE_OQ);
+        /* tr + copysign(1, t) where the dropped fraction is >= 0.5 */
+        V16 step = _mm512_or_ps(one, _mm512_and_ps(t[h], _mm512_set1_ps(-0.0f)));
+        tr = _mm512_mask_add_ps(tr, up, tr, step);
+        _mm_storeu_si128((__m128i *)(b->qs + 16 * h), _mm512_cvtepi32_epi8(_mm512_cvttps_epi32(tr)));
+    }
+    b->d = f2h(d);
+    return 1;
+}
+
+LC_TARGET_AVX512 static inline float signed_absmax_avx512(const float *x, V16 v0, V16 v1) {
+    V16 a0 = _mm512_abs_ps(v0), a1 = _mm512_abs_ps(v1);
+    float amax = _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+    V16 va = _mm512_set1_ps(amax);
+    uint32_t m = (uint32_t)_mm512_cmp_ps_mask(a0, va, _CMP_EQ_OQ) |
+                 (uint32_t)_mm512_cmp_ps_mask(a1, va, _CMP_EQ_OQ) << 16;
+    return x[__builtin_ctz(m)];
+}
+
+LC_TARGET_AVX512 static int quantize_qx_0_avx512(const float *x, void *out, int nl) {
+    V16 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    if (!finite2(v0, v1)) return 0;
+    float d = signed_absmax_avx512(x, v0, v1) / (float)-nl, id = inv_or_zero(d);
+    const V16 vid = _mm512_set1_ps(id), off = _mm512_set1_ps((float)nl + 0.5f);
+    __m512i q0 = codes_u8(_mm512_add_ps(_mm512_mul_ps(v0, vid), off), 2 * nl - 1);
+    __m512i q1 = codes_u8(_mm512_add_ps(_mm512_mul_ps(v1, vid), off), 2 * nl - 1);
+    __m512i qs = _mm512_or_si512(_mm512_and_si512(q0, _mm512_set1_epi32(0x0f)),
+                                 _mm512_slli_epi32(q1, 4));
+    if (nl == 8) {
+        block_q4_0 *b = out;
+        _mm_storeu_si128((__m128i *)b->qs, _mm512_cvtepi32_epi8(qs));
+        b->d = f2h(d);
+    } else {
+        block_q5_0 *b = out;
+        _mm_storeu_si128((__m128i *)b->qs, _mm512_cvtepi32_epi8(qs));
+        uint32_t qh = (uint32_t)_mm512_test_epi32_mask(q0, _mm512_set1_epi32(16)) |
+                      (uint32_t)_mm512_test_epi32_mask(q1, _mm512_set1_epi32(16)) << 16;
+        for (int k = 0; k < 4; k++) b->qh[k] = (uint8_t)(qh >> (8 * k));
+        b->d = f2h(d);
+    }
+    return 1;
+}
+LC_TARGET_AVX512 static int quantize_q4_0_avx512(const float *x, void *out) {
+    return quantize_qx_0_avx512(x, out, 8);
+}
+LC_TARGET_AVX512 static int quantize_q5_0_avx512(const float *x, void *out) {
+    return quantize_qx_0_avx512(x, out, 16);
+}
+
+LC_TARGET_AVX512 static int quantize_qx_1_avx512(const float *x, void *out, int nl) {
+    V16 v0 = _mm512_loadu_ps(x), v1 = _mm512_loadu_ps(x + 16);
+    if (!finite2(v0, v1)) return 0;
+    float mn, mx;
+    block_minmax(x, &mn, &mx); /* scalar: keeps the reference's sign-of-zero choice */
+    float d = (mx - mn) / (float)nl, id = inv_or_zero(d);
+    const V16 vid = _mm512_set1_ps(id), vmn = _mm512_set1_ps(mn), half = _mm512_set1_ps(0.5f);
+    __m512i q0 = codes_u8(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v0, vmn), vid), half), nl);
+    __m512i q1 = codes_u8(_mm512_add_ps(_mm512_mul_ps(_mm512_sub_ps(v1, vmn), vid), half), nl);
+    __m512i qs = _mm512_or_si512(_mm512_and_si512(q0, _mm512_set1_epi32(0x0f)),
+                                 _mm512_slli_epi32(q1, 4));
+    if (nl == 15) {
+        block_q4_1 *b = out;
+        _mm_storeu_si128((__m128i *)b->qs, _mm512_cvtepi32_epi8(qs));
+        b->d = f2h(d);
+        b->m = f2h(mn);
+    } else {
+        block_q5_1 *b = out;
+        _mm_storeu_si128((__m128i *)b->qs, _mm512_cvtepi32_epi8(qs));
+        uint32_t qh = (uint32_t)_mm512_test_epi32_mask(q0, _mm512_set1_epi32(16)) |
+                      (uint32_t)_mm512_test_epi32_mask(q1, _mm512_set1_epi32(16)) << 16;
+        for (int k = 0; k < 4; k++) b->qh[k] = (uint8_t)(qh >> (8 * k));
+        b->d = f2h(d);
+        b->m = f2h(mn);
+    }
+    return 1;
+}
+LC_TARGET_AVX512 static int quantize_q4_1_avx512(const float *x, void *out) {
+    return quantize_qx_1_avx512(x, out, 15);
+}
+LC_TARGET_AVX512 static int quantize_q5_1_avx512(const float *x, void *out) {
+    return quantize_qx_1_avx512(x, out, 31);
+}
+#undef V16
+#define SIMD_Q(name) quantize_##name##_avx512
+#else
+#define SIMD_Q(name) NULL
+#endif
+
 /* ------------------------------------------------------------------ dispatch */
 typedef struct {
     int type, block, bytes;
     void (*quantize)(const float *, void *);
     void (*dequantize)(const void *, float *);
+    int (*quantize_avx512)(const float *, void *); /* optional, f32 input, 0 = non-finite */
 } gguf_format;
 
-#define FMT(T, name, blk)                                                              \
+#define FMT(T, name, blk, simd)                                                        \
     {T, blk, (int)sizeof(block_##name), (void (*)(const float *, void *))quantize_##name##_ref, \
-     (void (*)(const void *, float *))dequantize_##name##_ref}
+     (void (*)(const void *, float *))dequantize_##name##_ref, simd}
 static const gguf_format formats[] = {
-    FMT(T_Q8_0, q8_0, QK), FMT(T_Q4_0, q4_0, QK), FMT(T_Q4_1, q4_1, QK), FMT(T_Q5_0, q5_0, QK),
-    FMT(T_Q5_1, q5_1, QK), FMT(T_Q4_K, q4_K, QK_K), FMT(T_Q6_K, q6_K, QK_K),
+    FMT(T_Q8_0, q8_0, QK, SIMD_Q(q8_0)), FMT(T_Q4_0, q4_0, QK, SIMD_Q(q4_0)),
+    FMT(T_Q4_1, q4_1, QK, SIMD_Q(q4_1)), FMT(T_Q5_0, q5_0, QK, SIMD_Q(q5_0)),
+    FMT(T_Q5_1, q5_1, QK, SIMD_Q(q5_1)), FMT(T_Q4_K, q4_K, QK_K, NULL),
+    FMT(T_Q6_K, q6_K, QK_K, NULL),
 };
 #undef FMT
 
@@ -428,10 +549,16 @@ static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const g
                                uint8_t *out) {
     int64_t ntasks = lc_nblocks(nblocks, TASK_BLOCKS);
     int bad = 0;
+    int simd = code == LC_F32 && f->quantize_avx512 && lc_simd() >= LC_SIMD_AVX512;
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
         float buf[QK_K];
         int64_t b1 = (t + 1) * TASK_BLOCKS < nblocks ? (t + 1) * TASK_BLOCKS : nblocks;
+        if (simd) {
+            for (int64_t b = t * TASK_BLOCKS; b < b1; b++)
+                bad |= !f->quantize_avx512((const float *)x + b * f->block, out + b * f->bytes);
+            continue;
+        }
         for (int64_t b = t * TASK_BLOCKS; b < b1; b++) {
             const float *src;
             if (code == LC_F32) src = (const float *)x + b * f->block;

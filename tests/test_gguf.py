@@ -20,6 +20,8 @@ def datasets():
     rng = np.random.default_rng(7)
     z = rng.standard_normal((16, 256)).astype(np.float32)
     z[:, :64] = 0
+    z[:, 64:96] = -0.0
+    z[3, 96:128] = np.where(np.arange(32) % 2, 0.0, -0.0)
     ties = rng.integers(-16, 17, (16, 256)).astype(np.float32) / 2
     return {
         "normal": rng.standard_normal((16, 256)).astype(np.float32),
@@ -37,6 +39,22 @@ def datasets():
 DATA = datasets()
 
 
+def assert_same_blocks(got, want, x, name):
+    """Byte equality, except one documented case: for Q4_1/Q5_1 blocks whose minimum is a
+    zero of both signs, NumPy's vectorised min picks the sign of that zero by its own lane
+    order while litecomp keeps the first; m then differs only in its sign bit."""
+    size = lg.FORMATS[name][2]
+    g, w = got.reshape(-1, size), np.asarray(want).reshape(-1, size)
+    if name in ("Q4_1", "Q5_1"):
+        b = x.reshape(-1, 32)
+        mixed = (b.min(1) == 0) & (np.signbit(b) & (b == 0)).any(1) & \
+            (~np.signbit(b) & (b == 0)).any(1)
+        np.testing.assert_array_equal(g[mixed][:, 4:], w[mixed][:, 4:])
+        np.testing.assert_array_equal(g[mixed][:, 2:4] & [0xFF, 0x7F], w[mixed][:, 2:4] & [0xFF, 0x7F])
+        g, w = g[~mixed], w[~mixed]
+    np.testing.assert_array_equal(g, w)
+
+
 @pytest.mark.parametrize("name", LEGACY)
 @pytest.mark.parametrize("kind", list(DATA))
 def test_quantize_matches_gguf(name, kind, simd_level):
@@ -44,8 +62,9 @@ def test_quantize_matches_gguf(name, kind, simd_level):
     with np.errstate(all="ignore"):
         want = g_quantize(x, getattr(T, name))
         got = lg.quantize(x, name)
-        np.testing.assert_array_equal(got, want)
-        np.testing.assert_array_equal(got.ravel(), ref.quantize(x, name).ravel())
+        assert got.shape == want.shape
+        assert_same_blocks(got, want, x, name)
+        assert_same_blocks(got, ref.quantize(x, name), x, name)
         back = lg.dequantize(got, name)
         np.testing.assert_array_equal(back.view(np.uint32),
                                       g_dequantize(want, getattr(T, name)).view(np.uint32))
