@@ -433,6 +433,46 @@ static lc_status cast_float(const void *src, int code, int64_t n, void *dst, int
     return LC_OK;
 }
 
+/* ------------------------------------------------------------------ error statistics */
+/* sum x^2, sum y^2, sum x*y, sum (x-y)^2 (double, per LC_BLOCK partials added in block order)
+ * and max |x - y|: what SQNR, cosine similarity and max error need, in one pass. */
+typedef struct { double xx, yy, xy, ee, maxe; } err_stats;
+
+static void error_block(const void *x, int xcode, const float *y, int64_t start, int64_t n,
+                        err_stats *e) {
+    float buf[CHUNK];
+    double xx = 0, yy = 0, xy = 0, ee = 0, mx = 0;
+    for (int64_t c0 = 0; c0 < n; c0 += CHUNK) {
+        int64_t m = n - c0 < CHUNK ? n - c0 : CHUNK;
+        lc_to_f32(x, xcode, start + c0, m, buf);
+        for (int64_t i = 0; i < m; i++) {
+            double a = buf[i], b = y[start + c0 + i], d = a - b;
+            xx += a * a; yy += b * b; xy += a * b; ee += d * d;
+            if (fabs(d) > mx) mx = fabs(d);
+        }
+    }
+    e->xx = xx; e->yy = yy; e->xy = xy; e->ee = ee; e->maxe = mx;
+}
+
+static lc_status error_stats(const void *x, int xcode, const float *y, int64_t n, err_stats *out) {
+    int64_t nb = lc_nblocks(n, LC_BLOCK);
+    err_stats *parts = malloc((size_t)(nb ? nb : 1) * sizeof *parts);
+    if (!parts) return LC_ERR_NOMEM;
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
+    for (int64_t b = 0; b < nb; b++) {
+        int64_t s = b * LC_BLOCK, len = n - s < LC_BLOCK ? n - s : LC_BLOCK;
+        error_block(x, xcode, y, s, len, &parts[b]);
+    }
+    memset(out, 0, sizeof *out);
+    for (int64_t b = 0; b < nb; b++) {
+        out->xx += parts[b].xx; out->yy += parts[b].yy; out->xy += parts[b].xy;
+        out->ee += parts[b].ee;
+        if (parts[b].maxe > out->maxe) out->maxe = parts[b].maxe;
+    }
+    free(parts);
+    return LC_OK;
+}
+
 /* ------------------------------------------------------------------ Python entry points */
 static int parse_view(PyArrayObject *x, long long A, long long C, long long B, int mode, qview *v) {
     if (A < 0 || C < 0 || B < 0 || mode < 0 || mode > 2 || (mode == 2 && C != 1) ||
@@ -662,7 +702,32 @@ static PyObject *py_cast_float(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+static PyObject *py_error_stats(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *x, *y;
+    int code;
+    if (!PyArg_ParseTuple(args, "O!iO!", &PyArray_Type, &x, &code, &PyArray_Type, &y)) return NULL;
+    if (lc_check_array(x, "x", code, 0) < 0 || lc_check_array(y, "y", LC_F32, 0) < 0) return NULL;
+    if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
+    if (PyArray_SIZE(x) != PyArray_SIZE(y)) {
+        PyErr_SetString(lc_ShapeError, "y: size does not match x");
+        return NULL;
+    }
+    err_stats e;
+    lc_status st;
+    const void *xp = PyArray_DATA(x);
+    const float *yp = PyArray_DATA(y);
+    int64_t n = PyArray_SIZE(x);
+    LC_NOGIL_BEGIN
+    st = error_stats(xp, code, yp, n, &e);
+    LC_NOGIL_END
+    if (st != LC_OK) return lc_raise_status(st, "x");
+    return Py_BuildValue("(ddddd)", e.xx, e.yy, e.xy, e.ee, e.maxe);
+}
+
 static PyMethodDef methods[] = {
+    {"error_stats", py_error_stats, METH_VARARGS,
+     "error_stats(x, code, y) -> (sum x^2, sum y^2, sum xy, sum (x-y)^2, max |x-y|)."},
     {"quant_minmax", py_quant_minmax, METH_VARARGS,
      "quant_minmax(x, code, A, C, B, mode, min_out, max_out): per-slot min/max (finite only)."},
     {"quant_affine", py_quant_affine, METH_VARARGS,

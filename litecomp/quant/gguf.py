@@ -55,12 +55,14 @@ def dequantize(data, qtype) -> np.ndarray:
     return out
 
 
-def write_gguf(path, state_dict, qtype="Q8_0", *, arch="litecomp", min_elements=1024):
+def write_gguf(path, state_dict, qtype="Q8_0", *, arch="litecomp", min_elements=1024,
+               select=None):
     """Write a state dict to a .gguf file with gguf's GGUFWriter.
 
     Tensors whose last axis divides into ``qtype`` blocks and that have at least
     ``min_elements`` values are stored quantized; the rest as float32 (as llama.cpp's
-    converters keep norms and biases in float).  Returns {name: stored type name}.
+    converters keep norms and biases in float); ``select(name) -> bool`` narrows the
+    quantized set further.  Returns {name: stored type name}.
     """
     try:
         import gguf
@@ -73,7 +75,8 @@ def write_gguf(path, state_dict, qtype="Q8_0", *, arch="litecomp", min_elements=
     try:
         for key, value in state_dict.items():
             a = as_array(value, key)
-            if a.ndim >= 1 and a.size >= min_elements and a.shape[-1] % blk == 0:
+            if (a.ndim >= 1 and a.size >= min_elements and a.shape[-1] % blk == 0
+                    and (select is None or select(key))):
                 writer.add_tensor(key, quantize(a, name), raw_dtype=gtype)
                 kinds[key] = name
             else:
