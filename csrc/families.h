@@ -6,4 +6,5 @@
     X(core)            \
     X(random)          \
     X(quant)           \
-    X(gguf)
+    X(gguf)            \
+    X(codebook)

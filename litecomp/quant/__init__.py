@@ -3,7 +3,10 @@ quantize_per_tensor / quantize_per_channel and observers, fake quantization with
 gradients, GGUF block formats, float casts, and the state-dict workflow.
 See docs/quant.md."""
 
-from . import gguf  # noqa: F401
+from . import codebook, gguf  # noqa: F401
+from .codebook import (  # noqa: F401
+    CodebookTensor, Quant4, codebook_quantize, kmeans_1d, quantize_4bit,
+)
 from .core import (  # noqa: F401
     BITS, SCHEMES, QTensor, calc_qparams, cast, pack_codes, quantize, quantize_per_channel,
     quantize_per_tensor, unpack_codes,
@@ -14,7 +17,8 @@ from .observers import (  # noqa: F401
     PerChannelMinMaxObserver, qrange,
 )
 from .state import (  # noqa: F401
-    QuantError, dequantize_state_dict, error_report, quantize_state_dict, quantized_names,
+    QuantError, dequantize_state_dict, error_report, load_quantized, quantize_one,
+    quantize_state_dict, quantized_names,
 )
 
 __all__ = [
@@ -23,5 +27,6 @@ __all__ = [
     "fake_quantize_backward", "MinMaxObserver", "MovingAverageMinMaxObserver",
     "PerChannelMinMaxObserver", "MovingAveragePerChannelMinMaxObserver", "qrange",
     "QuantError", "quantize_state_dict", "dequantize_state_dict", "error_report",
-    "quantized_names", "gguf",
+    "quantized_names", "gguf", "codebook", "Quant4", "quantize_4bit", "CodebookTensor",
+    "codebook_quantize", "kmeans_1d", "load_quantized", "quantize_one",
 ]

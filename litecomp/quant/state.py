@@ -11,7 +11,8 @@ import numpy as np
 from .. import _C
 from .. import dtypes as _dt
 from .._check import as_array, as_kernel_input
-from ..errors import ArgumentError
+from ..errors import ArgumentError, FormatError
+from .codebook import CodebookTensor, Quant4, codebook_quantize, quantize_4bit
 from .core import QTensor, quantize
 
 _SUFFIX = ".qmeta"
@@ -55,7 +56,9 @@ def _spec(value, pattern):
     if isinstance(value, int):
         return {"bits": value}
     if isinstance(value, dict):
-        unknown = set(value) - {"bits", "scheme", "axis", "group_size"}
+        allowed = {"format", "bits", "scheme", "axis", "group_size", "block_size",
+                   "double_quant", "sparse", "keep_zeros"}
+        unknown = set(value) - allowed
         if unknown:
             raise ArgumentError(f"recipe[{pattern!r}]: unknown keys {sorted(unknown)}")
         return dict(value)
@@ -82,10 +85,37 @@ def quantize_state_dict(state_dict, recipe, *, min_ndim=2):
         if spec is None or a.ndim < min_ndim or a.dtype.kind not in "fV":
             out[name] = value
             continue
-        q = quantize(a, **spec)
+        q = quantize_one(a, spec)
         out.update(q.to_state_dict(name))
         report.append(error_report(name, a, q.dequantize(), q.bits, q.nbytes))
     return out, report
+
+
+def quantize_one(a, spec):
+    """One tensor by a recipe spec: format "uniform" (default; ``quantize`` arguments),
+    "nf4"/"fp4" (``quantize_4bit``: block_size, double_quant) or "kmeans"
+    (``codebook_quantize``: bits, axis, sparse, keep_zeros)."""
+    spec = dict(spec)
+    fmt = spec.pop("format", "uniform")
+    if fmt in ("nf4", "fp4"):
+        return quantize_4bit(a, fmt, **spec)
+    if fmt == "kmeans":
+        return codebook_quantize(a, **spec)
+    if fmt != "uniform":
+        raise ArgumentError(f"format: {fmt!r} is not one of 'uniform', 'nf4', 'fp4', 'kmeans'")
+    return quantize(a, **spec)
+
+
+_KINDS = {1: QTensor, 2: Quant4, 3: CodebookTensor}
+
+
+def load_quantized(state_dict, prefix):
+    """The quantized tensor stored under ``prefix`` (QTensor, Quant4 or CodebookTensor)."""
+    meta = np.asarray(state_dict[f"{prefix}{_SUFFIX}"]).ravel()
+    kind = _KINDS.get(int(meta[0])) if meta.size else None
+    if kind is None:
+        raise FormatError(f"{prefix}.qmeta: unknown quantized tensor kind {meta[:1]}")
+    return kind.from_state_dict(state_dict, prefix)
 
 
 def quantized_names(state_dict):
@@ -96,13 +126,15 @@ def quantized_names(state_dict):
 def dequantize_state_dict(state_dict, dtype=np.float32):
     """Float tensors again: every QTensor dequantized (to ``dtype``), the rest unchanged."""
     names = set(quantized_names(state_dict))
-    parts = {f"{n}.{p}" for n in names for p in ("qdata", "scales", "zero_points", "qmeta")}
+    part_names = ("qdata", "scales", "zero_points", "qmeta", "absmax", "absmax_q",
+                  "absmax_scale", "absmax_offset", "codebook", "mask")
+    parts = {f"{n}.{p}" for n in names for p in part_names}
     out = {}
     for key, value in state_dict.items():
         if key in parts:
             if key.endswith(_SUFFIX):
                 name = key[:-len(_SUFFIX)]
-                out[name] = QTensor.from_state_dict(state_dict, name).dequantize(dtype)
+                out[name] = load_quantized(state_dict, name).dequantize(dtype)
             continue
         out[key] = value
     return out
