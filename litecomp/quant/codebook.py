@@ -70,6 +70,7 @@ class Quant4:
     absmax_q: Optional[np.ndarray] = None
     absmax_scale: Optional[np.ndarray] = None
     absmax_offset: Optional[np.ndarray] = None
+    bits = 4
 
     @property
     def nbytes(self):
