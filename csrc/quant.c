@@ -473,6 +473,60 @@ static lc_status error_stats(const void *x, int xcode, const float *y, int64_t n
     return LC_OK;
 }
 
+/* ------------------------------------------------------------------ histograms */
+/* torch.histc per slot: the bin of v is (int64)((v - lo) * bins / (hi - lo)) in float32, as
+ * torch's CPU histogram kernel computes it (verified against torch.histc); v == hi lands in
+ * the last bin; values outside [lo, hi] are not counted; lo == hi widens to [lo - 1, hi + 1]
+ * as torch does.  Counts are exact (int64). */
+static inline void hist_add(float v, float lo, float hi, int64_t bins, int64_t *h) {
+    if (!(v >= lo && v <= hi)) return;
+    int64_t pos = (int64_t)((v - lo) * (float)bins / (hi - lo));
+    if (pos >= bins) pos = bins - 1;
+    if (pos < 0) pos = 0;
+    h[pos]++;
+}
+
+static void hist_run(const void *x, int code, int64_t off, int64_t len, float lo, float hi,
+                     int64_t bins, int64_t *h) {
+    if (lo == hi) { lo -= 1.0f; hi += 1.0f; }
+    float buf[CHUNK];
+    for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
+        int64_t m = len - c0 < CHUNK ? len - c0 : CHUNK;
+        lc_to_f32(x, code, off + c0, m, buf);
+        for (int64_t i = 0; i < m; i++) hist_add(buf[i], lo, hi, bins, h);
+    }
+}
+
+static lc_status quant_hist(const void *x, int code, const qview *v, const float *lo,
+                            const float *hi, int64_t bins, int64_t *out) {
+    int64_t ns = nslots(v);
+    memset(out, 0, (size_t)(ns * bins) * sizeof(int64_t));
+    if (v->mode == 0) { /* one slot: per-chunk partial histograms added in chunk order */
+        int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
+        int64_t *part = calloc((size_t)((nb ? nb : 1) * bins), sizeof(int64_t));
+        if (!part) return LC_ERR_NOMEM;
+        LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
+        for (int64_t b = 0; b < nb; b++) {
+            int64_t s = b * LC_BLOCK, len = n - s < LC_BLOCK ? n - s : LC_BLOCK;
+            hist_run(x, code, s, len, lo[0], hi[0], bins, part + b * bins);
+        }
+        for (int64_t b = 0; b < nb; b++)
+            for (int64_t i = 0; i < bins; i++) out[i] += part[b * bins + i];
+        free(part);
+        return LC_OK;
+    }
+    /* per slot: each slot's runs are visited by one task (counts are order-free anyway) */
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
+    for (int64_t s = 0; s < ns; s++) {
+        if (v->mode == 1)
+            for (int64_t a = 0; a < v->A; a++)
+                hist_run(x, code, (a * v->C + s) * v->B, v->B, lo[s], hi[s], bins, out + s * bins);
+        else
+            hist_run(x, code, s * v->B, v->B, lo[s], hi[s], bins, out + s * bins);
+    }
+    return LC_OK;
+}
+
 /* ------------------------------------------------------------------ Python entry points */
 static int parse_view(PyArrayObject *x, long long A, long long C, long long B, int mode, qview *v) {
     if (A < 0 || C < 0 || B < 0 || mode < 0 || mode > 2 || (mode == 2 && C != 1) ||
@@ -725,7 +779,39 @@ static PyObject *py_error_stats(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ddddd)", e.xx, e.yy, e.xy, e.ee, e.maxe);
 }
 
+static PyObject *py_quant_hist(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *x, *lo, *hi, *out;
+    int code, mode;
+    long long A, C, B, bins;
+    if (!PyArg_ParseTuple(args, "O!iLLLiO!O!LO!", &PyArray_Type, &x, &code, &A, &C, &B, &mode,
+                          &PyArray_Type, &lo, &PyArray_Type, &hi, &bins, &PyArray_Type, &out))
+        return NULL;
+    qview v;
+    if (lc_check_array(x, "x", code, 0) < 0 || parse_view(x, A, C, B, mode, &v) < 0 ||
+        lc_check_array(lo, "min", LC_F32, 0) < 0 || lc_check_array(hi, "max", LC_F32, 0) < 0 ||
+        lc_check_array(out, "out", LC_I64, 1) < 0)
+        return NULL;
+    if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
+    int64_t ns = nslots(&v);
+    if (bins < 1 || PyArray_SIZE(lo) != ns || PyArray_SIZE(hi) != ns || PyArray_SIZE(out) != ns * bins) {
+        PyErr_SetString(lc_ShapeError, "out: sizes do not fit the slots and bins");
+        return NULL;
+    }
+    const void *xp = PyArray_DATA(x);
+    const float *lp = PyArray_DATA(lo), *hp = PyArray_DATA(hi);
+    int64_t *op = PyArray_DATA(out);
+    lc_status st;
+    LC_NOGIL_BEGIN
+    st = quant_hist(xp, code, &v, lp, hp, bins, op);
+    LC_NOGIL_END
+    if (st != LC_OK) return lc_raise_status(st, "x");
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"quant_hist", py_quant_hist, METH_VARARGS,
+     "quant_hist(x, code, A, C, B, mode, min, max, bins, out): torch.histc per slot."},
     {"error_stats", py_error_stats, METH_VARARGS,
      "error_stats(x, code, y) -> (sum x^2, sum y^2, sum xy, sum (x-y)^2, max |x-y|)."},
     {"quant_minmax", py_quant_minmax, METH_VARARGS,

@@ -122,3 +122,34 @@ def fake_quant(quick):
     return Run(litecomp=ours, anchor=anchor[:2],
                missing_reason=anchor[2] if len(anchor) > 2 else "",
                bytes=x.nbytes * 5, check=check)
+
+
+@case("histogram calibration (HistogramObserver), 8 batches of 64x512x16", group="quant")
+def histogram(quick):
+    rng = np.random.default_rng(1)
+    shape = (4, 512, 16) if quick else (64, 512, 16)
+    batches = [(rng.standard_normal(shape) * (1 + i / 4)).astype(np.float32) for i in range(8)]
+
+    def ours():
+        o = Q.HistogramObserver()
+        for b in batches:
+            o.update(b)
+        return o.qparams()
+    if torch is None:
+        anchor = missing("torch HistogramObserver", "torch")
+    else:
+        tb = [torch.from_numpy(b) for b in batches]
+
+        def theirs():
+            o = torch.ao.quantization.HistogramObserver()
+            for b in tb:
+                o(b)
+            return o.calculate_qparams()
+        anchor = ("torch.ao HistogramObserver + calculate_qparams", theirs)
+
+    def check(a, b):
+        assert a[0][0] == np.float32(b[0].item()) and a[1][0] == b[1].item()
+    return Run(litecomp=ours, anchor=anchor[:2],
+               missing_reason=anchor[2] if len(anchor) > 2 else "",
+               bytes=sum(b.nbytes for b in batches) * 2, check=check,
+               notes="qparams identical to torch's")

@@ -3,7 +3,8 @@ quantize_per_tensor / quantize_per_channel and observers, fake quantization with
 gradients, GGUF block formats, float casts, and the state-dict workflow.
 See docs/quant.md."""
 
-from . import codebook, gguf  # noqa: F401
+from . import calibrate, codebook, gguf  # noqa: F401
+from .calibrate import HistogramObserver, histc, l2_range_search  # noqa: F401
 from .codebook import (  # noqa: F401
     CodebookTensor, Quant4, codebook_quantize, kmeans_1d, quantize_4bit,
 )
@@ -28,5 +29,6 @@ __all__ = [
     "PerChannelMinMaxObserver", "MovingAveragePerChannelMinMaxObserver", "qrange",
     "QuantError", "quantize_state_dict", "dequantize_state_dict", "error_report",
     "quantized_names", "gguf", "codebook", "Quant4", "quantize_4bit", "CodebookTensor",
-    "codebook_quantize", "kmeans_1d", "load_quantized", "quantize_one",
+    "codebook_quantize", "kmeans_1d", "load_quantized", "quantize_one", "calibrate",
+    "HistogramObserver", "histc", "l2_range_search",
 ]
