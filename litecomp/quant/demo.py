@@ -17,8 +17,9 @@ def step_quantize(ctx) -> str:
     from ..io import save
     from .state import quantize_state_dict
     sd = ctx.state_dict
+    group = 32 if ctx.small else 128  # the tiny model's rows are only 64 wide
     recipes = {"int8": {"*": {"bits": 8, "axis": 0}},
-               "int4": {"*": {"bits": 4, "group_size": 128}}}
+               "int4": {"*": {"bits": 4, "group_size": group}}}
     worst, sizes = {}, {}
     for label, recipe in recipes.items():
         out, report = quantize_state_dict(sd, recipe)
@@ -32,7 +33,7 @@ def step_quantize(ctx) -> str:
             w[label] = min(w.get(label, float("inf")), e.sqnr_db)
         del out
     rows = [[layer, f"{v['int8']:.1f}", f"{v['int4']:.1f}"] for layer, v in worst.items()]
-    print(render_table(["layer (worst tensor)", "int8/ch SQNR dB", "int4/g128 SQNR dB"], rows,
+    print(render_table(["layer (worst tensor)", "int8/ch SQNR dB", f"int4/g{group} SQNR dB"], rows,
                        align=["<", ">", ">"]))
     base = sum(a.nbytes for a in sd.values())
     print(f"float32 {format_bytes(base)} -> int8 {format_bytes(sizes['int8'])}, "
