@@ -163,15 +163,18 @@ LC_TARGET_AVX512 static int64_t quantize_chunk_avx512(const float *x, int64_t n,
     const __m512i vzp = _mm512_set1_epi32(zp);
     uint8_t *o = out;
     int64_t i = 0;
+    __mmask16 bad = 0;
+    const __m512 inf = _mm512_set1_ps(INFINITY);
     for (; i + 16 <= n; i += 16) {
         __m512 v = _mm512_loadu_ps(x + i);
+        bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), inf, _CMP_NLT_UQ);
         v = fused ? _mm512_fmadd_ps(v, vinv, vpre) : _mm512_add_ps(_mm512_mul_ps(v, vinv), vpre);
         __m512 r = _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
         __m512i q = _mm512_add_epi32(_mm512_cvtps_epi32(r), vzp);
         _mm_storeu_si128((__m128i *)(o + i), _mm512_cvtepi32_epi8(q)); /* truncating narrow */
     }
-    return i;
+    return bad ? 0 : i; /* a non-finite value: let the scalar pass find it */
 }
 
 LC_TARGET_AVX2 static int64_t quantize_chunk_avx2(const float *x, int64_t n, float inv_s,
@@ -196,16 +199,23 @@ LC_TARGET_AVX2 static int64_t quantize_chunk_avx2(const float *x, int64_t n, flo
 #endif
 
 /* max/min compare order: NaN never reaches here (inputs are checked finite). */
-static void quantize_chunk(const float *x, int64_t n, float inv_s, float pre, int fused, int32_t zp,
-                           int32_t qmin, int32_t qmax, void *out, int out_signed) {
-    int64_t i = 0;
+/* Returns 1 when the chunk holds NaN or inf (the AVX-512 loop checks as it goes; other
+ * paths check separately). */
+static int quantize_chunk(const float *x, int64_t n, float inv_s, float pre, int fused, int32_t zp,
+                          int32_t qmin, int32_t qmax, void *out, int out_signed) {
+    int64_t i = 0, checked = 0;
 #ifdef LC_X86
     int level = lc_simd();
-    if (level >= LC_SIMD_AVX512) i = quantize_chunk_avx512(x, n, inv_s, pre, fused, zp, qmin, qmax, out);
-    else if (level >= LC_SIMD_AVX2) i = quantize_chunk_avx2(x, n, inv_s, pre, fused, zp, qmin, qmax, out);
+    if (level >= LC_SIMD_AVX512)
+        checked = i = quantize_chunk_avx512(x, n, inv_s, pre, fused, zp, qmin, qmax, out);
+    else if (level >= LC_SIMD_AVX2)
+        i = quantize_chunk_avx2(x, n, inv_s, pre, fused, zp, qmin, qmax, out);
 #endif
+    int bad = 0;
+    for (int64_t j = checked; j < n; j++) bad |= !(fabsf(x[j]) < INFINITY);
     quantize_chunk_scalar(x + i, n - i, inv_s, pre, fused, zp, qmin, qmax, (uint8_t *)out + i,
                           out_signed);
+    return bad;
 }
 
 static lc_status quant_affine(const void *x, int code, const qview *v, const float *scales,
@@ -225,9 +235,8 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
             const float *src;
             if (code == LC_F32) src = (const float *)x + off + c0;
             else { lc_to_f32(x, code, off + c0, m, buf); src = buf; }
-            for (int64_t i = 0; i < m; i++) bad |= !(fabsf(src[i]) < INFINITY);
             float pre = zp_in_round ? (float)zps[s] : 0.0f;
-            quantize_chunk(src, m, inv_s, pre, zp_in_round == 2, zp_in_round ? 0 : zps[s], qmin, qmax,
+            bad |= quantize_chunk(src, m, inv_s, pre, zp_in_round == 2, zp_in_round ? 0 : zps[s], qmin, qmax,
                            (uint8_t *)out + off + c0, out_signed);
         }
     }
