@@ -211,3 +211,16 @@ def test_quantize_cli(tmp_path, capsys):
     assert {t.name for t in r.tensors} == set(litecomp.load(src))
     assert main(["quantize", src, str(tmp_path / "x.safetensors"), "--bits", "7"]) == 1
     assert "bits" in capsys.readouterr().err
+
+
+def test_sparse_codebook_uses_the_sparse_bitmask_layout():
+    rng = np.random.default_rng(8)
+    w = rng.standard_normal((5, 21)).astype(np.float32)
+    w[np.abs(w) < 0.5] = 0
+    c = Q.codebook_quantize(w, 3, sparse=True)
+    np.testing.assert_array_equal(c.mask, np.packbits(w != 0, axis=-1, bitorder="little"))
+    y = c.dequantize()
+    assert (y[w == 0] == 0).all()
+    assert len(np.unique(y[w != 0])) <= 8
+    sd = c.to_state_dict("w")
+    np.testing.assert_array_equal(Q.load_quantized(sd, "w").dequantize(), y)

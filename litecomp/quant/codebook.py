@@ -165,7 +165,9 @@ class CodebookTensor:
     """Weight sharing: ``indices`` packed with ``pack_codes`` (LSB first, rows of the last
     axis; or, with ``mask``, only the nonzero values as one row), ``codebook`` float32
     (k,) per tensor or (C, k) per channel (axis 0); with ``keep_zeros`` code 0 is exactly
-    0.0.  ``mask`` (packbits, little bit order, of x != 0) when zeros are not stored."""
+    0.0.  ``mask`` when zeros are not stored: compressed-tensors' sparse-bitmask bitmask,
+    ``np.packbits(x != 0, axis=-1, bitorder="little")`` over (rows, last axis); the codes
+    then cover the nonzero values in row-major order."""
     indices: np.ndarray
     codebook: np.ndarray
     bits: int
@@ -180,7 +182,9 @@ class CodebookTensor:
     def dequantize(self, dtype=np.float32) -> np.ndarray:
         n = int(np.prod(self.shape, dtype=np.int64))
         if self.mask is not None:
-            keep = np.unpackbits(self.mask, count=n, bitorder="little").astype(bool)
+            cols = self.shape[-1] if self.shape else 1
+            keep = np.unpackbits(self.mask.reshape(-1, self.mask.shape[-1]), axis=-1,
+                                 count=cols, bitorder="little").astype(bool).reshape(-1)
             idx = unpack_codes(self.indices.reshape(1, -1), int(keep.sum()), self.bits)[0]
             out = np.zeros(n, np.float32)
             out[keep] = self.codebook.reshape(-1)[idx]  # masks are per tensor only
@@ -272,11 +276,12 @@ def codebook_quantize(x, bits=4, *, axis=None, keep_zeros=True, sparse=False,
     kk = 1 << bits
     shape = a.shape or (1,)
     if sparse:
-        nz = a.reshape(-1) != 0
-        cb, idx = kmeans_1d(a.reshape(-1)[nz], kk, iters=iters)
+        nz = a.reshape(-1, shape[-1]) != 0
+        cb, idx = kmeans_1d(a.reshape(-1)[nz.reshape(-1)], kk, iters=iters)
         packed = pack_codes(idx.reshape(1, -1), bits) if idx.size else np.zeros((1, 0), np.uint8)
+        # the bitmask of compressed-tensors' sparse-bitmask format (rows x ceil(cols / 8))
         return CodebookTensor(packed.reshape(-1), cb, bits, shape,
-                              np.packbits(nz, bitorder="little"))
+                              np.packbits(nz, axis=-1, bitorder="little"))
     rows = a.reshape(1, -1) if axis is None else a.reshape(shape[0], -1)
     books, codes = [], np.empty(rows.shape, np.uint8)
     for r in range(rows.shape[0]):
