@@ -324,3 +324,25 @@ def test_torch_fake_quantize_module():
     y64 = fq2(x64)  # float64 -> torch formulas
     y64.pow(2).sum().backward()
     np.testing.assert_allclose(fq2.scale.grad.numpy(), fq.scale.grad.numpy(), rtol=1e-3)
+
+
+def test_static_quantization_with_observer_qparams():
+    rng = np.random.default_rng(10)
+    calib = [(rng.standard_normal((16, 32)) * 0.5).astype(np.float32) for _ in range(3)]
+    obs = Q.MinMaxObserver(scheme="affine")
+    for b in calib:
+        obs.update(b)
+    s, z = obs.qparams(bits=4)
+    x = (rng.standard_normal((16, 32)) * 0.5).astype(np.float32)
+    q = Q.quantize(x, 4, scheme="affine", qparams=(s, z))
+    assert q.scales[0] == s[0] and q.zero_points[0] == z[0]
+    lo = min(b.min() for b in calib)
+    hi = max(b.max() for b in calib)
+    want_s, want_z = Q.calc_qparams(lo, hi, 0, 15, "affine")
+    assert s[0] == want_s[0] and z[0] == want_z[0]
+    np.testing.assert_array_equal(q.codes(), np.clip(np.rint(x * (np.float32(1) / s[0])) + z[0],
+                                                     0, 15))
+    with pytest.raises(litecomp.ShapeError, match="^qparams"):
+        Q.quantize(x, 4, axis=0, qparams=(s, z))
+    with pytest.raises(litecomp.ArgumentError, match="^bits"):
+        obs.qparams(bits=9)

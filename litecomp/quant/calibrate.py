@@ -12,7 +12,7 @@ from .. import _C
 from .._check import check_axis, check_choice, check_float, check_int
 from ..errors import ArgumentError
 from .core import _float_input, _view, calc_qparams, minmax
-from .observers import DTYPES, qrange
+from .observers import DTYPES, qparams_for, qrange
 
 F32 = np.float32
 
@@ -251,16 +251,21 @@ class HistogramObserver:
             hi.append(best_t)
         return np.array(lo, F32), np.array(hi, F32)
 
-    def qparams(self, method="l2", **kw):
+    def qparams(self, method="l2", *, bits=None, scheme=None, **kw):
         """(scales, zero_points) from the range of ``method``: "l2" (torch's search, the
         default; equals torch's calculate_qparams per tensor), "percentile", "mse",
-        "entropy" or "minmax"."""
+        "entropy" or "minmax".  ``bits``/``scheme`` as in ``MinMaxObserver.qparams`` (the
+        L2 search then targets 2**bits levels)."""
         if self.hist is None:
             return np.ones(1, F32), np.zeros(1, np.int32)
         method = check_choice(method, "method", ("l2", "percentile", "mse", "entropy", "minmax"))
-        mn, mx = {"l2": self.l2_range, "percentile": self.percentile_range,
-                  "mse": self.mse_range, "entropy": self.entropy_range,
-                  "minmax": lambda: (self.min_val, self.max_val)}[method](**kw)
-        qmin, qmax = qrange(self.dtype, self.reduce_range)
-        return calc_qparams(mn, mx, qmin, qmax, self.scheme,
-                            zero_point_symmetric=128 if self.dtype == "quint8" else 0)
+        if bits is not None:
+            from .core import _check_bits
+            self.dst_nbins = 1 << _check_bits(bits)
+        try:
+            mn, mx = {"l2": self.l2_range, "percentile": self.percentile_range,
+                      "mse": self.mse_range, "entropy": self.entropy_range,
+                      "minmax": lambda: (self.min_val, self.max_val)}[method](**kw)
+        finally:
+            self.dst_nbins = 256
+        return qparams_for(mn, mx, self.dtype, self.reduce_range, scheme or self.scheme, bits)

@@ -211,12 +211,15 @@ class QTensor:
                 f"{self.nbytes} bytes)")
 
 
-def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None) -> QTensor:
+def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None,
+             qparams=None) -> QTensor:
     """Quantize a float array to ``bits`` (2, 3, 4, 5, 6 or 8) bits.
 
     axis=None, group_size=None: one scale for the tensor.  axis=k: one per index of axis k.
     group_size=g: one per run of g elements along the last axis (or along ``axis`` when
-    given); g must divide that axis.  NaN/inf raise NonFiniteError.
+    given); g must divide that axis.  NaN/inf raise NonFiniteError.  ``qparams=(scales,
+    zero_points)`` (e.g. from a calibrated observer's ``qparams(bits=...)``) replaces the
+    min/max of ``x`` itself (static quantization).
     """
     bits = _check_bits(bits)
     check_choice(scheme, "scheme", SCHEMES)
@@ -238,9 +241,16 @@ def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None) -> QT
             a = np.ascontiguousarray(np.moveaxis(a, gaxis, -1))
             k = as_kernel_input(a, "x")
     view = _view(a.shape, axis, group_size)
-    mn, mx = minmax(k, view)
     qmax = (1 << bits) - 1
-    s, zp = calc_qparams(mn, mx, 0, qmax, scheme, zero_point_symmetric=1 << (bits - 1))
+    if qparams is None:
+        mn, mx = minmax(k, view)
+        s, zp = calc_qparams(mn, mx, 0, qmax, scheme, zero_point_symmetric=1 << (bits - 1))
+    else:
+        s = np.ascontiguousarray(np.asarray(qparams[0], np.float32).ravel())
+        zp = np.ascontiguousarray(np.asarray(qparams[1]).ravel(), np.int32)
+        if s.size != _nslots(view) or zp.size != s.size:
+            raise ShapeError(f"qparams: expected {_nslots(view)} scales and zero points, got "
+                             f"{s.size} and {zp.size}")
     codes = np.empty(a.shape, np.uint8)
     _C.quant_affine(k.raw, k.code, *view, s, zp, 0, qmax, codes)
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))

@@ -22,6 +22,19 @@ def qrange(dtype="quint8", reduce_range=False):
     return (0, 127) if reduce_range else (0, 255)
 
 
+def qparams_for(mn, mx, dtype, reduce_range, scheme, bits=None):
+    """torch's qparams for ``dtype`` or, with ``bits``, litecomp's unsigned-code qparams."""
+    if bits is not None:
+        from .core import _check_bits
+        bits = _check_bits(bits)
+        check_choice(scheme, "scheme", ("affine", "symmetric"))
+        return calc_qparams(mn, mx, 0, (1 << bits) - 1, scheme,
+                            zero_point_symmetric=1 << (bits - 1))
+    qmin, qmax = qrange(dtype, reduce_range)
+    return calc_qparams(mn, mx, qmin, qmax, scheme,
+                        zero_point_symmetric=128 if dtype == "quint8" else 0)
+
+
 class MinMaxObserver:
     """torch.ao.quantization.MinMaxObserver: running min and max of every batch.
 
@@ -66,14 +79,15 @@ class MinMaxObserver:
 
     __call__ = update
 
-    def qparams(self):
-        """(scales float32, zero_points int32) = torch's ``calculate_qparams()``."""
+    def qparams(self, bits=None, scheme=None):
+        """(scales float32, zero_points int32).  Without arguments: torch's
+        ``calculate_qparams()`` for this observer's dtype.  With ``bits`` (and optionally
+        ``scheme``): litecomp's unsigned codes [0, 2**bits - 1], as ``quantize`` uses them
+        (pass the result to ``quantize(..., qparams=...)``)."""
         if self.min_val is None:  # torch: no data seen -> scale 1, zero point 0
             return np.ones(1, np.float32), np.zeros(1, np.int32)
-        qmin, qmax = qrange(self.dtype, self.reduce_range)
-        zp_sym = 128 if self.dtype == "quint8" else 0
-        return calc_qparams(self.min_val, self.max_val, qmin, qmax, self.scheme,
-                            zero_point_symmetric=zp_sym)
+        return qparams_for(self.min_val, self.max_val, self.dtype, self.reduce_range,
+                           scheme or self.scheme, bits)
 
 
 class MovingAverageMinMaxObserver(MinMaxObserver):
