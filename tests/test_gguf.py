@@ -133,3 +133,13 @@ def test_write_gguf_roundtrip(tmp_path):
     np.testing.assert_array_equal(np.asarray(tensors["w"].data).reshape(-1),
                                   lg.quantize(sd["w"], "Q4_0").reshape(-1))
     np.testing.assert_array_equal(np.asarray(tensors["b"].data), sd["b"])
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64, "bfloat16"])
+def test_other_input_dtypes_match_gguf(dtype):
+    import ml_dtypes
+    dt = ml_dtypes.bfloat16 if dtype == "bfloat16" else dtype
+    x = DATA["normal"].astype(dt)
+    for name in ("Q8_0", "Q4_0"):
+        want = g_quantize(x.astype(np.float32), getattr(T, name))
+        np.testing.assert_array_equal(lg.quantize(x, name), want)

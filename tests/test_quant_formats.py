@@ -224,3 +224,10 @@ def test_sparse_codebook_uses_the_sparse_bitmask_layout():
     assert len(np.unique(y[w != 0])) <= 8
     sd = c.to_state_dict("w")
     np.testing.assert_array_equal(Q.load_quantized(sd, "w").dequantize(), y)
+
+
+def test_4bit_threads_and_simd_identical():
+    x = litecomp.random.normal(64 * 5000 + 3, seed=9)
+    outs = same_for_all_paths(lambda: (lambda q: q.data.tobytes() + q.absmax.tobytes())(
+        Q.quantize_4bit(x)))
+    assert len({o for _, o in outs}) == 1
