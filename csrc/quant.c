@@ -135,7 +135,7 @@ static lc_status quant_minmax(const void *x, int code, const qview *v, float *mn
  * which equals clamping zp + r (r is an integer-valued float, exact below 2^24). */
 static inline int32_t quantize_one(float x, float inv_s, float pre, int fused, float lo, float hi,
                                    int32_t zp) {
-    float r = nearbyintf(fused ? fmaf(x, inv_s, pre) : x * inv_s + pre);
+    float r = lc_rne(fused ? fmaf(x, inv_s, pre) : x * inv_s + pre);
     r = r < lo ? lo : r;
     r = r > hi ? hi : r;
     return (int32_t)r + zp;
@@ -328,7 +328,7 @@ static lc_status fake_quant(const float *x, const float *dy, const qview *v, con
         for (int64_t i = off; i < off + len; i++) {
             float xv = x[i];
             bad |= !(fabsf(xv) < INFINITY);
-            float r = nearbyintf(xv * inv_s) + (float)zp;
+            float r = lc_rne(xv * inv_s) + (float)zp;
             float qc = r < (float)qmin ? (float)qmin : r > (float)qmax ? (float)qmax : r;
             float yv = (qc - (float)zp) * sc;
             if (y) y[i] = yv;

@@ -26,4 +26,12 @@ static inline uint8_t lc_f32_to_u8_numpy(float v) {
     return fabsf(v) < 2147483648.0f ? (uint8_t)(int32_t)v : 0;
 }
 
+/* nearbyintf (round half to even) without a libm call: adding and subtracting 1.5 * 2^23
+ * rounds exactly for |v| < 2^22; larger values take the library path.  (-0.5 gives +0.0
+ * where nearbyintf gives -0.0; every caller adds a zero point or converts to an integer,
+ * where the sign of zero cannot matter.) */
+static inline float lc_rne(float v) {
+    return fabsf(v) < 4194304.0f ? (v + 12582912.0f) - 12582912.0f : nearbyintf(v);
+}
+
 #endif /* LITECOMP_QUANT_H */
