@@ -28,6 +28,7 @@ def test_histc_matches_reference():
     assert len({o for _, o in outs}) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Please use quant_min")
 def test_histogram_observer_matches_torch():
     torch = pytest.importorskip("torch")
     from torch.ao.quantization.observer import HistogramObserver as T
@@ -231,3 +232,48 @@ def test_4bit_threads_and_simd_identical():
     outs = same_for_all_paths(lambda: (lambda q: q.data.tobytes() + q.absmax.tobytes())(
         Q.quantize_4bit(x)))
     assert len({o for _, o in outs}) == 1
+
+
+# Golden bytes from bitsandbytes 0.50.2 (bitsandbytes.functional.quantize_4bit on CPU,
+# blocksize 64) for litecomp.random.normal(320, seed=3) with values 64..127 zeroed, and
+# hashes of its double-quantized state and create_dynamic_map(signed=True).
+BNB = {
+    "nf4": "2ee2907645455d297b2d4647e94badf5124721de59d13557d873233d8f8637997777777777777777"
+           "777777777777777777777777777777777777777777777777c456c4d3b70720aaa67bde35b7be011f"
+           "544a485a17d1966bc87b50bdb378b6398b94c417ae6524c346a64bb54496a437a736c47bbcc954c9"
+           "e74af88e8d7593d75d4b938a4ca05ac955be614ee9cf23b44c912c7e3525d7474c2540d54f8a903b",
+    "fp4": "d22d6b1efecef5a694d5f9c126f4723eadf9aa52e65acee1219cdcc51319d16600000000000000000"
+           "000000000000000000000000000000000000000000000005fee5f2d49b1db777e1422df4142baa3ec"
+           "c7f6f7a92a69945114eb424c1149c6146c5ca9729fdc5dce7ef44efc697fc979ce5f944456ef5629f7"
+           "3662158f6d51e5f46c17f47bf756ee429af22643dc4fc56ad512cfde21f9f5dfcb2ef3176bc4",
+    "absmax": [2.0943055152893066, 0.0, 2.0973947048187256, 3.170881509780884, 2.649449586868286],
+    "double_quant_sha256": "aecc8208f8b0322dd5d96e6b4cc0fd369e419213e0c41db5cf54eae17a53089c",
+    "dynamic_map_sha256": "e732639a65f497b4ad684bb166a4467708255edd5207757de8b8f0c7e1fda89c",
+}
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "fp4"])
+def test_4bit_bytes_equal_bitsandbytes(fmt):
+    import hashlib
+    x = litecomp.random.normal(320, seed=3)
+    x[64:128] = 0
+    q = Q.quantize_4bit(x, fmt)
+    assert q.data.tobytes().hex() == BNB[fmt]
+    np.testing.assert_array_equal(q.absmax, np.asarray(BNB["absmax"], np.float32))
+    w = litecomp.random.normal(64 * 600, seed=4)
+    d = Q.quantize_4bit(w, "nf4", double_quant=True)
+    blob = d.data.tobytes() + d.absmax_q.tobytes() + d.absmax_scale.tobytes() + \
+        d.absmax_offset.tobytes()
+    assert hashlib.sha256(blob).hexdigest() == BNB["double_quant_sha256"]
+    assert hashlib.sha256(cb.dynamic_map().tobytes()).hexdigest() == BNB["dynamic_map_sha256"]
+
+
+def test_4bit_live_bitsandbytes_parity():
+    torch = pytest.importorskip("torch")
+    F = pytest.importorskip("bitsandbytes.functional")
+    x = np.random.default_rng(11).standard_normal((32, 192)).astype(np.float32)
+    for fmt in ("nf4", "fp4"):
+        qt, st = F.quantize_4bit(torch.from_numpy(x), blocksize=64, quant_type=fmt)
+        q = Q.quantize_4bit(x, fmt)
+        np.testing.assert_array_equal(q.data, qt.numpy().reshape(-1))
+        np.testing.assert_array_equal(q.dequantize(), F.dequantize_4bit(qt, st).numpy())

@@ -25,6 +25,11 @@ CODEBOOKS = {"nf4": NF4, "fp4": FP4}
 _KIND_4BIT, _KIND_KMEANS = 2, 3
 
 
+def _torch_linspace(start, end, steps):
+    from .calibrate import _linspace
+    return _linspace(start, end, steps)
+
+
 def dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) -> np.ndarray:
     """bitsandbytes' ``create_dynamic_map``: the 256-value dynamic 8-bit code used to
     double-quantize absmax values (sorted ascending)."""
@@ -32,9 +37,9 @@ def dynamic_map(signed=True, max_exponent_bits=7, total_bits=8) -> np.ndarray:
     non_sign = total_bits - (1 if signed else 0)
     for i in range(max_exponent_bits):
         n = 2 ** (i + non_sign - max_exponent_bits) + (1 if signed else 2)
-        bounds = np.linspace(0.1, 1, n, dtype=np.float32)
+        bounds = _torch_linspace(0.1, 1, n)
         means = (bounds[:-1] + bounds[1:]) / np.float32(2)
-        scale = 10.0 ** (-(max_exponent_bits - 1) + i)
+        scale = np.float32(10.0 ** (-(max_exponent_bits - 1) + i))  # torch: float32 product
         data += (scale * means).tolist()
         if signed:
             data += (-scale * means).tolist()
