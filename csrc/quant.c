@@ -307,6 +307,39 @@ static void unpack_row(const uint8_t *p, int64_t n, int bits, uint8_t *c) {
  *   below:     ds = (qmin - zp) * dy,      dzp = -s * dy
  *   above:     ds = (qmax - zp) * dy,      dzp = -s * dy
  * Per-task partial sums (double) are combined in task order: thread-count independent. */
+#ifdef LC_X86
+/* The forward / clipped-STE backward of one run chunk with AVX-512; same bits as the scalar
+ * loop below (roundscale is round-half-even; -0.0 + zp gives +0.0 in both).  Returns how
+ * many elements it did; the caller finishes the tail. */
+LC_TARGET_AVX512 static int64_t fake_chunk_avx512(const float *x, const float *dy, float *y,
+                                                  float *dx, int64_t n, float sc, float inv_s,
+                                                  int32_t zp, int32_t qmin, int32_t qmax,
+                                                  int *bad) {
+    const __m512 vinv = _mm512_set1_ps(inv_s), vs = _mm512_set1_ps(sc);
+    const __m512 vz = _mm512_set1_ps((float)zp), lo = _mm512_set1_ps((float)qmin),
+                 hi = _mm512_set1_ps((float)qmax), inf = _mm512_set1_ps(INFINITY);
+    __mmask16 nonfinite = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 xv = _mm512_loadu_ps(x + i);
+        nonfinite |= _mm512_cmp_ps_mask(_mm512_abs_ps(xv), inf, _CMP_NLT_UQ);
+        __m512 r = _mm512_add_ps(_mm512_roundscale_ps(_mm512_mul_ps(xv, vinv),
+                                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+                                 vz);
+        if (y) {
+            __m512 qc = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+            _mm512_storeu_ps(y + i, _mm512_mul_ps(_mm512_sub_ps(qc, vz), vs));
+        }
+        if (dx) {
+            __mmask16 in = _mm512_cmp_ps_mask(r, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(r, hi, _CMP_LE_OQ);
+            _mm512_storeu_ps(dx + i, _mm512_maskz_mov_ps(in, _mm512_loadu_ps(dy + i)));
+        }
+    }
+    *bad |= nonfinite != 0;
+    return i;
+}
+#endif
+
 static lc_status fake_quant(const float *x, const float *dy, const qview *v, const float *scales,
                             const int32_t *zps, int32_t qmin, int32_t qmax, float *y, float *dx,
                             double *dscale, double *dzp) {
@@ -325,7 +358,17 @@ static lc_status fake_quant(const float *x, const float *dy, const qview *v, con
         float sc = scales[s], inv_s = 1.0f / sc;
         int32_t zp = zps[s];
         double gs = 0.0, gz = 0.0;
-        for (int64_t i = off; i < off + len; i++) {
+        int64_t start = off;
+#ifdef LC_X86
+        if (!part && (y || (dy && dx)) && lc_simd() >= LC_SIMD_AVX512) {
+            int b = 0;
+            start += fake_chunk_avx512(x + off, dy ? dy + off : NULL, y ? y + off : NULL,
+                                       dy ? (dx ? dx + off : NULL) : NULL, len, sc, inv_s, zp,
+                                       qmin, qmax, &b);
+            bad |= b;
+        }
+#endif
+        for (int64_t i = start; i < off + len; i++) {
             float xv = x[i];
             bad |= !(fabsf(xv) < INFINITY);
             float r = lc_rne(xv * inv_s) + (float)zp;

@@ -130,6 +130,13 @@ def test_bad_input():
         y[1, 2] = bad
         with pytest.raises(litecomp.NonFiniteError):
             Q.quantize(y, 8, axis=0)
+    y = np.ones(100, np.float32)
+    y[40] = np.nan
+    for level in litecomp.available_simd():
+        with litecomp.simd(level), pytest.raises(litecomp.NonFiniteError):
+            Q.fake_quantize(y, 0.1, 0, -128, 127)
+    with pytest.raises(litecomp.ArgumentError, match="^scale"):
+        Q.fake_quantize(x, 0.0, 0, -128, 127)
     with pytest.raises(litecomp.ArgumentError, match="^dtype"):
         Q.quantize_per_tensor(x, 0.1, 0, "qint4")
     with pytest.raises(litecomp.ArgumentError, match="^zero_points"):
