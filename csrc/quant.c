@@ -39,8 +39,24 @@ static inline int64_t nslots(const qview *v) {
     return v->mode == 0 ? 1 : v->mode == 1 ? v->C : v->A;
 }
 
-/* Tasks: each run (a, c) of B elements is cut into chunks of LC_BLOCK. */
+/* Reductions over long runs: each run (a, c) of B elements is cut into chunks of LC_BLOCK,
+ * one task per chunk, with one partial per task. */
 static inline int64_t chunks_per_run(const qview *v) { return v->B ? lc_nblocks(v->B, LC_BLOCK) : 0; }
+
+/* Per-channel views with short runs (B < SHORT_RUN, e.g. a channel axis that is last) would
+ * make one task per few elements; reductions then give each slot one task that walks its
+ * runs a = 0..A-1 in order (no partials), and elementwise kernels use flat blocks. */
+#define SHORT_RUN 64
+static inline int short_runs(const qview *v) { return v->mode == 1 && v->B < SHORT_RUN; }
+
+/* Elementwise kernels: flat blocks of LC_BLOCK elements, each cut where a run ends, so the
+ * parameter slot is constant on every segment.  seg_next() returns the end of the segment
+ * starting at pos (within [pos, end)) and its slot. */
+static inline int64_t seg_next(const qview *v, int64_t pos, int64_t end, int64_t *slot) {
+    int64_t run = pos / v->B, stop = (run + 1) * v->B;
+    *slot = slot_of(v, run / v->C, run % v->C);
+    return stop < end ? stop : end;
+}
 
 /* ------------------------------------------------------------------ min / max */
 /* Per slot min and max over its elements; any NaN or inf -> LC_ERR_NONFINITE.  min/max are
@@ -101,6 +117,19 @@ static void minmax_any(const void *x, int code, int64_t start, int64_t n, float 
 
 static lc_status quant_minmax(const void *x, int code, const qview *v, float *mn, float *mx) {
     int64_t ns = nslots(v), cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
+    if (short_runs(v)) {
+        int bad = 0;
+        LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
+        for (int64_t c = 0; c < v->C; c++) {
+            float lo = INFINITY, hi = -INFINITY;
+            int b = 0;
+            for (int64_t a = 0; a < v->A; a++) minmax_any(x, code, (a * v->C + c) * v->B, v->B, &lo, &hi, &b);
+            mn[c] = lo == 0.0f ? 0.0f : lo;
+            mx[c] = hi == 0.0f ? 0.0f : hi;
+            bad |= b;
+        }
+        return bad ? LC_ERR_NONFINITE : LC_OK;
+    }
     float *tmn = malloc((size_t)(ntasks ? ntasks : 1) * 2 * sizeof(float));
     int *tbad = calloc((size_t)(ntasks ? ntasks : 1), sizeof(int));
     if (!tmn || !tbad) { free(tmn); free(tbad); return LC_ERR_NOMEM; }
@@ -221,23 +250,25 @@ static int quantize_chunk(const float *x, int64_t n, float inv_s, float pre, int
 static lc_status quant_affine(const void *x, int code, const qview *v, const float *scales,
                               const int32_t *zps, int32_t qmin, int32_t qmax, void *out,
                               int out_signed, int zp_in_round) {
-    int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
+    int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
     int bad = 0;
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
-    for (int64_t t = 0; t < ntasks; t++) {
-        int64_t run = t / cpr, k = t % cpr, s = slot_of(v, run / v->C, run % v->C);
-        int64_t off = run * v->B + k * LC_BLOCK;
-        int64_t len = v->B - k * LC_BLOCK < LC_BLOCK ? v->B - k * LC_BLOCK : LC_BLOCK;
-        float inv_s = 1.0f / scales[s];
+    for (int64_t t = 0; t < nb; t++) {
+        int64_t end = (t + 1) * LC_BLOCK < n ? (t + 1) * LC_BLOCK : n;
         float buf[CHUNK];
-        for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
-            int64_t m = len - c0 < CHUNK ? len - c0 : CHUNK;
-            const float *src;
-            if (code == LC_F32) src = (const float *)x + off + c0;
-            else { lc_to_f32(x, code, off + c0, m, buf); src = buf; }
+        for (int64_t pos = t * LC_BLOCK, s, stop; pos < end; pos = stop) {
+            stop = seg_next(v, pos, end, &s);
+            float inv_s = 1.0f / scales[s];
             float pre = zp_in_round ? (float)zps[s] : 0.0f;
-            bad |= quantize_chunk(src, m, inv_s, pre, zp_in_round == 2, zp_in_round ? 0 : zps[s], qmin, qmax,
-                           (uint8_t *)out + off + c0, out_signed);
+            for (int64_t c0 = pos; c0 < stop; c0 += CHUNK) {
+                int64_t m = stop - c0 < CHUNK ? stop - c0 : CHUNK;
+                const float *src;
+                if (code == LC_F32) src = (const float *)x + c0;
+                else { lc_to_f32(x, code, c0, m, buf); src = buf; }
+                bad |= quantize_chunk(src, m, inv_s, pre, zp_in_round == 2,
+                                      zp_in_round ? 0 : zps[s], qmin, qmax, (uint8_t *)out + c0,
+                                      out_signed);
+            }
         }
     }
     return bad ? LC_ERR_NONFINITE : LC_OK;
@@ -247,20 +278,21 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
 /* y = (q - zp) * s in float32: one rounding, no fused multiply-add. */
 static lc_status dequant_affine(const void *q, int q_signed, const qview *v, const float *scales,
                                 const int32_t *zps, float *out) {
-    int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
+    int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
-    for (int64_t t = 0; t < ntasks; t++) {
-        int64_t run = t / cpr, k = t % cpr, s = slot_of(v, run / v->C, run % v->C);
-        int64_t off = run * v->B + k * LC_BLOCK;
-        int64_t len = v->B - k * LC_BLOCK < LC_BLOCK ? v->B - k * LC_BLOCK : LC_BLOCK;
-        float sc = scales[s];
-        int32_t zp = zps[s];
-        if (q_signed) {
-            const int8_t *p = (const int8_t *)q + off;
-            for (int64_t i = 0; i < len; i++) out[off + i] = (float)((int32_t)p[i] - zp) * sc;
-        } else {
-            const uint8_t *p = (const uint8_t *)q + off;
-            for (int64_t i = 0; i < len; i++) out[off + i] = (float)((int32_t)p[i] - zp) * sc;
+    for (int64_t t = 0; t < nb; t++) {
+        int64_t end = (t + 1) * LC_BLOCK < n ? (t + 1) * LC_BLOCK : n;
+        for (int64_t pos = t * LC_BLOCK, s, stop; pos < end; pos = stop) {
+            stop = seg_next(v, pos, end, &s);
+            float sc = scales[s];
+            int32_t zp = zps[s];
+            if (q_signed) {
+                const int8_t *p = q;
+                for (int64_t i = pos; i < stop; i++) out[i] = (float)((int32_t)p[i] - zp) * sc;
+            } else {
+                const uint8_t *p = q;
+                for (int64_t i = pos; i < stop; i++) out[i] = (float)((int32_t)p[i] - zp) * sc;
+            }
         }
     }
     return LC_OK;
@@ -340,65 +372,91 @@ LC_TARGET_AVX512 static int64_t fake_chunk_avx512(const float *x, const float *d
 }
 #endif
 
+/* One segment [off, off + len) with one slot's (s, zp); adds the LSQ sums to *gs / *gz when
+ * they are given (then always in element order, scalar). */
+static int fake_segment(const float *x, const float *dy, float *y, float *dx, int64_t off,
+                        int64_t len, float sc, int32_t zp, int32_t qmin, int32_t qmax, double *gs,
+                        double *gz) {
+    float inv_s = 1.0f / sc;
+    int bad = 0;
+    int64_t start = off;
+#ifdef LC_X86
+    if (!gs && (y || (dy && dx)) && lc_simd() >= LC_SIMD_AVX512)
+        start += fake_chunk_avx512(x + off, dy ? dy + off : NULL, y ? y + off : NULL,
+                                   dy && dx ? dx + off : NULL, len, sc, inv_s, zp, qmin, qmax,
+                                   &bad);
+#endif
+    for (int64_t i = start; i < off + len; i++) {
+        float xv = x[i];
+        bad |= !(fabsf(xv) < INFINITY);
+        float r = lc_rne(xv * inv_s) + (float)zp;
+        float qc = r < (float)qmin ? (float)qmin : r > (float)qmax ? (float)qmax : r;
+        float yv = (qc - (float)zp) * sc;
+        if (y) y[i] = yv;
+        if (dy) {
+            int inside = r >= (float)qmin && r <= (float)qmax;
+            float g = dy[i];
+            if (dx) dx[i] = inside ? g : 0.0f;
+            if (gs) {
+                if (inside) *gs += (double)((yv - xv) * inv_s) * (double)g;
+                else {
+                    *gs += (double)((r < (float)qmin ? qmin : qmax) - zp) * (double)g;
+                    *gz += -(double)sc * (double)g;
+                }
+            }
+        }
+    }
+    return bad;
+}
+
 static lc_status fake_quant(const float *x, const float *dy, const qview *v, const float *scales,
                             const int32_t *zps, int32_t qmin, int32_t qmax, float *y, float *dx,
                             double *dscale, double *dzp) {
-    int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr, ns = nslots(v);
-    double *part = NULL;
-    if (dscale) {
-        part = calloc((size_t)(ntasks ? ntasks : 1) * 2, sizeof(double));
-        if (!part) return LC_ERR_NOMEM;
-    }
     int bad = 0;
+    if (!dscale) { /* elementwise: flat blocks */
+        int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
+        LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
+        for (int64_t t = 0; t < nb; t++) {
+            int64_t end = (t + 1) * LC_BLOCK < n ? (t + 1) * LC_BLOCK : n;
+            for (int64_t pos = t * LC_BLOCK, s, stop; pos < end; pos = stop) {
+                stop = seg_next(v, pos, end, &s);
+                bad |= fake_segment(x, dy, y, dx, pos, stop - pos, scales[s], zps[s], qmin, qmax,
+                                    NULL, NULL);
+            }
+        }
+        return bad ? LC_ERR_NONFINITE : LC_OK;
+    }
+    if (short_runs(v)) { /* LSQ, short runs: one task per slot, runs in order */
+        LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
+        for (int64_t c = 0; c < v->C; c++) {
+            double gs = 0.0, gz = 0.0;
+            for (int64_t a = 0; a < v->A; a++)
+                bad |= fake_segment(x, dy, y, dx, (a * v->C + c) * v->B, v->B, scales[c], zps[c],
+                                    qmin, qmax, &gs, &gz);
+            dscale[c] = gs;
+            dzp[c] = gz;
+        }
+        return bad ? LC_ERR_NONFINITE : LC_OK;
+    }
+    /* LSQ, long runs: one partial per run chunk, added per slot in task order */
+    int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr, ns = nslots(v);
+    double *part = calloc((size_t)(ntasks ? ntasks : 1) * 2, sizeof(double));
+    if (!part) return LC_ERR_NOMEM;
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
         int64_t run = t / cpr, k = t % cpr, s = slot_of(v, run / v->C, run % v->C);
         int64_t off = run * v->B + k * LC_BLOCK;
         int64_t len = v->B - k * LC_BLOCK < LC_BLOCK ? v->B - k * LC_BLOCK : LC_BLOCK;
-        float sc = scales[s], inv_s = 1.0f / sc;
-        int32_t zp = zps[s];
-        double gs = 0.0, gz = 0.0;
-        int64_t start = off;
-#ifdef LC_X86
-        if (!part && (y || (dy && dx)) && lc_simd() >= LC_SIMD_AVX512) {
-            int b = 0;
-            start += fake_chunk_avx512(x + off, dy ? dy + off : NULL, y ? y + off : NULL,
-                                       dy ? (dx ? dx + off : NULL) : NULL, len, sc, inv_s, zp,
-                                       qmin, qmax, &b);
-            bad |= b;
-        }
-#endif
-        for (int64_t i = start; i < off + len; i++) {
-            float xv = x[i];
-            bad |= !(fabsf(xv) < INFINITY);
-            float r = lc_rne(xv * inv_s) + (float)zp;
-            float qc = r < (float)qmin ? (float)qmin : r > (float)qmax ? (float)qmax : r;
-            float yv = (qc - (float)zp) * sc;
-            if (y) y[i] = yv;
-            if (dy) {
-                int inside = r >= (float)qmin && r <= (float)qmax;
-                float g = dy[i];
-                if (dx) dx[i] = inside ? g : 0.0f;
-                if (part) {
-                    if (inside) gs += (double)((yv - xv) * inv_s) * (double)g;
-                    else {
-                        gs += (double)((r < (float)qmin ? qmin : qmax) - zp) * (double)g;
-                        gz += -(double)sc * (double)g;
-                    }
-                }
-            }
-        }
-        if (part) { part[2 * t] = gs; part[2 * t + 1] = gz; }
+        bad |= fake_segment(x, dy, y, dx, off, len, scales[s], zps[s], qmin, qmax, &part[2 * t],
+                            &part[2 * t + 1]);
     }
-    if (part) {
-        for (int64_t s = 0; s < ns; s++) dscale[s] = dzp[s] = 0.0;
-        for (int64_t t = 0; t < ntasks; t++) {
-            int64_t run = t / cpr, s = slot_of(v, run / v->C, run % v->C);
-            dscale[s] += part[2 * t];
-            dzp[s] += part[2 * t + 1];
-        }
-        free(part);
+    for (int64_t s = 0; s < ns; s++) dscale[s] = dzp[s] = 0.0;
+    for (int64_t t = 0; t < ntasks; t++) {
+        int64_t run = t / cpr, s = slot_of(v, run / v->C, run % v->C);
+        dscale[s] += part[2 * t];
+        dzp[s] += part[2 * t + 1];
     }
+    free(part);
     return bad ? LC_ERR_NONFINITE : LC_OK;
 }
 

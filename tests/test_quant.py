@@ -353,3 +353,40 @@ def test_static_quantization_with_observer_qparams():
         Q.quantize(x, 4, axis=0, qparams=(s, z))
     with pytest.raises(litecomp.ArgumentError, match="^bits"):
         obs.qparams(bits=9)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_lsq_per_channel_grads_match_torch(axis):
+    rng = np.random.default_rng(12)
+    x = (rng.standard_normal((6, 70)) * 2).astype(np.float32)  # axis 1: runs of one value
+    dy = rng.standard_normal(x.shape).astype(np.float32)
+    n = x.shape[axis]
+    s = rng.uniform(0.01, 0.03, n).astype(np.float32)
+    z = rng.integers(0, 20, n).astype(np.float32)
+    xt = torch.from_numpy(x).requires_grad_()
+    st = torch.from_numpy(s).requires_grad_()
+    zt = torch.from_numpy(z).requires_grad_()
+    y = torch._fake_quantize_learnable_per_channel_affine(xt, st, zt, axis, 0, 255, 1.0)
+    y.backward(torch.from_numpy(dy))
+    np.testing.assert_array_equal(Q.fake_quantize(x, s, z.astype(np.int32), 0, 255, axis=axis),
+                                  y.detach().numpy())
+    dx, ds, dz = Q.fake_quantize_backward(x, dy, s, z.astype(np.int32), 0, 255, axis=axis,
+                                          learnable=True)
+    np.testing.assert_array_equal(dx, xt.grad.numpy())
+    np.testing.assert_allclose(ds, st.grad.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-4, atol=1e-6)
+    outs = same_for_all_paths(lambda: Q.fake_quantize_backward(
+        x, dy, s, z.astype(np.int32), 0, 255, axis=axis, learnable=True)[1].tobytes())
+    assert len({o for _, o in outs}) == 1
+
+
+def test_last_axis_channels_at_scale():
+    """Per-channel along the last axis (runs of one value) stays fast and exact."""
+    x = litecomp.random.normal((20000, 300), seed=13)
+    q = Q.quantize(x, 8, axis=1, scheme="affine")
+    mn, mx = x.min(0), x.max(0)
+    s, z = Q.calc_qparams(mn, mx, 0, 255, "affine")
+    np.testing.assert_array_equal(q.scales, s)
+    np.testing.assert_array_equal(q.codes(), np.clip(np.rint(x * (np.float32(1) / s)) + z, 0, 255))
+    obs = Q.PerChannelMinMaxObserver(axis=1).update(x)
+    np.testing.assert_array_equal(obs.min_val, mn)
