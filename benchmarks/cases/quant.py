@@ -91,9 +91,9 @@ def gguf_q4_0(quick):
     return _gguf_case("Q4_0", quick)
 
 
-@case("fake quant fwd+bwd per channel, 2048x2048", group="quant")
+@case("fake quant fwd+bwd per channel, 4096x4096", group="quant")
 def fake_quant(quick):
-    n = 256 if quick else 2048
+    n = 256 if quick else 4096  # 64 MiB per array: larger than the caches
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, n)).astype(np.float32)
     dy = rng.standard_normal((n, n)).astype(np.float32)
