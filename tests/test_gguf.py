@@ -143,3 +143,12 @@ def test_other_input_dtypes_match_gguf(dtype):
     for name in ("Q8_0", "Q4_0"):
         want = g_quantize(x.astype(np.float32), getattr(T, name))
         np.testing.assert_array_equal(lg.quantize(x, name), want)
+
+
+def test_write_gguf_dtypes_and_no_partial_file(tmp_path):
+    sd = {"w": np.ones((4, 256), np.float32), "steps": np.arange(64, dtype=np.int64)}
+    kinds = lg.write_gguf(tmp_path / "a.gguf", sd, "Q8_0", min_elements=1)
+    assert kinds == {"w": "Q8_0", "steps": "I64"}
+    with pytest.raises(litecomp.DTypeError, match="^flags"):
+        lg.write_gguf(tmp_path / "b.gguf", {"w": sd["w"], "flags": np.ones(3, bool)}, "Q8_0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf"]

@@ -6,6 +6,8 @@ quantize following llama.cpp's reference algorithm), and export of a state dict 
 Arrays keep gguf.quants' shapes: quantizing (..., n) gives uint8 (..., n / block * bytes).
 """
 
+import os
+
 import numpy as np
 
 from .. import _C
@@ -61,8 +63,10 @@ def write_gguf(path, state_dict, qtype="Q8_0", *, arch="litecomp", min_elements=
 
     Tensors whose last axis divides into ``qtype`` blocks and that have at least
     ``min_elements`` values are stored quantized; the rest as float32 (as llama.cpp's
-    converters keep norms and biases in float); ``select(name) -> bool`` narrows the
-    quantized set further.  Returns {name: stored type name}.
+    converters keep norms and biases in float); int8/16/32/64 tensors are stored as they
+    are, other dtypes raise DTypeError.  ``select(name) -> bool`` narrows the quantized set
+    further.  The file is written to a temporary name and renamed, so a failure leaves no
+    half-written file.  Returns {name: stored type name}.
     """
     try:
         import gguf
@@ -70,21 +74,33 @@ def write_gguf(path, state_dict, qtype="Q8_0", *, arch="litecomp", min_elements=
         raise ImportError("write_gguf needs the gguf package: pip install gguf") from exc
     name, (_tid, blk, _nb) = _format(qtype)
     gtype = getattr(gguf.GGMLQuantizationType, name)
-    writer = gguf.GGUFWriter(str(path), arch)
-    kinds = {}
+    path = os.fspath(path)
+    tmp = f"{path}.litecomp-tmp"
+    writer = gguf.GGUFWriter(tmp, arch)
+    kinds, done = {}, False
     try:
         for key, value in state_dict.items():
             a = as_array(value, key)
-            if (a.ndim >= 1 and a.size >= min_elements and a.shape[-1] % blk == 0
-                    and (select is None or select(key))):
+            if (a.dtype.kind in "fV" and a.ndim >= 1 and a.size >= min_elements
+                    and a.shape[-1] % blk == 0 and (select is None or select(key))):
                 writer.add_tensor(key, quantize(a, name), raw_dtype=gtype)
                 kinds[key] = name
-            else:
+            elif a.dtype.kind in "fV":
                 writer.add_tensor(key, np.ascontiguousarray(a, np.float32))
                 kinds[key] = "F32"
+            elif a.dtype in (np.int8, np.int16, np.int32, np.int64):
+                writer.add_tensor(key, np.ascontiguousarray(a))
+                kinds[key] = a.dtype.name.upper().replace("INT", "I")
+            else:
+                raise DTypeError(f"{key}: dtype {a.dtype} cannot be stored in GGUF")
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
+        done = True
     finally:
         writer.close()
+        if done:
+            os.replace(tmp, path)
+        elif os.path.exists(tmp):
+            os.remove(tmp)
     return kinds
