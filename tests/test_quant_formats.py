@@ -8,6 +8,7 @@ import pytest
 import litecomp
 import litecomp.quant as Q
 from litecomp.quant import codebook as cb
+from litecomp.reference import codebook as ref
 
 from conftest import same_for_all_paths
 
@@ -71,24 +72,6 @@ def test_histogram_per_channel_and_other_methods():
 
 
 # ------------------------------------------------------------------ NF4 / FP4
-def _nf4_reference(x, block, codes, double=False):
-    """bitsandbytes' definition in plain NumPy: absmax blocks, x * (1/absmax), nearest code
-    (ties to the lower), first element in the high nibble."""
-    v = np.asarray(x, np.float32).reshape(-1)
-    pad = (-v.size) % block
-    b = np.concatenate([v, np.zeros(pad, np.float32)]).reshape(-1, block)
-    am = np.abs(b).max(1)
-    inv = np.where(am > 0, np.float32(1) / np.where(am > 0, am, 1), 0).astype(np.float32)
-    scaled = (b * inv[:, None]).astype(np.float32).reshape(-1)[:v.size]
-    order = np.argsort(codes, kind="stable")
-    s = codes[order]
-    mids = ((s[:-1].astype(np.float64) + s[1:]) / 2).astype(np.float32)
-    q = order[np.searchsorted(mids, scaled, side="left")].astype(np.uint8)
-    if q.size % 2:
-        q = np.concatenate([q, [0]]).astype(np.uint8)
-    return (q[0::2] << 4) | q[1::2], am
-
-
 @pytest.mark.parametrize("fmt", ["nf4", "fp4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
 def test_4bit_matches_reference(fmt, dtype):
@@ -96,7 +79,7 @@ def test_4bit_matches_reference(fmt, dtype):
     x = rng.standard_normal((33, 129)).astype(dtype)  # odd size: a half-filled last byte
     x[3, :64] = 0  # an all-zero block
     q = Q.quantize_4bit(x, fmt)
-    data, am = _nf4_reference(x, 64, cb.CODEBOOKS[fmt])
+    data, am = ref.blockwise4(x, 64, cb.CODEBOOKS[fmt])
     np.testing.assert_array_equal(q.data, data)
     np.testing.assert_array_equal(q.absmax, am)
     y = q.dequantize()
@@ -144,9 +127,12 @@ def test_kmeans_deterministic_and_zero_preserving():
     assert (ys[w == 0] == 0).all() and s.nbytes < q.nbytes
     pc = Q.codebook_quantize(w, 2, axis=0)
     assert pc.codebook.shape == (64, 4) and (pc.dequantize()[w == 0] == 0).all()
-    # Lloyd converged: every centroid is the mean of the values assigned to it
+    # the C assignment equals the reference, and Lloyd converged: every centroid is the
+    # mean of the values assigned to it
     cent, idx = Q.kmeans_1d(w[w != 0], 8, iters=2000)
     vals = w[w != 0]
+    ridx, rsums, rcounts = ref.kmeans_assign(vals, cent)
+    np.testing.assert_array_equal(idx, ridx)
     for j in range(8):
         if (idx == j).any():
             assert abs(vals[idx == j].mean() - cent[j]) < 1e-5
