@@ -9,6 +9,7 @@ import litecomp
 import litecomp.quant as Q
 from litecomp.quant import codebook as cb
 from litecomp.reference import codebook as ref
+from litecomp.reference import quant as qref
 
 from conftest import same_for_all_paths
 
@@ -19,9 +20,8 @@ def test_histc_matches_reference():
     x = (rng.standard_normal((7, 300)) * 3).astype(np.float32)
     lo, hi = np.float32(-2.5), np.float32(3.0)
     h = Q.histc(x, 64, lo, hi)
-    v = x[(x >= lo) & (x <= hi)]
-    pos = np.minimum(((v - lo) * np.float32(64) / (hi - lo)).astype(np.int64), 63)
-    np.testing.assert_array_equal(h, np.bincount(pos, minlength=64))
+    np.testing.assert_array_equal(h, qref.histc(x, 64, lo, hi))
+    np.testing.assert_array_equal(Q.histc(x, 8, 1.5, 1.5), qref.histc(x, 8, 1.5, 1.5))
     hc = Q.histc(x, 16, x.min(1), x.max(1), axis=0)
     assert hc.shape == (7, 16) and (hc.sum(1) == 300).all()
     outs = same_for_all_paths(lambda: Q.histc(litecomp.random.normal(300_000, seed=1), 2048,
@@ -158,6 +158,8 @@ def test_quantize_state_dict_roundtrip(tmp_path):
         if name not in names:
             np.testing.assert_array_equal(back[name], sd[name])
     e = Q.error_report("fc.weight", sd["fc.weight"], back["fc.weight"])
+    xx, yy, xy, ee, maxe = qref.error_stats(sd["fc.weight"], back["fc.weight"])
+    np.testing.assert_allclose(e.cosine, xy / np.sqrt(xx * yy), rtol=1e-12)
     ref = np.asarray(sd["fc.weight"], np.float64)
     d = ref - back["fc.weight"]
     np.testing.assert_allclose(e.sqnr_db, 10 * np.log10((ref ** 2).sum() / (d ** 2).sum()),

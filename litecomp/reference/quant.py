@@ -58,3 +58,21 @@ def fake_quantize(x, scale, zp, qmin, qmax, view):
     y = (np.clip(r, qmin, qmax) - z) * s
     inside = (r >= qmin) & (r <= qmax)
     return y.reshape(np.shape(x)), inside.reshape(np.shape(x))
+
+
+def histc(x, bins, lo, hi):
+    """torch.histc's CPU binning: (int)((v - lo) * bins / (hi - lo)) in float32."""
+    v = np.asarray(x, np.float32).ravel()
+    lo, hi = np.float32(lo), np.float32(hi)
+    if lo == hi:
+        lo, hi = lo - np.float32(1), hi + np.float32(1)
+    v = v[(v >= lo) & (v <= hi)]
+    pos = np.minimum(((v - lo) * np.float32(bins) / (hi - lo)).astype(np.int64), bins - 1)
+    return np.bincount(pos, minlength=bins)
+
+
+def error_stats(x, y):
+    """(sum x^2, sum y^2, sum xy, sum (x-y)^2, max |x-y|) in float64."""
+    a = np.asarray(x, np.float64).ravel()
+    b = np.asarray(y, np.float64).ravel()
+    return a @ a, b @ b, a @ b, (a - b) @ (a - b), float(np.abs(a - b).max()) if a.size else 0.0
