@@ -198,6 +198,10 @@ def test_quantize_cli(tmp_path, capsys):
     gguf = pytest.importorskip("gguf")
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))
     assert {t.name for t in r.tensors} == set(litecomp.load(src))
+    assert main(["quantize", src, str(tmp_path / "k.safetensors"), "--format", "kmeans",
+                 "--bits", "4", "--quiet"]) == 0
+    back = Q.dequantize_state_dict(litecomp.load(tmp_path / "k.safetensors"))
+    assert len(np.unique(back["fc.weight"])) <= 16
     assert main(["quantize", src, str(tmp_path / "x.safetensors"), "--bits", "7"]) == 1
     assert "bits" in capsys.readouterr().err
 

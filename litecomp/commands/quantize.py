@@ -4,7 +4,7 @@ NAME = "quantize"
 HELP = "quantize a checkpoint (litecomp packed format, GGUF, or NF4) and report the error"
 
 FORMATS = ("litecomp", "gguf:Q8_0", "gguf:Q4_0", "gguf:Q4_1", "gguf:Q5_0", "gguf:Q5_1",
-           "gguf:Q4_K", "gguf:Q6_K", "nf4", "fp4")
+           "gguf:Q4_K", "gguf:Q6_K", "nf4", "fp4", "kmeans")
 
 
 def add_arguments(p):
@@ -17,7 +17,8 @@ def add_arguments(p):
     p.add_argument("--per-tensor", action="store_true",
                    help="one scale per tensor (default without --group-size: per output channel)")
     p.add_argument("--format", default="litecomp", choices=FORMATS,
-                   help="litecomp (packed QTensors), gguf:<type>, nf4 or fp4 (default litecomp)")
+                   help="litecomp (packed QTensors), gguf:<type>, nf4, fp4, or kmeans (2**bits "
+                        "shared values per tensor; zeros stay zero) (default litecomp)")
     p.add_argument("--layers", default="*",
                    help="glob (or re:<regex>) of tensor names to quantize (default all 2-D+ "
                         "float tensors)")
@@ -43,6 +44,8 @@ def run(args):
     else:
         if args.format in ("nf4", "fp4"):
             spec = {"format": args.format, "block_size": args.group_size or 64}
+        elif args.format == "kmeans":
+            spec = {"format": "kmeans", "bits": args.bits}
         else:
             spec = {"bits": args.bits, "scheme": args.scheme, "group_size": args.group_size}
             if args.group_size is None and not args.per_tensor:
