@@ -712,9 +712,9 @@ static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
     const int32_t *zp = PyArray_DATA(z);
     int64_t ns = nslots(&v);
     for (int64_t i = 0; i < ns; i++) {
-        if (!(sc[i] > 0.0f) || !(sc[i] < INFINITY)) {
-            PyErr_Format(lc_ArgumentError, "scales: must be positive and finite, got %g at %lld",
-                         (double)sc[i], (long long)i);
+        if (!(sc[i] > 0.0f) || !(1.0f / sc[i] < INFINITY) || !(sc[i] < INFINITY)) {
+            PyErr_Format(lc_ArgumentError, "scales: must be positive, finite and have a finite "
+                         "float32 inverse, got %g at %lld", (double)sc[i], (long long)i);
             return NULL;
         }
         if (zp[i] < qmin || zp[i] > qmax) {
@@ -827,7 +827,7 @@ static PyObject *py_fake_quant(PyObject *self, PyObject *args) {
     }
     const float *sc = PyArray_DATA(s);
     for (int64_t i = 0; i < nslots(&v); i++)
-        if (!(sc[i] > 0.0f) || !(sc[i] < INFINITY))
+        if (!(sc[i] > 0.0f) || !(sc[i] < INFINITY) || !(1.0f / sc[i] < INFINITY))
             return lc_raise_status(LC_ERR_RANGE, "scales");
     const float *xp = PyArray_DATA(x);
     const int32_t *zp = PyArray_DATA(z);

@@ -137,6 +137,10 @@ def test_bad_input():
             Q.fake_quantize(y, 0.1, 0, -128, 127)
     with pytest.raises(litecomp.ArgumentError, match="^scale"):
         Q.fake_quantize(x, 0.0, 0, -128, 127)
+    with pytest.raises(litecomp.ArgumentError, match="^scale"):
+        Q.fake_quantize(x, 1e-40, 0, -128, 127)
+    with pytest.raises(litecomp.ArgumentError, match="^scales"):
+        Q.quantize_per_tensor(x, 1e-40, 0, "qint8")
     with pytest.raises(litecomp.ArgumentError, match="^dtype"):
         Q.quantize_per_tensor(x, 0.1, 0, "qint4")
     with pytest.raises(litecomp.ArgumentError, match="^zero_points"):

@@ -32,8 +32,10 @@ def _prepare(x, scale, zero_point, qmin, qmax, axis):
     if s.size != want or z.size != want:
         raise ShapeError(f"scale: expected {want} scale(s) and zero point(s), got {s.size} "
                          f"and {z.size}")
-    if not np.all((s > 0) & np.isfinite(s)):
-        raise ArgumentError("scale: must be positive and finite")
+    with np.errstate(divide="ignore", over="ignore"):
+        ok = (s > 0) & np.isfinite(s) & np.isfinite(np.float32(1) / s)
+    if not np.all(ok):
+        raise ArgumentError("scale: must be positive and finite, with a finite float32 inverse")
     return x, s, np.ascontiguousarray(z, np.int32), qmin, qmax, view
 
 
