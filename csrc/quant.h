@@ -34,4 +34,13 @@ static inline float lc_rne(float v) {
     return fabsf(v) < 4194304.0f ? (v + 12582912.0f) - 12582912.0f : nearbyintf(v);
 }
 
+/* Threads for a parallel loop over `elements` values: small jobs stay on the calling thread.
+ * Waking the team costs microseconds on an idle machine but can cost a scheduler slice
+ * (milliseconds) on a busy one -- far more than quantizing a bias.  Results never depend
+ * on it (fixed blocks, fixed reduction order). */
+#define LC_PARALLEL_MIN ((int64_t)1 << 18)
+static inline int lc_team(int64_t elements) {
+    return elements >= LC_PARALLEL_MIN ? lc_threads() : 1;
+}
+
 #endif /* LITECOMP_QUANT_H */

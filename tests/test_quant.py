@@ -301,8 +301,14 @@ def test_lsq_grads_match_torch():
     np.testing.assert_array_equal(dx, xt.grad.numpy())
     np.testing.assert_allclose(ds, st.grad.numpy(), rtol=1e-4)
     np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-4)
+    big = litecomp.random.normal((8, 70000), seed=3)  # large enough to run threaded
+    dbig = litecomp.random.normal((8, 70000), seed=4)
     outs = same_for_all_paths(lambda: Q.fake_quantize_backward(
-        x, dy, 0.02, 3, 0, 255, learnable=True)[1].tobytes())
+        big, dbig, 0.02, 3, 0, 255, learnable=True)[1].tobytes())
+    assert len({o for _, o in outs}) == 1
+    outs = same_for_all_paths(lambda: b"".join(r.tobytes() for r in Q.fake_quantize_backward(
+        big, dbig, np.full(8, 0.02, np.float32), np.full(8, 3, np.int32), 0, 255, axis=0,
+        learnable=True)))
     assert len({o for _, o in outs}) == 1
 
 
