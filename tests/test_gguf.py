@@ -153,3 +153,12 @@ def test_write_gguf_dtypes_and_no_partial_file(tmp_path):
     with pytest.raises(litecomp.DTypeError, match="^flags"):
         lg.write_gguf(tmp_path / "b.gguf", {"w": sd["w"], "flags": np.ones(3, bool)}, "Q8_0")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gguf"]
+
+
+def test_quantize_into_out():
+    x = DATA["normal"]
+    out = np.empty((16, 8 * 18), np.uint8)
+    assert lg.quantize(x, "Q4_0", out=out) is out
+    np.testing.assert_array_equal(out, lg.quantize(x, "Q4_0"))
+    with pytest.raises(litecomp.ArgumentError, match="^out"):
+        lg.quantize(x, "Q4_0", out=np.empty((16, 8 * 18), np.int8))

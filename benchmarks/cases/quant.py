@@ -78,7 +78,24 @@ def _gguf_case(qtype, quick):
     return Run(litecomp=lambda: [lg.quantize(v, qtype) for v in sd.values()],
                anchor=anchor[:2], missing_reason=anchor[2] if len(anchor) > 2 else "",
                bytes=nbytes + out_bytes, check=check,
-               notes="full example model (tensors whose last axis divides by 32)")
+               notes="full example model (tensors whose last axis divides by 32); fresh "
+                     "output arrays each call, so first-touch page faults are included")
+
+
+@case("GGUF Q4_0, fc.weight into a reused buffer (no page faults)", group="quant")
+def gguf_q4_0_reused(quick):
+    w = _fc_weight(quick)
+    out = np.empty((w.shape[0], w.shape[1] // 32 * 18), np.uint8)
+    if gguf is None:
+        anchor = missing("gguf.quants.quantize Q4_0", "gguf")
+    else:
+        anchor = ("gguf.quants.quantize(fc.weight, Q4_0)",
+                  lambda: gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0))
+    return Run(litecomp=lambda: lg.quantize(w, "Q4_0", out=out), anchor=anchor[:2],
+               missing_reason=anchor[2] if len(anchor) > 2 else "",
+               bytes=w.nbytes + out.nbytes,
+               check=lambda a, b: np.testing.assert_array_equal(a, b),
+               notes="the kernel alone: the output buffer is reused across calls")
 
 
 @case("GGUF Q8_0, full example model", group="quant", repeats=1)

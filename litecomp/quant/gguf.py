@@ -27,16 +27,23 @@ def _format(qtype):
     return name, FORMATS[name]
 
 
-def quantize(x, qtype) -> np.ndarray:
+def quantize(x, qtype, *, out=None) -> np.ndarray:
     """ggml blocks of ``x`` along its last axis (whose size must be a multiple of the block
-    size); NaN/inf raise NonFiniteError."""
+    size); NaN/inf raise NonFiniteError.  ``out`` (uint8, C-contiguous, of the result's
+    shape) is written instead of a new array -- reusing a buffer avoids the page faults of
+    fresh memory, which can cost more than the quantization itself."""
     name, (tid, blk, nbytes) = _format(qtype)
     k = as_kernel_input(x, "x")
     shape = k.array.shape or (1,)
     if k.array.size == 0 or shape[-1] % blk:
         raise ShapeError(f"x: last axis of shape {k.array.shape} is not a non-zero multiple "
                          f"of {name}'s block size {blk}")
-    out = np.empty(shape[:-1] + (shape[-1] // blk * nbytes,), np.uint8)
+    want = shape[:-1] + (shape[-1] // blk * nbytes,)
+    if out is None:
+        out = np.empty(want, np.uint8)
+    elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == want
+              and out.flags.c_contiguous and out.flags.writeable):
+        raise ArgumentError(f"out: expected a writeable C-contiguous uint8 array of shape {want}")
     _C.gguf_quantize(k.raw, k.code, tid, out)
     return out
 
