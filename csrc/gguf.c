@@ -513,9 +513,79 @@ LC_TARGET_AVX512 static int quantize_q5_1_avx512(const float *x, void *out) {
     return quantize_qx_1_avx512(x, out, 31);
 }
 #undef V16
+
+/* AVX2 (machines without AVX-512): Q8_0 and Q4_0, the formats people use most.  Same
+ * operations as the references; codes go through int32 lanes and are narrowed by the same
+ * truncation the scalar code does. */
+LC_TARGET_AVX2 static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+    return _mm_cvtss_f32(m);
+}
+
+LC_TARGET_AVX2 static int load4_avx2(const float *x, __m256 v[4], __m256 a[4], float *amax) {
+    const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY);
+    __m256 m = _mm256_setzero_ps();
+    int bad = 0;
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        a[k] = _mm256_andnot_ps(sign, v[k]);
+        bad |= _mm256_movemask_ps(_mm256_cmp_ps(a[k], inf, _CMP_NLT_UQ));
+        m = _mm256_max_ps(m, a[k]);
+    }
+    *amax = hmax8(m);
+    return !bad;
+}
+
+LC_TARGET_AVX2 static int quantize_q8_0_avx2(const float *x, void *out) {
+    block_q8_0 *b = out;
+    __m256 v[4], a[4];
+    float amax;
+    if (!load4_avx2(x, v, a, &amax)) return 0;
+    float d = amax / 127.0f, id = inv_or_zero(d);
+    const __m256 vid = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    int32_t q[QK];
+    for (int k = 0; k < 4; k++) {
+        __m256 t = _mm256_mul_ps(v[k], vid);
+        __m256 tr = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __m256 up = _mm256_cmp_ps(_mm256_andnot_ps(sign, _mm256_sub_ps(t, tr)), half, _CMP_GE_OQ);
+        __m256 step = _mm256_and_ps(up, _mm256_or_ps(one, _mm256_and_ps(t, sign)));
+        _mm256_storeu_si256((__m256i *)(q + 8 * k), _mm256_cvttps_epi32(_mm256_add_ps(tr, step)));
+    }
+    for (int j = 0; j < QK; j++) b->qs[j] = (int8_t)(uint8_t)q[j];
+    b->d = f2h(d);
+    return 1;
+}
+
+LC_TARGET_AVX2 static int quantize_q4_0_avx2(const float *x, void *out) {
+    block_q4_0 *b = out;
+    __m256 v[4], a[4];
+    float amax;
+    if (!load4_avx2(x, v, a, &amax)) return 0;
+    const __m256 va = _mm256_set1_ps(amax);
+    uint32_t m = 0;
+    for (int k = 0; k < 4; k++)
+        m |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(a[k], va, _CMP_EQ_OQ)) << (8 * k);
+    float d = x[__builtin_ctz(m)] / -8.0f, id = inv_or_zero(d); /* first index: argmax order */
+    const __m256 vid = _mm256_set1_ps(id), off = _mm256_set1_ps(8.5f);
+    const __m256i lo8 = _mm256_set1_epi32(0xff), fifteen = _mm256_set1_epi32(15);
+    int32_t q[QK];
+    for (int k = 0; k < 4; k++) {
+        __m256i c = _mm256_cvttps_epi32(_mm256_add_ps(_mm256_mul_ps(v[k], vid), off));
+        c = _mm256_min_epu32(_mm256_and_si256(c, lo8), fifteen);
+        _mm256_storeu_si256((__m256i *)(q + 8 * k), c);
+    }
+    for (int j = 0; j < QK / 2; j++) b->qs[j] = (uint8_t)(q[j] | (q[j + QK / 2] << 4));
+    b->d = f2h(d);
+    return 1;
+}
 #define SIMD_Q(name) quantize_##name##_avx512
+#define SIMD2_Q(name) quantize_##name##_avx2
 #else
 #define SIMD_Q(name) NULL
+#define SIMD2_Q(name) NULL
 #endif
 
 /* ------------------------------------------------------------------ dispatch */
@@ -524,16 +594,18 @@ typedef struct {
     void (*quantize)(const float *, void *);
     void (*dequantize)(const void *, float *);
     int (*quantize_avx512)(const float *, void *); /* optional, f32 input, 0 = non-finite */
+    int (*quantize_avx2)(const float *, void *);   /* optional, likewise */
 } gguf_format;
 
-#define FMT(T, name, blk, simd)                                                        \
+#define FMT(T, name, blk, simd, simd2)                                                 \
     {T, blk, (int)sizeof(block_##name), (void (*)(const float *, void *))quantize_##name##_ref, \
-     (void (*)(const void *, float *))dequantize_##name##_ref, simd}
+     (void (*)(const void *, float *))dequantize_##name##_ref, simd, simd2}
 static const gguf_format formats[] = {
-    FMT(T_Q8_0, q8_0, QK, SIMD_Q(q8_0)), FMT(T_Q4_0, q4_0, QK, SIMD_Q(q4_0)),
-    FMT(T_Q4_1, q4_1, QK, SIMD_Q(q4_1)), FMT(T_Q5_0, q5_0, QK, SIMD_Q(q5_0)),
-    FMT(T_Q5_1, q5_1, QK, SIMD_Q(q5_1)), FMT(T_Q4_K, q4_K, QK_K, NULL),
-    FMT(T_Q6_K, q6_K, QK_K, NULL),
+    FMT(T_Q8_0, q8_0, QK, SIMD_Q(q8_0), SIMD2_Q(q8_0)),
+    FMT(T_Q4_0, q4_0, QK, SIMD_Q(q4_0), SIMD2_Q(q4_0)),
+    FMT(T_Q4_1, q4_1, QK, SIMD_Q(q4_1), NULL), FMT(T_Q5_0, q5_0, QK, SIMD_Q(q5_0), NULL),
+    FMT(T_Q5_1, q5_1, QK, SIMD_Q(q5_1), NULL), FMT(T_Q4_K, q4_K, QK_K, NULL, NULL),
+    FMT(T_Q6_K, q6_K, QK_K, NULL, NULL),
 };
 #undef FMT
 
@@ -549,14 +621,16 @@ static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const g
                                uint8_t *out) {
     int64_t ntasks = lc_nblocks(nblocks, TASK_BLOCKS);
     int bad = 0;
-    int simd = code == LC_F32 && f->quantize_avx512 && lc_simd() >= LC_SIMD_AVX512;
+    int (*simd)(const float *, void *) = NULL;
+    if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX512) simd = f->quantize_avx512;
+    else if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX2) simd = f->quantize_avx2;
     LC_OMP(parallel for num_threads(lc_team(nblocks * f->block)) schedule(dynamic, 16) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
         float buf[QK_K];
         int64_t b1 = (t + 1) * TASK_BLOCKS < nblocks ? (t + 1) * TASK_BLOCKS : nblocks;
         if (simd) {
             for (int64_t b = t * TASK_BLOCKS; b < b1; b++)
-                bad |= !f->quantize_avx512((const float *)x + b * f->block, out + b * f->bytes);
+                bad |= !simd((const float *)x + b * f->block, out + b * f->bytes);
             continue;
         }
         for (int64_t b = t * TASK_BLOCKS; b < b1; b++) {
