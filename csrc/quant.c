@@ -600,14 +600,46 @@ static inline void hist_add(float v, float lo, float hi, int64_t bins, int64_t *
     h[pos]++;
 }
 
+#ifdef LC_X86
+/* The same bin formula 16 lanes at a time (IEEE sub/mul/div are exact-rounded, so the bins
+ * equal the scalar ones); the counting stays scalar.  Returns how many it did. */
+LC_TARGET_AVX512 static int64_t hist_avx512(const float *p, int64_t n, float lo, float hi,
+                                            int64_t bins, int64_t *h) {
+    const __m512 vlo = _mm512_set1_ps(lo), vhi = _mm512_set1_ps(hi);
+    const __m512 vb = _mm512_set1_ps((float)bins), width = _mm512_set1_ps(hi - lo);
+    const __m512i last = _mm512_set1_epi32((int32_t)(bins - 1)), zero = _mm512_setzero_si512();
+    int32_t pos[16];
+    int64_t i = 0;
+    if (bins > INT32_MAX) return 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 v = _mm512_loadu_ps(p + i);
+        __mmask16 in = _mm512_cmp_ps_mask(v, vlo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(v, vhi, _CMP_LE_OQ);
+        __m512 t = _mm512_div_ps(_mm512_mul_ps(_mm512_sub_ps(v, vlo), vb), width);
+        __m512i q = _mm512_max_epi32(_mm512_min_epi32(_mm512_cvttps_epi32(t), last), zero);
+        _mm512_storeu_si512(pos, q);
+        while (in) {
+            int j = __builtin_ctz(in);
+            h[pos[j]]++;
+            in &= (__mmask16)(in - 1);
+        }
+    }
+    return i;
+}
+#endif
+
 static void hist_run(const void *x, int code, int64_t off, int64_t len, float lo, float hi,
                      int64_t bins, int64_t *h) {
     if (lo == hi) { lo -= 1.0f; hi += 1.0f; }
     float buf[CHUNK];
     for (int64_t c0 = 0; c0 < len; c0 += CHUNK) {
-        int64_t m = len - c0 < CHUNK ? len - c0 : CHUNK;
-        lc_to_f32(x, code, off + c0, m, buf);
-        for (int64_t i = 0; i < m; i++) hist_add(buf[i], lo, hi, bins, h);
+        int64_t m = len - c0 < CHUNK ? len - c0 : CHUNK, i = 0;
+        const float *p;
+        if (code == LC_F32) p = (const float *)x + off + c0;
+        else { lc_to_f32(x, code, off + c0, m, buf); p = buf; }
+#ifdef LC_X86
+        if (lc_simd() >= LC_SIMD_AVX512) i = hist_avx512(p, m, lo, hi, bins, h);
+#endif
+        for (; i < m; i++) hist_add(p[i], lo, hi, bins, h);
     }
 }
 
