@@ -5,4 +5,7 @@
     X(runtime)         \
     X(core)            \
     X(random)          \
-    X(distill)
+    X(distill)         \
+    X(quant)           \
+    X(gguf)            \
+    X(codebook)

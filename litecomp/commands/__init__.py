@@ -5,4 +5,5 @@ COMMANDS = [
     "info",
     "demo",
     "inspect",
+    "quantize",
 ]

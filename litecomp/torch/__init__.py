@@ -94,4 +94,5 @@ def load_numpy_state_dict(module: "nn.Module", state_dict, strict=True):
                                    for k, v in state_dict.items()}, strict=strict)
 
 
+from .quant import FakeQuantize  # noqa: E402,F401  (quantization-aware training)
 from .distill import DistillationLoss, distillation_loss_torch  # noqa: E402,F401
