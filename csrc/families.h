@@ -4,4 +4,5 @@
 #define LC_FAMILIES(X) \
     X(runtime)         \
     X(core)            \
-    X(random)
+    X(random)         \
+    X(qmatmul)
