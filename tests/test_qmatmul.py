@@ -236,3 +236,11 @@ def test_quantize_model_layer_pattern_and_sizes():
     assert tuple(q.fc.scales.shape) == (500, 1)
     with pytest.raises(litecomp.ArgumentError, match="bits"):
         lt.QuantLinear(4, 4, bits=3)
+
+
+def test_accuracy_script_small_decoder():
+    pytest.importorskip("torch")
+    from benchmarks.qmatmul_accuracy import decoder_errors
+    rows = dict((name, err) for name, err, _agree, _t in decoder_errors(small=True))
+    assert rows["int8 per-channel"] < 0.03
+    assert rows["int4 g128"] < 0.2
