@@ -77,15 +77,24 @@ static int auto_path(void) {
 static inline int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 
 /* ------------------------------------------------------------------ activation quantization */
-/* Symmetric int8 of n floats with one scale: returns 0 on success, -1 when non-finite.
+/* Round to nearest even for |v| < 2^22 (here |v| <= 127.01): adding and subtracting 1.5*2^23
+ * leaves the integer nearest to v, ties to even -- the same as nearbyintf and cvtps2dq under
+ * the default rounding mode, but without a libm call per element. */
+static inline float rne_small(float v) { return (v + 12582912.0f) - 12582912.0f; }
+
+/* Symmetric int8 of n floats with one scale (the definition):
+ *   amax = max |x|;  non-finite -> -1;  amax == 0 -> q = 0, scale = 0;
+ *   q = clamp(rne(x * (127/amax)), -127, 127);  scale = amax / 127.
  * `offset` 128 stores q + 128 as uint8 (for vpdpbusd), 0 stores q as int8. */
-static int quant_i8(const float *x, int64_t n, int8_t *q, float *scale, int offset) {
+static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, int offset) {
     float amax = 0.0f;
+    int bad = 0;
     for (int64_t k = 0; k < n; k++) {
         float a = fabsf(x[k]);
-        if (!(a <= FLT_MAX)) return -1;
-        if (a > amax) amax = a;
+        bad |= !(a <= FLT_MAX);
+        amax = a > amax ? a : amax;
     }
+    if (bad) return -1;
     if (amax == 0.0f) {
         memset(q, offset ? 0x80 : 0, (size_t)n);
         *scale = 0.0f;
@@ -93,12 +102,54 @@ static int quant_i8(const float *x, int64_t n, int8_t *q, float *scale, int offs
     }
     float inv = 127.0f / amax;
     for (int64_t k = 0; k < n; k++) {
-        float r = nearbyintf(x[k] * inv);
-        int v = r > 127.0f ? 127 : (r < -127.0f ? -127 : (int)r);
-        q[k] = (int8_t)(uint8_t)(v + offset);
+        float r = rne_small(x[k] * inv);
+        r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+        q[k] = (int8_t)(uint8_t)((int)r + offset);
     }
     *scale = amax / 127.0f;
     return 0;
+}
+
+#ifdef LC_X86
+LC_TARGET_AVX512 static int quant_i8_avx512(const float *x, int64_t n, int8_t *q, float *scale,
+                                            int offset) {
+    __m512 vmax = _mm512_setzero_ps();
+    const __m512 fmax = _mm512_set1_ps(FLT_MAX);
+    __mmask16 bad = 0;
+    int64_t k = 0;
+    for (; k < n; k += 16) {
+        __mmask16 mk = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1u);
+        __m512 a = _mm512_abs_ps(_mm512_maskz_loadu_ps(mk, x + k));
+        bad |= _mm512_cmp_ps_mask(a, fmax, _CMP_NLE_UQ);
+        vmax = _mm512_max_ps(vmax, a);
+    }
+    if (bad) return -1;
+    float amax = _mm512_reduce_max_ps(vmax);
+    if (amax == 0.0f) {
+        memset(q, offset ? 0x80 : 0, (size_t)n);
+        *scale = 0.0f;
+        return 0;
+    }
+    const __m512 inv = _mm512_set1_ps(127.0f / amax);
+    const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127),
+                  off = _mm512_set1_epi32(offset);
+    for (k = 0; k < n; k += 16) {
+        __mmask16 mk = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1u);
+        __m512i r = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, x + k), inv));
+        r = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(r, lo), hi), off);
+        _mm512_mask_cvtepi32_storeu_epi8(q + k, mk, r);
+    }
+    *scale = amax / 127.0f;
+    return 0;
+}
+#endif
+
+static int quant_i8(const float *x, int64_t n, int8_t *q, float *scale, int offset, int path) {
+#ifdef LC_X86
+    if (path == PATH_AVX512VNNI) return quant_i8_avx512(x, n, q, scale, offset);
+#endif
+    (void)path;
+    return quant_i8_scalar(x, n, q, scale, offset);
 }
 
 /* ================================================================== int8 dynamic Linear */
@@ -306,7 +357,7 @@ static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float
     LC_OMP(parallel for num_threads(nth) schedule(static) reduction(|:bad))
     for (int64_t m = 0; m < M; m++) {
         int8_t *row = xq + m * ldx;
-        if (quant_i8(x + m * K, K, row, &sx[m], offset) < 0) bad = 1;
+        if (quant_i8(x + m * K, K, row, &sx[m], offset, path) < 0) bad = 1;
         memset(row + K, offset ? 0x80 : 0, (size_t)(ldx - K));
     }
     if (bad) { free(xq); free(sx); return LC_ERR_NONFINITE; }
@@ -377,12 +428,12 @@ typedef struct {
 } blk_act;
 
 static int blk_quant_row(const float *x, int64_t K, int64_t KB, int64_t G, int64_t gs,
-                         int8_t *xq, float *dx, int32_t *sxq, float *X) {
+                         int8_t *xq, float *dx, int32_t *sxq, float *X, int path) {
     for (int64_t b = 0; b < KB; b++) {
         int64_t k0 = b * QBLK, n = K - k0 < QBLK ? K - k0 : QBLK;
         int8_t *q = xq + k0;
         if (n < QBLK) memset(q, 0, QBLK);
-        if (n > 0 && quant_i8(x + k0, n, q, &dx[b], 0) < 0) return -1;
+        if (n > 0 && quant_i8(x + k0, n, q, &dx[b], 0, path) < 0) return -1;
         if (n <= 0) dx[b] = 0.0f;
         int32_t s = 0;
         for (int i = 0; i < QBLK; i++) s += q[i];
@@ -558,7 +609,7 @@ static lc_status blk_linear(const blk_weights *w, const float *x, int64_t M, flo
     LC_OMP(parallel for num_threads(nth) schedule(static) reduction(|:bad))
     for (int64_t m = 0; m < M; m++)
         if (blk_quant_row(x + m * w->K, w->K, KB, G, w->gs, xq + m * KB * QBLK, dx + m * KB,
-                          sxq + m * KB, X ? X + m * G : NULL) < 0)
+                          sxq + m * KB, X ? X + m * G : NULL, path) < 0)
             bad = 1;
     if (bad) { free(xq); free(dx); free(sxq); free(X); return LC_ERR_NONFINITE; }
     LC_OMP(parallel for num_threads(nth) schedule(static))
