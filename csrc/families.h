@@ -4,5 +4,8 @@
 #define LC_FAMILIES(X) \
     X(runtime)         \
     X(core)            \
-    X(random)         \
+    X(random)          \
+    X(quant)           \
+    X(gguf)            \
+    X(codebook)        \
     X(qmatmul)

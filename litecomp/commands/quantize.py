@@ -1,0 +1,64 @@
+"""litecomp quantize: quantize a checkpoint's weights and write a compact file."""
+
+NAME = "quantize"
+HELP = "quantize a checkpoint (litecomp packed format, GGUF, or NF4) and report the error"
+
+FORMATS = ("litecomp", "gguf:Q8_0", "gguf:Q4_0", "gguf:Q4_1", "gguf:Q5_0", "gguf:Q5_1",
+           "gguf:Q4_K", "gguf:Q6_K", "nf4", "fp4", "kmeans")
+
+
+def add_arguments(p):
+    p.add_argument("input", help="checkpoint to read (.pth/.pt/.bin, .safetensors, .npz, ...)")
+    p.add_argument("output", help="file to write (.safetensors/.pth/.npz, or .gguf)")
+    p.add_argument("--bits", type=int, default=8, help="2, 3, 4, 5, 6 or 8 (default 8)")
+    p.add_argument("--group-size", type=int, default=None,
+                   help="one scale per this many values along the last axis")
+    p.add_argument("--scheme", choices=("symmetric", "affine"), default="symmetric")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="one scale per tensor (default without --group-size: per output channel)")
+    p.add_argument("--format", default="litecomp", choices=FORMATS,
+                   help="litecomp (packed QTensors), gguf:<type>, nf4, fp4, or kmeans (2**bits "
+                        "shared values per tensor; zeros stay zero) (default litecomp)")
+    p.add_argument("--layers", default="*",
+                   help="glob (or re:<regex>) of tensor names to quantize (default all 2-D+ "
+                        "float tensors)")
+    p.add_argument("--key", default=None, help="nested entry of a torch checkpoint dict")
+    p.add_argument("--quiet", action="store_true", help="print only the summary line")
+
+
+def run(args):
+    import os
+
+    from .. import io
+    from .._table import format_bytes, render_table
+    from ..quant import state
+    sd = io.load(args.input, key=args.key)
+    before = os.path.getsize(args.input) if os.path.isfile(args.input) else \
+        sum(v.nbytes for v in sd.values())
+    match = state._matcher(args.layers)
+    if args.format.startswith("gguf:"):
+        from ..quant import gguf
+        kinds = gguf.write_gguf(args.output, sd, args.format[5:], select=match)
+        report = None
+        nq = sum(k != "F32" for k in kinds.values())
+    else:
+        if args.format in ("nf4", "fp4"):
+            spec = {"format": args.format, "block_size": args.group_size or 64}
+        elif args.format == "kmeans":
+            spec = {"format": "kmeans", "bits": args.bits}
+        else:
+            spec = {"bits": args.bits, "scheme": args.scheme, "group_size": args.group_size}
+            if args.group_size is None and not args.per_tensor:
+                spec["axis"] = 0
+        out, report = state.quantize_state_dict(sd, {args.layers: spec})
+        io.save(out, args.output)
+        nq = len(report)
+    after = os.path.getsize(args.output)
+    if report and not args.quiet:
+        rows = [[e.name, f"{e.sqnr_db:.1f}", f"{e.max_abs_err:.3g}", f"{e.cosine:.6f}",
+                 format_bytes(e.bytes_before), format_bytes(e.bytes_after)] for e in report]
+        print(render_table(["tensor", "SQNR dB", "max err", "cosine", "before", "after"], rows,
+                           align=["<", ">", ">", ">", ">", ">"]))
+    print(f"{args.input}: {format_bytes(before)} -> {args.output}: {format_bytes(after)} "
+          f"({nq} tensors quantized, {args.format})")
+    return 0

@@ -1,0 +1,34 @@
+"""Quantization: uniform 2-8 bit tensors (``quantize`` -> ``QTensor``), torch-exact
+quantize_per_tensor / quantize_per_channel and observers, fake quantization with
+gradients, GGUF block formats, float casts, and the state-dict workflow.
+See docs/quant.md."""
+
+from . import calibrate, codebook, gguf  # noqa: F401
+from .calibrate import HistogramObserver, histc, l2_range_search  # noqa: F401
+from .codebook import (  # noqa: F401
+    CodebookTensor, Quant4, codebook_quantize, kmeans_1d, quantize_4bit,
+)
+from .core import (  # noqa: F401
+    BITS, SCHEMES, QTensor, calc_qparams, cast, pack_codes, quantize, quantize_per_channel,
+    quantize_per_tensor, unpack_codes,
+)
+from .fake import fake_quantize, fake_quantize_backward  # noqa: F401
+from .observers import (  # noqa: F401
+    MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
+    PerChannelMinMaxObserver, qrange,
+)
+from .state import (  # noqa: F401
+    QuantError, dequantize_state_dict, error_report, load_quantized, quantize_one,
+    quantize_state_dict, quantized_names,
+)
+
+__all__ = [
+    "BITS", "SCHEMES", "QTensor", "quantize", "calc_qparams", "cast", "pack_codes",
+    "unpack_codes", "quantize_per_tensor", "quantize_per_channel", "fake_quantize",
+    "fake_quantize_backward", "MinMaxObserver", "MovingAverageMinMaxObserver",
+    "PerChannelMinMaxObserver", "MovingAveragePerChannelMinMaxObserver", "qrange",
+    "QuantError", "quantize_state_dict", "dequantize_state_dict", "error_report",
+    "quantized_names", "gguf", "codebook", "Quant4", "quantize_4bit", "CodebookTensor",
+    "codebook_quantize", "kmeans_1d", "load_quantized", "quantize_one", "calibrate",
+    "HistogramObserver", "histc", "l2_range_search",
+]
