@@ -354,6 +354,7 @@ static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float
     float *sx = malloc((size_t)(M > 0 ? M : 1) * sizeof(float));
     if (!xq || !sx) { free(xq); free(sx); return LC_ERR_NOMEM; }
     int bad = 0, nth = lc_threads_for(M * w->N * K);
+    (void)nth; /* unused in a serial build */
     LC_OMP(parallel for num_threads(nth) schedule(static) reduction(|:bad))
     for (int64_t m = 0; m < M; m++) {
         int8_t *row = xq + m * ldx;
@@ -606,6 +607,7 @@ static lc_status blk_linear(const blk_weights *w, const float *x, int64_t M, flo
         return LC_ERR_NOMEM;
     }
     int bad = 0, nth = lc_threads_for(M * w->N * w->K);
+    (void)nth; /* unused in a serial build */
     LC_OMP(parallel for num_threads(nth) schedule(static) reduction(|:bad))
     for (int64_t m = 0; m < M; m++)
         if (blk_quant_row(x + m * w->K, w->K, KB, G, w->gs, xq + m * KB * QBLK, dx + m * KB,
@@ -716,6 +718,7 @@ LC_TARGET_AVX512 static void nf4_tile_avx512(const nf4_weights *w, const float *
 
 static lc_status nf4_linear(const nf4_weights *w, const float *x, int64_t M, float *y, int path) {
     int bad = 0, nth = lc_threads_for(M * w->N * w->K);
+    (void)nth; /* unused in a serial build */
     LC_OMP(parallel for num_threads(nth) schedule(static) reduction(|:bad))
     for (int64_t i = 0; i < M * w->K; i++)
         if (!(fabsf(x[i]) <= FLT_MAX)) bad = 1;
