@@ -324,11 +324,15 @@ class BlockLinear(_Layer):
 
 
 class NF4Linear(_Layer):
-    """NF4 codes [N, K] (indices into ``NF4_TABLE``) with one absmax per block of
+    """NF4 codes [N, K] (indices into ``NF4_TABLE``, or another 16-entry ``table`` such as
+    bitsandbytes' FP4) with one absmax per block of
     ``block_size`` along K: ``W[n, k] = absmax[n, k // block_size] * NF4_TABLE[codes[n, k]]``."""
 
-    def __init__(self, codes, absmax, *, block_size=64, bias=None):
+    def __init__(self, codes, absmax, *, block_size=64, bias=None, table=None):
         bs = check_int(block_size, "block_size", 1)
+        self.table = NF4_TABLE if table is None else np.ascontiguousarray(table, np.float32)
+        if self.table.shape != (16,) or not np.isfinite(self.table).all():
+            raise ArgumentError("table: expected 16 finite float32 code values")
         q = np.ascontiguousarray(codes)
         if q.dtype != np.uint8 or q.ndim != 2 or (q.size and q.max() > 15):
             raise ArgumentError("codes: expected a 2-D uint8 array of values 0..15")
@@ -363,7 +367,7 @@ class NF4Linear(_Layer):
         return cls(codes, absmax, block_size=bs, bias=bias)
 
     @classmethod
-    def from_bitsandbytes(cls, packed, absmax, shape, *, block_size=64, bias=None):
+    def from_bitsandbytes(cls, packed, absmax, shape, *, block_size=64, bias=None, table=None):
         """bitsandbytes' flat NF4 layout (first element in the HIGH nibble, blocks over the
         flattened weight; K must be a multiple of block_size)."""
         n, k = shape
@@ -376,7 +380,7 @@ class NF4Linear(_Layer):
         codes[0::2] = p >> 4
         codes[1::2] = p & 15
         return cls(codes.reshape(n, k), np.asarray(absmax, np.float32).reshape(n, -1),
-                   block_size=block_size, bias=bias)
+                   block_size=block_size, bias=bias, table=table)
 
     @property
     def codes(self) -> np.ndarray:
@@ -387,7 +391,7 @@ class NF4Linear(_Layer):
 
     def dequantize(self):
         k = self.in_features
-        return (NF4_TABLE[self.codes] * self.absmax[:, np.arange(k) // self.block_size]).astype(np.float32)
+        return (self.table[self.codes] * self.absmax[:, np.arange(k) // self.block_size]).astype(np.float32)
 
     @property
     def nbytes(self):
@@ -400,7 +404,7 @@ class NF4Linear(_Layer):
         xa = _as_input(x, self.in_features)
         out = np.empty(xa.shape[:-1] + (self.out_features,), np.float32)
         if out.size:
-            _C.qmm_nf4_linear(xa, self._packed, self._absmax, NF4_TABLE, self.bias if bias is _SELF else bias, out,
+            _C.qmm_nf4_linear(xa, self._packed, self._absmax, self.table, self.bias if bias is _SELF else bias, out,
                               self.out_features, self.in_features, self.block_size,
                               _path_code(path))
         return out

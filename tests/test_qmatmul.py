@@ -244,3 +244,54 @@ def test_accuracy_script_small_decoder():
     rows = dict((name, err) for name, err, _agree, _t in decoder_errors(small=True))
     assert rows["int8 per-channel"] < 0.03
     assert rows["int4 g128"] < 0.2
+
+
+# ------------------------------------------------------------------ litecomp.quant.linear
+@pytest.mark.parametrize("kw,kind", [
+    (dict(bits=8, axis=0), "Int8Linear"), (dict(bits=8), "Int8Linear"),
+    (dict(bits=8, axis=0, scheme="affine"), "BlockLinear"),
+    (dict(bits=4, group_size=64), "BlockLinear"), (dict(bits=4, group_size=32, scheme="affine"), "BlockLinear"),
+    (dict(bits=2, group_size=32), "BlockLinear"), (dict(bits=6, axis=0), "BlockLinear"),
+])
+def test_quant_linear_on_qtensors(kw, kind):
+    import litecomp.quant as Q
+    W = rand((40, 192), 41)
+    x = rand((3, 192), 42)
+    q = Q.quantize(W, **kw)
+    layer = Q.prepare_linear(q)
+    assert type(layer).__name__ == kind
+    np.testing.assert_array_equal(layer.dequantize(), q.dequantize())  # the same weight
+    y = Q.linear(x, q)
+    exact(y, layer(x))
+    cached = q.__dict__["_qmatmul_cache"][1]
+    exact(Q.linear(x, q), y)
+    assert q.__dict__["_qmatmul_cache"][1] is cached  # packed once, reused
+    deq = x @ q.dequantize().T
+    assert np.linalg.norm(y - deq) / np.linalg.norm(deq) < 0.02
+
+
+@pytest.mark.parametrize("fmt", ["nf4", "fp4"])
+def test_quant_linear_on_4bit_codebooks(fmt):
+    import litecomp.quant as Q
+    W = rand((33, 128), 51)
+    x = rand((2, 128), 52)
+    q4 = Q.quantize_4bit(W, fmt)
+    np.testing.assert_array_equal(Q.prepare_linear(q4).dequantize(), q4.dequantize())
+    np.testing.assert_allclose(Q.linear(x, q4), x @ q4.dequantize().T, rtol=1e-4, atol=1e-4)
+
+
+def test_quant_linear_gguf_and_errors():
+    import litecomp.quant as Q
+    W = rand((16, 64), 61)
+    x = rand((2, 64), 62)
+    d = Q.gguf.quantize(W, "Q8_0")
+    y = Q.linear(x, d, qtype="Q8_0", shape=W.shape)
+    np.testing.assert_allclose(y, x @ Q.gguf.dequantize(d, "Q8_0").T, rtol=0.02, atol=0.05)
+    with pytest.raises(litecomp.ArgumentError, match="group_size 16 is not a multiple of 32"):
+        Q.linear(x, Q.quantize(W, 4, group_size=16))
+    with pytest.raises(litecomp.ArgumentError, match="axis 1"):
+        Q.linear(x, Q.quantize(W, 8, axis=1))
+    with pytest.raises(litecomp.ShapeError, match="2-D"):
+        Q.linear(x, Q.quantize(rand((2, 4, 64)), 8))
+    with pytest.raises(litecomp.ArgumentError, match="shape: needed"):
+        Q.linear(x, d, qtype="Q8_0")
