@@ -8,4 +8,5 @@
     X(distill)         \
     X(quant)           \
     X(gguf)            \
-    X(codebook)
+    X(codebook)        \
+    X(qmatmul)

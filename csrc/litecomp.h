@@ -96,6 +96,10 @@ int lc_check_array(PyArrayObject *a, const char *name, int code, int writeable);
 int lc_threads(void);
 void lc_set_threads(int n);
 
+/* Threads for a job of `work` elementary operations: one thread below ~1M, where waking a
+ * team costs more than it saves (and, on a busy machine, can stall for a scheduler tick). */
+static inline int lc_threads_for(int64_t work) { return work < ((int64_t)1 << 20) ? 1 : lc_threads(); }
+
 #define LC_BLOCK ((int64_t)1 << 16) /* elements per work block; fixed, never per-thread */
 static inline int64_t lc_nblocks(int64_t n, int64_t block) { return (n + block - 1) / block; }
 

@@ -16,6 +16,7 @@ from ._runtime import (  # noqa: E402
     set_num_threads, set_simd, simd, threads,
 )
 from . import errors, dtypes, core, random, examples  # noqa: E402
+from . import qmatmul  # noqa: E402
 from .core import tensor_stats, to_float32, TensorStats  # noqa: E402
 from . import distill  # noqa: E402
 from .errors import (  # noqa: E402
@@ -29,7 +30,7 @@ from . import quant  # noqa: E402
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads", "threads",
     "set_simd", "get_simd", "simd", "detected_simd", "available_simd",
-    "errors", "dtypes", "core", "random", "examples",
+    "errors", "dtypes", "core", "random", "examples", "qmatmul",
     "distill",
     "tensor_stats", "to_float32", "TensorStats",
     "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",

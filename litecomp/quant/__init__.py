@@ -13,6 +13,7 @@ from .core import (  # noqa: F401
     quantize_per_tensor, unpack_codes,
 )
 from .fake import fake_quantize, fake_quantize_backward  # noqa: F401
+from .linear import linear, prepare_linear  # noqa: F401
 from .observers import (  # noqa: F401
     MinMaxObserver, MovingAverageMinMaxObserver, MovingAveragePerChannelMinMaxObserver,
     PerChannelMinMaxObserver, qrange,
@@ -30,5 +31,5 @@ __all__ = [
     "QuantError", "quantize_state_dict", "dequantize_state_dict", "error_report",
     "quantized_names", "gguf", "codebook", "Quant4", "quantize_4bit", "CodebookTensor",
     "codebook_quantize", "kmeans_1d", "load_quantized", "quantize_one", "calibrate",
-    "HistogramObserver", "histc", "l2_range_search",
+    "HistogramObserver", "histc", "l2_range_search", "linear", "prepare_linear",
 ]

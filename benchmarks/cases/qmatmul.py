@@ -1,0 +1,116 @@
+"""Quantized matmul: int8 dynamic Linear vs torch quantize_dynamic and torch float32;
+4-bit weight-only GEMV against the memory roofline (weights cycled through more memory than
+the L3 cache holds, as in a real model where every layer's weights come from DRAM)."""
+
+import numpy as np
+
+from litecomp import qmatmul as qm
+
+from ..harness import Run, case, missing, optional_import
+
+SHAPES = [(4096, 4096), (11008, 4096)]
+
+
+def _torch_linear(N, K):
+    torch = optional_import("torch")
+    if torch is None:
+        return None, None, None
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(K, N)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin),
+                                                      {torch.nn.Linear}, dtype=torch.qint8)
+    return torch, lin, qlin
+
+
+def _int8_case(N, K, M, anchor_kind):
+    def setup(quick):
+        n, k, m = (256, 256, min(M, 4)) if quick else (N, K, M)
+        torch, lin, qlin = _torch_linear(n, k)
+        if torch is None:
+            w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32) * 0.02
+            L = qm.Int8Linear.from_float(w)
+            x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+            return Run(litecomp=lambda: L(x), anchor=missing(f"torch {anchor_kind}", "torch"))
+        L = qm.Int8Linear.from_float(lin.weight.detach().numpy(), lin.bias.detach().numpy())
+        xt = torch.randn(m, k)
+        x = xt.numpy()
+        f = qlin if anchor_kind == "quantize_dynamic int8" else lin
+
+        def anchor():
+            with torch.no_grad():
+                return f(xt)
+        return Run(litecomp=lambda: L(x), anchor=(f"torch {anchor_kind}", anchor),
+                   bytes=n * k + 4 * m * (k + n))
+    return setup
+
+
+for N, K in SHAPES:
+    for M in (1, 16, 128):
+        case(f"int8 linear {N}x{K} M={M}", group="qmatmul")(
+            _int8_case(N, K, M, "quantize_dynamic int8"))
+    for M in (1, 128):
+        case(f"int8 linear {N}x{K} M={M} (vs fp32)", group="qmatmul")(
+            _int8_case(N, K, M, "float32 F.linear"))
+
+
+def _gemv_case(kind, cold):
+    def setup(quick):
+        n, k = (256, 1024) if quick else (4096, 11008)
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+        if kind == "int4 g128":
+            layer = qm.BlockLinear.from_float(w, bits=4, group_size=128)
+        elif kind == "gguf Q4_0":
+            gguf = optional_import("gguf")
+            if gguf is None:
+                layer = qm.BlockLinear.from_float(w, bits=4, group_size=32)
+            else:
+                data = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0)
+                layer = qm.BlockLinear.from_gguf(data, "Q4_0", w.shape)
+        else:
+            layer = qm.NF4Linear.from_float(w)
+        copies = 1
+        if cold and not quick:  # > 260 MiB L3: every call reads its weights from DRAM
+            copies = max(1, (400 << 20) // layer.nbytes)
+        layers = [layer] + [_copy(layer) for _ in range(copies - 1)]
+        x = rng.standard_normal((1, k)).astype(np.float32)
+        state = {"i": 0}
+
+        def run():
+            state["i"] = (state["i"] + 1) % len(layers)
+            return layers[state["i"]](x)
+        torch = optional_import("torch")
+        if torch is None:
+            anchor = missing("torch float32 F.linear", "torch")
+        else:
+            wt = [torch.from_numpy(w.copy()) for _ in range(3 if cold and not quick else 1)]
+            xt = torch.from_numpy(x)
+            st = {"i": 0}
+
+            def fl():
+                st["i"] = (st["i"] + 1) % len(wt)
+                return torch.nn.functional.linear(xt, wt[st["i"]])
+            anchor = ("torch float32 F.linear" + (" (cold)" if cold else ""), fl)
+        return Run(litecomp=run, anchor=anchor, bytes=layer.nbytes,
+                   notes=f"{kind}: {layer.nbytes / 2**20:.1f} MiB packed weights"
+                         + (f", {copies} copies cycled" if copies > 1 else ""))
+    return setup
+
+
+def _copy(layer):
+    import copy
+    c = copy.copy(layer)
+    for attr in ("_packed", "_s", "_z", "_m", "_absmax"):
+        v = getattr(layer, attr, None)
+        if isinstance(v, np.ndarray):
+            setattr(c, attr, v.copy())
+    return c
+
+
+for kind in ("int4 g128", "gguf Q4_0", "nf4"):
+    case(f"4-bit GEMV {kind} 4096x11008 M=1 cold", group="qmatmul")(_gemv_case(kind, True))
+case("4-bit GEMV int4 g128 4096x11008 M=1 hot (L3)", group="qmatmul")(
+    _gemv_case("int4 g128", False))

@@ -1,0 +1,79 @@
+"""NumPy twins of csrc/qmatmul.c: the exact definitions, float32 operations in the same order."""
+
+import numpy as np
+
+F = np.float32
+
+
+def quant_i8(x):
+    """Symmetric int8 of a 1-D float32 array: (q int8, scale float32)."""
+    x = np.asarray(x, F)
+    amax = F(np.abs(x).max()) if x.size else F(0)
+    if amax == 0:
+        return np.zeros(x.shape, np.int8), F(0)
+    inv = F(127) / amax
+    q = np.clip(np.rint(x * inv), -127, 127).astype(np.int8)
+    return q, F(amax / F(127))
+
+
+def int8_linear(x, qweight, scales, bias=None):
+    """y = (float)acc * (sx * sw) (+ bias), acc exact."""
+    x = np.asarray(x, F).reshape(-1, qweight.shape[1])
+    y = np.empty((x.shape[0], qweight.shape[0]), F)
+    w64 = qweight.astype(np.int64)
+    for m, row in enumerate(x):
+        q, sx = quant_i8(row)
+        acc = (w64 @ q.astype(np.int64)).astype(np.int32)
+        t = (sx * scales.astype(F)).astype(F)
+        r = acc.astype(F) * t
+        y[m] = r + bias.astype(F) if bias is not None else r
+    return y
+
+
+def block_linear(x, codes, scales, zeros, offsets, group_size, bias=None):
+    """The blk definition (see csrc/qmatmul.c): Q8 activations per 32-block."""
+    x = np.asarray(x, F).reshape(-1, codes.shape[1])
+    n, k = codes.shape
+    kb = (k + 31) // 32
+    bpg = group_size // 32
+    g_count = (k + group_size - 1) // group_size
+    cp = np.zeros((n, kb * 32), np.int64)
+    cp[:, :k] = codes
+    y = np.empty((x.shape[0], n), F)
+    for m, row in enumerate(x):
+        xp = np.zeros(kb * 32, F)
+        xp[:k] = row
+        xq = np.zeros(kb * 32, np.int64)
+        dx = np.zeros(kb, F)
+        for b in range(kb):
+            seg = row[b * 32:min((b + 1) * 32, k)]
+            q, d = quant_i8(seg)
+            xq[b * 32:b * 32 + q.size] = q
+            dx[b] = d
+        sxq = xq.reshape(kb, 32).sum(axis=1)
+        acc = np.zeros(n, F)
+        for g in range(g_count):
+            A = np.zeros(n, F)
+            for b in range(g * bpg, min((g + 1) * bpg, kb)):
+                isum = cp[:, b * 32:(b + 1) * 32] @ xq[b * 32:(b + 1) * 32] - zeros[:, g].astype(np.int64) * sxq[b]
+                A = A + dx[b] * isum.astype(np.int32).astype(F)
+            acc = acc + scales[:, g].astype(F) * A
+            if offsets is not None:
+                X = np.cumsum(row[g * group_size:min((g + 1) * group_size, k)], dtype=F)[-1]
+                acc = acc + offsets[:, g].astype(F) * X
+        y[m] = acc + bias.astype(F) if bias is not None else acc
+    return y
+
+
+def nf4_linear(x, codes, absmax, table, block_size, bias=None):
+    x = np.asarray(x, F).reshape(-1, codes.shape[1])
+    n, k = codes.shape
+    w = table[codes].astype(F)
+    y = np.empty((x.shape[0], n), F)
+    for m, row in enumerate(x):
+        acc = np.zeros(n, F)
+        for b in range(0, k, block_size):
+            prod = w[:, b:b + block_size] * row[b:b + block_size]
+            acc = acc + absmax[:, b // block_size].astype(F) * np.cumsum(prod, axis=1, dtype=F)[:, -1]
+        y[m] = acc + bias.astype(F) if bias is not None else acc
+    return y

@@ -1,0 +1,162 @@
+"""Quantized Linear for torch models: ``QuantLinear`` and the ChatGLM-style module swap
+``quantize_model(model, bits=4)``.
+
+``QuantLinear`` keeps its weight packed in buffers (so ``state_dict()`` saves the small form)
+and, on CPU float tensors, runs litecomp's C kernels on zero-copy NumPy views; on other
+devices or under autograd it dequantizes and calls ``F.linear`` (same weights, float math).
+
+State dict of a QuantLinear (prefix omitted):
+  8-bit: ``qweight`` int8 [N, K], ``scales`` float32 [N], ``bias`` (if any)
+  4-bit: ``qweight`` uint8 [N, ceil(K/2)] (element k in the low nibble when k is even, the high
+         nibble when odd -- torch's quint4x2 order), ``scales`` float32 [N, G],
+         ``zeros`` uint8 [N, G], ``bias`` (if any); G = ceil(K / group_size).
+"""
+
+import fnmatch
+import re
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .. import qmatmul as _qm
+from ..errors import ArgumentError
+from . import from_numpy, to_numpy
+
+
+def _pack_nibbles(codes: np.ndarray) -> np.ndarray:
+    n, k = codes.shape
+    c = np.zeros((n, k + (k & 1)), np.uint8)
+    c[:, :k] = codes
+    return np.ascontiguousarray(c[:, 0::2] | (c[:, 1::2] << 4))
+
+
+def _unpack_nibbles(packed: np.ndarray, k: int) -> np.ndarray:
+    out = np.empty((packed.shape[0], packed.shape[1] * 2), np.uint8)
+    out[:, 0::2] = packed & 15
+    out[:, 1::2] = packed >> 4
+    return np.ascontiguousarray(out[:, :k])
+
+
+class QuantLinear(nn.Module):
+    """A Linear layer with int8 (per channel) or 4-bit (grouped) packed weights."""
+
+    def __init__(self, in_features, out_features, bias=True, *, bits=8, group_size=128,
+                 scheme="symmetric"):
+        super().__init__()
+        if bits not in (4, 8):
+            raise ArgumentError(f"bits: must be 4 or 8, got {bits!r}")
+        if scheme not in ("symmetric", "affine"):
+            raise ArgumentError(f"scheme: must be 'symmetric' or 'affine', got {scheme!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.bits, self.group_size, self.scheme = bits, group_size, scheme
+        if bits == 8:
+            self.register_buffer("qweight", torch.zeros(out_features, in_features, dtype=torch.int8))
+            self.register_buffer("scales", torch.ones(out_features))
+        else:
+            g = -(-in_features // group_size)
+            self.register_buffer("qweight", torch.zeros(out_features, -(-in_features // 2), dtype=torch.uint8))
+            self.register_buffer("scales", torch.ones(out_features, g))
+            self.register_buffer("zeros", torch.full((out_features, g), 8, dtype=torch.uint8))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._layer = None
+        self._layer_key = None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, *, bits=8, group_size=128, scheme="symmetric"):
+        w = to_numpy(linear.weight.detach().float().cpu())
+        b = linear.bias
+        m = cls(linear.in_features, linear.out_features, b is not None, bits=bits,
+                group_size=group_size, scheme=scheme)
+        if bits == 8:
+            if scheme != "symmetric":
+                raise ArgumentError("scheme: 8-bit QuantLinear is symmetric per channel")
+            layer = _qm.Int8Linear.from_float(w)
+            m.qweight.copy_(from_numpy(layer.qweight))
+            m.scales.copy_(from_numpy(layer.scales))
+        else:
+            layer = _qm.BlockLinear.from_float(w, bits=4, group_size=group_size, scheme=scheme)
+            m.qweight.copy_(from_numpy(_pack_nibbles(layer.codes)))
+            m.scales.copy_(from_numpy(layer.scales))
+            m.zeros.copy_(from_numpy(layer.zeros.astype(np.uint8)))
+        if b is not None:
+            m.bias.copy_(b.detach().float())
+        return m.to(linear.weight.device)
+
+    def _kernel_layer(self):
+        """The packed litecomp layer, rebuilt whenever the buffers change (load_state_dict)."""
+        key = tuple((t.data_ptr(), t._version) for t in self.buffers())
+        if self._layer is None or key != self._layer_key:
+            bias = to_numpy(self.bias) if self.bias is not None else None
+            if self.bits == 8:
+                self._layer = _qm.Int8Linear(to_numpy(self.qweight), to_numpy(self.scales), bias)
+            else:
+                codes = _unpack_nibbles(to_numpy(self.qweight), self.in_features)
+                self._layer = _qm.BlockLinear(codes, to_numpy(self.scales),
+                                              to_numpy(self.zeros).astype(np.int32),
+                                              bits=4, group_size=self.group_size, bias=bias,
+                                              kind=self.scheme)
+            self._layer_key = key
+        return self._layer
+
+    def dequantized_weight(self) -> torch.Tensor:
+        """The float weight these buffers stand for (for non-CPU devices and checks)."""
+        if self.bits == 8:
+            return self.qweight.float() * self.scales[:, None]
+        q = self.qweight
+        codes = torch.stack([q & 15, q >> 4], dim=-1).reshape(q.shape[0], -1)[:, : self.in_features]
+        g = torch.arange(self.in_features, device=q.device) // self.group_size
+        return (codes.float() - self.zeros.float()[:, g]) * self.scales[:, g]
+
+    def forward(self, x):
+        if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
+            y = self._kernel_layer()(to_numpy(x.contiguous()).astype(np.float32, copy=False))
+            return from_numpy(y).to(x.dtype)
+        return F.linear(x, self.dequantized_weight().to(x.dtype),
+                        None if self.bias is None else self.bias.to(x.dtype))
+
+    def extra_repr(self):
+        g = f", group_size={self.group_size}, scheme={self.scheme}" if self.bits == 4 else ""
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bits={self.bits}{g}, bias={self.bias is not None}")
+
+
+def _matcher(layers):
+    if layers is None:
+        return lambda name: True
+    if isinstance(layers, re.Pattern):
+        return lambda name: layers.search(name) is not None
+    pats = [layers] if isinstance(layers, str) else list(layers)
+    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
+
+
+def quantize_model(model: nn.Module, bits=8, group_size=128, layers=None, *,
+                   scheme="symmetric", inplace=True) -> nn.Module:
+    """Replace every ``nn.Linear`` (whose name matches ``layers``: a glob, a list of globs or
+    a compiled regex) by a ``QuantLinear``; ChatGLM's ``model.quantize(bits)``.
+
+    Linear layers owned by ``nn.MultiheadAttention`` are left alone: attention reads their
+    ``weight`` directly, so swapping them would break it (torch's quantize_dynamic skips
+    them too).  Returns the model; the names of the swapped layers are in
+    ``model._litecomp_quantized``.
+    """
+    if not inplace:
+        import copy
+        model = copy.deepcopy(model)
+    match = _matcher(layers)
+    skip = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, nn.MultiheadAttention):
+            skip.update(f"{name}.{child}" if name else child for child, _ in mod.named_modules() if child)
+    swapped = []
+    for name, mod in list(model.named_modules()):
+        if type(mod) is not nn.Linear or name in skip or not match(name):
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, QuantLinear.from_linear(mod, bits=bits, group_size=group_size,
+                                                      scheme=scheme))
+        swapped.append(name)
+    model._litecomp_quantized = swapped
+    return model
