@@ -4,4 +4,6 @@
 #define LC_FAMILIES(X) \
     X(runtime)         \
     X(core)            \
-    X(random)
+    X(random)          \
+    X(prune)           \
+    X(sparse)
