@@ -384,8 +384,8 @@ def apply(w, mask, *, out=None) -> np.ndarray:
 def bake(state_dict) -> dict:
     """Turn a torch-pruned state dict into a plain one: every ``X_orig`` + ``X_mask`` pair
     becomes ``X = X_orig * X_mask`` (the bits ``torch.nn.utils.prune.remove`` stores, -0.0
-    included) and the two keys go.  ``X`` takes ``X_orig``'s place in the order, so the
-    result is the unpruned model's layout and ``model.load_state_dict`` accepts it.
+    included) and the two keys go.  ``X`` takes ``X_orig``'s place in the order (which is
+    also where ``prune.remove`` leaves it), and ``model.load_state_dict`` accepts the result.
     """
     if not isinstance(state_dict, dict):
         raise ArgumentError(f"state_dict: expected a dict, got {type(state_dict).__name__}")

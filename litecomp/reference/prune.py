@@ -102,5 +102,10 @@ def apply(w, mask):
 def bake(orig, mask):
     """orig * mask in orig's dtype (what torch.nn.utils.prune.remove stores)."""
     orig = np.asarray(orig)
+    with np.errstate(invalid="ignore"):  # inf * 0 -> NaN, as torch gives
+        return _bake(orig, mask)
+
+
+def _bake(orig, mask):
     return (orig.astype(np.float64) * np.asarray(mask).astype(np.float64)).astype(orig.dtype) \
         if orig.dtype != np.float64 else orig * np.asarray(mask).astype(np.float64)

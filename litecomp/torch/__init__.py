@@ -85,3 +85,6 @@ def load_numpy_state_dict(module: "nn.Module", state_dict, strict=True):
     """``module.load_state_dict`` from a dict of NumPy arrays (copied into the module)."""
     return module.load_state_dict({k: from_numpy(np.ascontiguousarray(v))
                                    for k, v in state_dict.items()}, strict=strict)
+
+
+from .prune import activation_stats, apply_masks, masks_from_module  # noqa: E402,F401
