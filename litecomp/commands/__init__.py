@@ -4,4 +4,5 @@ Adding one: write litecomp/commands/<name>.py and add its module name here."""
 COMMANDS = [
     "info",
     "demo",
+    "prune",
 ]
