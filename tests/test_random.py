@@ -16,7 +16,10 @@ def test_bits_and_uniform_equal_reference_exactly():
 def test_normal_equals_reference():
     n = 100_000
     got = litecomp.random.normal(n, 1.0, 0.5, seed=2, stream=7, dtype=np.float64)
-    np.testing.assert_allclose(got, ref.normal(n, 1.0, 0.5, 2, 7, np.float64), rtol=1e-14)
+    # libm (C) and NumPy's log/cos may differ in the last bit; near zero that is a large
+    # relative but a tiny absolute difference.
+    np.testing.assert_allclose(got, ref.normal(n, 1.0, 0.5, 2, 7, np.float64),
+                               rtol=1e-13, atol=1e-13)
 
 
 def test_distribution_moments():
