@@ -22,6 +22,8 @@ from .errors import (  # noqa: E402
     LitecompError, ArgumentError, DTypeError, ShapeError, NonFiniteError, FormatError,
     UnsafeCheckpointError,
 )
+from . import io  # noqa: E402
+from .io import load, save, open  # noqa: E402,A004 - litecomp.open; builtins.open untouched
 
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads", "threads",
@@ -30,5 +32,6 @@ __all__ = [
     "tensor_stats", "to_float32", "TensorStats",
     "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",
     "FormatError", "UnsafeCheckpointError",
+    "io", "load", "save", "open",
     "prune", "sparse",
 ]

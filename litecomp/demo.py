@@ -54,8 +54,11 @@ def step_model(ctx: DemoContext) -> str:
 
 # (name, function).  Later capabilities append theirs: save/reload, prune+bake, quantize,
 # distill.
+from .io.demo import step_save_reload  # noqa: E402
+
 STEPS = [
     ("model", step_model),
+    ("save/reload", step_save_reload),
 ]
 
 

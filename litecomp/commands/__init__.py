@@ -4,5 +4,6 @@ Adding one: write litecomp/commands/<name>.py and add its module name here."""
 COMMANDS = [
     "info",
     "demo",
+    "inspect",
     "prune",
 ]

@@ -11,6 +11,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without torch
     raise ImportError("litecomp.torch needs PyTorch: pip install torch") from exc
 
+import ml_dtypes
 import numpy as np
 
 from .. import dtypes as _dt
@@ -24,9 +25,14 @@ _TO_NUMPY = {
     torch.int64: np.dtype(np.int64), torch.bool: np.dtype(np.bool_),
     torch.complex64: np.dtype(np.complex64), torch.complex128: np.dtype(np.complex128),
     torch.float8_e4m3fn: _dt.float8_e4m3fn, torch.float8_e5m2: _dt.float8_e5m2,
+    torch.uint16: np.dtype(np.uint16), torch.uint32: np.dtype(np.uint32),
+    torch.uint64: np.dtype(np.uint64),
+    torch.float8_e4m3fnuz: np.dtype(ml_dtypes.float8_e4m3fnuz),
+    torch.float8_e5m2fnuz: np.dtype(ml_dtypes.float8_e5m2fnuz),
 }
 _FROM_NUMPY = {v.name: k for k, v in _TO_NUMPY.items()}
 _SAME_SIZE_INT = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+_SAME_SIZE_NP = {1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}
 
 
 def to_numpy(t: "torch.Tensor") -> np.ndarray:
@@ -38,7 +44,7 @@ def to_numpy(t: "torch.Tensor") -> np.ndarray:
         dt = _TO_NUMPY[t.dtype]
     except KeyError:
         raise DTypeError(f"tensor dtype {t.dtype} has no NumPy equivalent here") from None
-    if dt.kind == "V" or dt.name in ("bfloat16",) or dt.name.startswith("float8"):
+    if dt.kind in "Vu" or dt.name in ("bfloat16",) or dt.name.startswith("float8"):
         raw = t.view(_SAME_SIZE_INT[dt.itemsize]).numpy()
         return raw.view(dt)
     return t.numpy()
@@ -51,8 +57,9 @@ def from_numpy(a: np.ndarray) -> "torch.Tensor":
         tdt = _FROM_NUMPY[name]
     except KeyError:
         raise DTypeError(f"dtype {a.dtype} has no torch equivalent here") from None
-    if name == "bfloat16" or name.startswith("float8"):
-        raw = a.view(np.uint8 if a.dtype.itemsize == 1 else np.int16)
+    if name == "bfloat16" or name.startswith("float8") or name in ("uint16", "uint32",
+                                                                   "uint64"):
+        raw = a.view(_SAME_SIZE_NP[a.dtype.itemsize])
         return torch.from_numpy(raw).view(tdt)
     return torch.from_numpy(a)
 

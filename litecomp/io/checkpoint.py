@@ -1,0 +1,241 @@
+"""Opening any supported checkpoint: format detection from the content, and ``Checkpoint``,
+the lazy read-only mapping ``litecomp.open`` returns (``litecomp.load`` is built on it)."""
+
+import builtins
+import mmap as _mmap
+import os
+from collections.abc import Mapping
+
+import numpy as np
+
+from ..errors import ArgumentError, FormatError
+from . import legacy, npz, safetensors, shards, torchzip, zipfmt
+from .unpickler import TensorRef
+
+FORMATS = ("torch", "torch-legacy", "safetensors", "npz", "shards")
+
+
+def detect(path) -> str:
+    """The format of the file or folder at ``path``, from its content."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return "shards"
+    with builtins.open(path, "rb") as f:
+        head = f.read(16)
+        size = zipfmt.file_size(f)
+    if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
+        with builtins.open(path, "rb") as f:
+            names = list(zipfmt.read_members(f, size, path))
+        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+            return "torch"
+        if names and all(n.endswith(".npy") for n in names):
+            return "npz"
+        raise FormatError(f"{path}: a zip archive that is neither a torch checkpoint "
+                          "(no data.pkl) nor an .npz (members other than .npy)")
+    if head[:14] == legacy.SIGNATURE:
+        return "torch-legacy"
+    if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if path.endswith(".safetensors"):   # let the header check say what is wrong
+        return "safetensors"
+    if head.lstrip()[:1] == b"{" and path.endswith(".json"):
+        return "shards"
+    raise FormatError(f"{path}: not a format litecomp reads (torch zip or legacy .pth/.bin, "
+                      ".safetensors, .npz, or a shard index)")
+
+
+def select(obj, key, what):
+    """The flat {name: TensorRef-or-array} that ``key`` names inside a checkpoint object."""
+    if key is not None:
+        path = list(key) if isinstance(key, (tuple, list)) else [key]
+        for k in path:
+            if not isinstance(obj, dict) or k not in obj:
+                have = list(obj) if isinstance(obj, dict) else []
+                raise ArgumentError(f"key: {k!r} is not in the checkpoint; its keys are "
+                                    f"{_keys(have)}")
+            obj = obj[k]
+    if not isinstance(obj, dict):
+        raise FormatError(f"{what}: holds a {type(obj).__name__}, not a dict of tensors")
+    bad = [k for k, v in obj.items() if not isinstance(v, (TensorRef, np.ndarray))]
+    if bad:
+        nested = [k for k in bad if isinstance(obj[k], dict)]
+        hint = (f"; pass key= to choose a nested state dict, e.g. key={nested[0]!r}"
+                if nested else "")
+        raise FormatError(f"{what}: not a flat state dict: entries {_keys(bad)} are not "
+                          f"tensors (keys: {_keys(list(obj))}){hint}")
+    notstr = [k for k in obj if type(k) is not str]
+    if notstr:
+        raise FormatError(f"{what}: tensor names must be strings, got {_keys(notstr)}")
+    return obj
+
+
+def _keys(keys, limit=12):
+    shown = ", ".join(repr(k) for k in keys[:limit])
+    return f"[{shown}{', ...' if len(keys) > limit else ''}]"
+
+
+class _Source:
+    """One open file: ``names`` in file order, ``info(name)`` -> (dtype, shape) without
+    reading data, ``array(name)`` -> ndarray."""
+
+    def __init__(self, path, fmt, access, key):
+        self.path = os.fspath(path)
+        self.format = fmt
+        self.f = builtins.open(self.path, "rb")
+        try:
+            size = zipfmt.file_size(self.f)
+            self.buf = (_mmap.mmap(self.f.fileno(), 0, access=access)
+                        if access is not None and size else None)
+            self.metadata = None
+            self._open(fmt, key, size)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self, fmt, key, size):
+        what = self.path
+        if fmt == "torch":
+            self.tz = torchzip.TorchZip(self.f, self.buf, what)
+            self.refs = select(self.tz.obj, key, what)
+        elif fmt == "torch-legacy":
+            if self.buf is None:
+                self.buf = self.f.read()
+            self.lg = legacy.LegacyFile(self.buf, what)
+            self.refs = select(self.lg.obj, key, what)
+            self._bases = {}
+        elif fmt == "safetensors":
+            self._no_key(key)
+            self.header = safetensors.read_header(self.f, size, what)
+            self.metadata = self.header.metadata
+            self.refs = dict.fromkeys(self.header.entries)
+        elif fmt == "npz":
+            self._no_key(key)
+            if self.buf is None:
+                self.buf = self.f.read()
+            members = zipfmt.read_members(self.f, size, what)
+            self.refs = {n[:-4]: m for n, m in members.items()}
+        else:
+            raise FormatError(f"{what}: format {fmt!r} cannot be opened here")
+
+    def _no_key(self, key):
+        if key is not None:
+            raise ArgumentError(f"key: {self.format} files hold a flat state dict; key= "
+                                "only applies to torch checkpoints")
+
+    @property
+    def names(self):
+        return list(self.refs)
+
+    def info(self, name):
+        ref = self.refs[name]
+        if self.format in ("torch", "torch-legacy"):
+            return ref.dtype.numpy, ref.shape
+        if self.format == "safetensors":
+            dt, shape, _b, _e = self.header.entries[name]
+            return dt, shape
+        a = self.array(name)
+        return a.dtype, a.shape
+
+    def array(self, name):
+        ref = self.refs[name]
+        if self.format == "torch":
+            return self.tz.array(ref)
+        if self.format == "torch-legacy":
+            return self._legacy_array(ref)
+        if self.format == "safetensors":
+            return safetensors.array(self.f, self.buf, self.header, name, self.path)
+        return npz.array_from(self.buf, ref, self.path)
+
+    def _legacy_array(self, ref):
+        st, dt = ref.storage, ref.dtype.numpy
+        key = (st.key, dt.str)
+        base = self._bases.get(key)
+        if base is None:
+            nbytes = st.numel * (1 if st.dtype is None else st.dtype.numpy.itemsize)
+            file_dt = dt.newbyteorder(">") if self.lg.big_endian and dt.itemsize > 1 else dt
+            base = np.frombuffer(self.buf, file_dt, nbytes // dt.itemsize, self.lg.data[st.key])
+            if file_dt is not dt:
+                base = base.astype(dt)
+            self._bases[key] = base
+        return torchzip.view_of(base, ref, self.path)
+
+    def close(self):
+        f, self.f = getattr(self, "f", None), None
+        if f is not None:
+            f.close()
+
+
+class Checkpoint(Mapping):
+    """A checkpoint open for reading: a read-only mapping name -> array, in file order.
+
+    Values are memory-mapped (read-only) and made on access, one at a time, so a checkpoint
+    larger than RAM can be processed tensor by tensor.  ``info(name)`` gives (dtype, shape)
+    without touching the data; ``metadata`` is the safetensors ``__metadata__`` (or None);
+    ``format`` the detected format.  Use as a context manager or call ``close()``.
+    """
+
+    def __init__(self, path, *, key=None, access=_mmap.ACCESS_READ):
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise ArgumentError(f"path: {self.path} does not exist")
+        self.format = detect(self.path)
+        self._sources = []
+        self._where = {}
+        try:
+            if self.format == "shards":
+                index = shards.read_index(self.path)
+                self.metadata = index.metadata
+                by_file = {}
+                for name, shard in index.weight_map.items():
+                    src = by_file.get(shard)
+                    if src is None:
+                        spath = os.path.join(index.folder, shard)
+                        if not os.path.isfile(spath):
+                            raise FormatError(f"{index.path}: shard {shard} is missing")
+                        src = by_file[shard] = _Source(spath, detect(spath), access, key)
+                        self._sources.append(src)
+                    if name not in src.refs:
+                        raise FormatError(f"{index.path}: tensor {name!r} is not in shard "
+                                          f"{shard}")
+                    self._where[name] = src
+            else:
+                src = _Source(self.path, self.format, access, key)
+                self._sources.append(src)
+                self.metadata = src.metadata
+                self._where = {n: src for n in src.names}
+        except BaseException:
+            self.close()
+            raise
+
+    def __getitem__(self, name):
+        try:
+            src = self._where[name]
+        except KeyError:
+            raise KeyError(name) from None
+        return src.array(name)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self):
+        return len(self._where)
+
+    def __contains__(self, name):
+        return name in self._where
+
+    def info(self, name):
+        """(dtype, shape) of one tensor without reading its data."""
+        return self._where[name].info(name)
+
+    def close(self):
+        for s in self._sources:
+            s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        return f"<litecomp.io.Checkpoint {self.path!r} ({self.format}, {len(self)} tensors)>"
