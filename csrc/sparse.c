@@ -91,17 +91,75 @@ static inline int is_nonzero(const uint8_t *x, int64_t i, int isz, int is_float)
     }
 }
 
+#ifdef LC_X86
+/* AVX-512 for 4-byte items (float32, int32): 16 entries -> 16 bits per step.  Same bytes as
+ * the scalar loop. */
+LC_TARGET_AVX512 static int64_t encode_row_avx512_4(const uint8_t *x, int is_float, int64_t cols,
+                                                    uint8_t *d) {
+    const __m512i absm = _mm512_set1_epi32(is_float ? 0x7fffffff : -1);
+    int64_t c = 0, j = 0;
+    for (; j + 16 <= cols; j += 16) {
+        __m512i v = _mm512_loadu_si512((const void *)(x + 4 * j));
+        __mmask16 nz = _mm512_test_epi32_mask(v, absm);
+        d[j >> 3] = (uint8_t)nz;
+        d[(j >> 3) + 1] = (uint8_t)(nz >> 8);
+        c += __builtin_popcount(nz);
+    }
+    for (; j < cols; j++) {
+        int nz = is_nonzero(x, j, 4, is_float);
+        d[j >> 3] |= (uint8_t)(nz << (j & 7));
+        c += nz;
+    }
+    return c;
+}
+
+/* compress / expand with AVX-512 for 4-byte items. */
+LC_TARGET_AVX512 static void gather_row_avx512_4(const uint8_t *s, int64_t cols, const uint8_t *m,
+                                                 uint8_t *d) {
+    int64_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+        __mmask16 k = (__mmask16)(m[j >> 3] | ((unsigned)m[(j >> 3) + 1] << 8));
+        __m512i v = _mm512_loadu_si512((const void *)(s + 4 * j));
+        _mm512_mask_compressstoreu_epi32((void *)d, k, v);
+        d += 4 * __builtin_popcount(k);
+    }
+    for (; j < cols; j++)
+        if ((m[j >> 3] >> (j & 7)) & 1u) { memcpy(d, s + 4 * j, 4); d += 4; }
+}
+
+LC_TARGET_AVX512 static void scatter_row_avx512_4(const uint8_t *s, int64_t cols, const uint8_t *m,
+                                                  uint8_t *d) {
+    int64_t j = 0;
+    for (; j + 16 <= cols; j += 16) {
+        __mmask16 k = (__mmask16)(m[j >> 3] | ((unsigned)m[(j >> 3) + 1] << 8));
+        _mm512_storeu_si512((void *)(d + 4 * j), _mm512_maskz_expandloadu_epi32(k, (const void *)s));
+        s += 4 * __builtin_popcount(k);
+    }
+    for (; j < cols; j++) {
+        if ((m[j >> 3] >> (j & 7)) & 1u) { memcpy(d + 4 * j, s, 4); s += 4; }
+        else memset(d + 4 * j, 0, 4);
+    }
+}
+#endif
+
 /* Writes the bitmask and per-row non-zero counts of x [rows, cols]. */
 static void bitmask_encode(const uint8_t *x, int isz, int is_float, int64_t rows, int64_t cols,
                            uint8_t *bitmask, int64_t *counts) {
     int64_t rb = row_bytes(cols);
+#ifdef LC_X86
+    const int fast = isz == 4 && lc_simd() >= LC_SIMD_AVX512;
+#endif
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
     for (int64_t r = 0; r < rows; r++) {
         uint8_t *d = bitmask + r * rb;
-        int64_t c = 0;
+        const uint8_t *s = x + r * cols * isz;
         memset(d, 0, (size_t)rb);
+#ifdef LC_X86
+        if (fast) { counts[r] = encode_row_avx512_4(s, is_float, cols, d); continue; }
+#endif
+        int64_t c = 0;
         for (int64_t j = 0; j < cols; j++) {
-            int nz = is_nonzero(x, r * cols + j, isz, is_float);
+            int nz = is_nonzero(s, j, isz, is_float);
             d[j >> 3] |= (uint8_t)(nz << (j & 7));
             c += nz;
         }
@@ -113,11 +171,17 @@ static void bitmask_encode(const uint8_t *x, int isz, int is_float, int64_t rows
 static void bitmask_gather(const uint8_t *x, int isz, int64_t rows, int64_t cols,
                            const uint8_t *bitmask, const int64_t *offsets, uint8_t *compressed) {
     int64_t rb = row_bytes(cols);
+#ifdef LC_X86
+    const int fast = isz == 4 && lc_simd() >= LC_SIMD_AVX512;
+#endif
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *m = bitmask + r * rb;
         uint8_t *d = compressed + offsets[r] * isz;
         const uint8_t *s = x + r * cols * isz;
+#ifdef LC_X86
+        if (fast) { gather_row_avx512_4(s, cols, m, d); continue; }
+#endif
         for (int64_t j = 0; j < cols; j++)
             if ((m[j >> 3] >> (j & 7)) & 1u) { memcpy(d, s + j * isz, (size_t)isz); d += isz; }
     }
@@ -127,11 +191,17 @@ static void bitmask_gather(const uint8_t *x, int isz, int64_t rows, int64_t cols
 static void bitmask_scatter(const uint8_t *compressed, int isz, int64_t rows, int64_t cols,
                             const uint8_t *bitmask, const int64_t *offsets, uint8_t *out) {
     int64_t rb = row_bytes(cols);
+#ifdef LC_X86
+    const int fast = isz == 4 && lc_simd() >= LC_SIMD_AVX512;
+#endif
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
     for (int64_t r = 0; r < rows; r++) {
         const uint8_t *m = bitmask + r * rb;
         const uint8_t *s = compressed + offsets[r] * isz;
         uint8_t *d = out + r * cols * isz;
+#ifdef LC_X86
+        if (fast) { scatter_row_avx512_4(s, cols, m, d); continue; }
+#endif
         for (int64_t j = 0; j < cols; j++) {
             if ((m[j >> 3] >> (j & 7)) & 1u) { memcpy(d + j * isz, s, (size_t)isz); s += isz; }
             else memset(d + j * isz, 0, (size_t)isz);

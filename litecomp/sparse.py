@@ -112,6 +112,19 @@ def _compressible(a):
             and (a.dtype.kind in "biuf" or _dt.name_of(a.dtype) in _dt.FLOAT_DTYPES))
 
 
+def _dense_is_smaller(a) -> bool:
+    """A cheap look (one parallel counting pass) before encoding: would the bitmask form
+    be at least as big as the dense tensor?"""
+    if _dt.name_of(a.dtype) in _dt.FLOAT_DTYPES:
+        from .core import tensor_stats
+        nnz = tensor_stats(a).nonzero
+    else:
+        nnz = int(np.count_nonzero(a))
+    rows = a.shape[0]
+    cols = a.size // rows if rows else 0
+    return nnz * a.dtype.itemsize + rows * (-(-cols // 8) + 8) >= a.nbytes
+
+
 def compress(state_dict, *, format="bitmask", n=2, m=4, only_if_smaller=True) -> dict:
     """The state dict with sparse tensors in compressed form (see the module docstring).
 
@@ -135,6 +148,9 @@ def compress(state_dict, *, format="bitmask", n=2, m=4, only_if_smaller=True) ->
             out[name] = a
             continue
         if format == "bitmask":
+            if only_if_smaller and _dense_is_smaller(a):
+                out[name] = a
+                continue
             parts = _bitmask_encode(a)
             size = sum(p.nbytes for p in parts) + 8 * a.ndim
             if only_if_smaller and size >= a.nbytes:

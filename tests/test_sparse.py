@@ -13,7 +13,7 @@ DTYPES = [np.float32, np.float64, np.float16, ml_dtypes.bfloat16, np.int8, np.in
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (8,), (3, 9), (5, 64), (2, 3, 17), (0, 5)])
-def test_pack_unpack_count_match_numpy(shape, rng):
+def test_pack_unpack_count_match_numpy(shape, rng, simd_level):
     m = rng.random(shape) < 0.4
     p = sparse.pack_bits(m)
     np.testing.assert_array_equal(p, np.packbits(m, axis=-1, bitorder="little"))
@@ -31,7 +31,7 @@ def test_pack_errors():
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_bitmask_round_trip_is_bit_exact(dtype, rng):
+def test_bitmask_round_trip_is_bit_exact(dtype, rng, simd_level):
     w = (rng.standard_normal((37, 45)) * 10).astype(dtype)
     wp = prune.apply(w, prune.l1_unstructured(w.astype(np.float32), 0.6))
     if wp.dtype.kind == "f" or wp.dtype == ml_dtypes.bfloat16:
