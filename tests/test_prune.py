@@ -316,3 +316,12 @@ def test_sparsity_report():
     r = prune.sparsity(sd)
     assert r.zeros == 3 and r.numel == 6 and r.total == 0.5
     assert r["w"] == 0.5 and "total" in str(r)
+
+
+def test_module_docstring_examples_run():
+    import doctest
+    import importlib
+    for name in ("litecomp.prune", "litecomp.prune.scores", "litecomp.prune.schedule",
+                 "litecomp.prune.sensitivity", "litecomp.prune.report", "litecomp.sparse"):
+        res = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+        assert res.failed == 0 and res.attempted > 0, name
