@@ -239,7 +239,7 @@ static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int a
     const int kb = key_bits(code);
     if (!kb) return LC_ERR_DTYPE;
     if (code == LC_U64) absolute = 0;
-    int64_t nb;
+    int64_t nb = 0;
     work_block *blocks = make_blocks(segs, nseg, block, &nb);
     const int64_t nbins = (int64_t)1 << width;
     int64_t *hists = calloc((size_t)nt * (size_t)nbins, sizeof *hists);
