@@ -382,25 +382,31 @@ static lc_status nm_mask(const void *x, int code, uint8_t *out, int64_t outer, i
                          int64_t inner, int64_t n, int64_t m, int absolute) {
     int64_t groups = L / m, total = outer * groups;
     int bad = 0;
-    LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(| : bad))
-    for (int64_t t = 0; t < total; t++) {
-        int64_t o = t / groups, g = t % groups;
-        int64_t base = (o * L + g * m) * inner;
-        uint64_t keys[128];
-        int nan = 0;
-        for (int64_t i = 0; i < inner; i++) {
-#define NM_LOAD for (int64_t j = 0; j < m; j++) keys[j] = KEY(x, base + j * inner + i, absolute, &nan);
-            KEY_DISPATCH(code, NM_LOAD)
-#undef NM_LOAD
-            for (int64_t j = 0; j < m; j++) {
-                int64_t rank = 0;
-                for (int64_t l = 0; l < m; l++)
-                    rank += keys[l] < keys[j] || (keys[l] == keys[j] && l < j);
-                out[base + j * inner + i] = rank >= n;
-            }
-        }
-        bad |= nan;
+    /* MM is m as a compile-time constant for the common 4 and 8 (the rank loops unroll) */
+#define NM_GROUPS(MM)                                                                   \
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(| : bad))  \
+    for (int64_t t = 0; t < total; t++) {                                               \
+        int64_t o = t / groups, g = t % groups;                                         \
+        int64_t base = (o * L + g * (MM)) * inner;                                      \
+        uint64_t keys[128];                                                             \
+        int nan = 0;                                                                    \
+        for (int64_t i = 0; i < inner; i++) {                                           \
+            for (int64_t j = 0; j < (MM); j++)                                          \
+                keys[j] = KEY(x, base + j * inner + i, absolute, &nan);                 \
+            for (int64_t j = 0; j < (MM); j++) {                                        \
+                int64_t rank = 0;                                                       \
+                for (int64_t l = 0; l < (MM); l++)                                      \
+                    rank += (keys[l] < keys[j]) | ((keys[l] == keys[j]) & (l < j));     \
+                out[base + j * inner + i] = rank >= n;                                  \
+            }                                                                           \
+        }                                                                               \
+        bad |= nan;                                                                     \
     }
+#define NM_DISPATCH_M                                                                   \
+    if (m == 4) { NM_GROUPS(4) } else if (m == 8) { NM_GROUPS(8) } else { NM_GROUPS(m) }
+    KEY_DISPATCH(code, NM_DISPATCH_M)
+#undef NM_DISPATCH_M
+#undef NM_GROUPS
     return bad ? LC_ERR_NAN : LC_OK;
 }
 
