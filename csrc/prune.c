@@ -16,7 +16,9 @@
  * pass writes the mask (key < T pruned, key > T kept) and counts the entries equal to T per
  * block; a short sequential walk over those counts decides, in flat-index order, which of
  * the ties are pruned.  O(passes * n) time, no sort, no copy of the scores; extra memory is
- * the histograms and one count per block.
+ * the histograms and one count per block.  Blocks are handed out dynamically (a thread
+ * that the OS descheduled does not stall the pass); which thread counts a block cannot
+ * change an integer sum or a block's own output, so the result does not depend on it.
  */
 #include "litecomp.h"
 
@@ -262,7 +264,7 @@ static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int a
         LC_OMP(parallel num_threads(nt) if (nt > 1) reduction(| : bad) reduction(+ : cnt))
         {
             int64_t *h = hists + (int64_t)thread_id() * nbins;
-            LC_OMP(for schedule(static))
+            LC_OMP(for schedule(dynamic, 2))
             for (int64_t b = 0; b < nb; b++) {
                 const lc_seg *sg = &segs[blocks[b].seg];
 #ifdef LC_X86
@@ -302,7 +304,7 @@ static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int a
     }
     if (k == 0) {
         /* every eligible entry kept: write elig (or ones); checked keys above for NaN */
-        LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(static))
+        LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
         for (int64_t b = 0; b < nb; b++) {
             const lc_seg *sg = &segs[blocks[b].seg];
             for (int64_t i = blocks[b].start; i < blocks[b].end; i++)
@@ -311,14 +313,14 @@ static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int a
         goto out;
     }
     if (k == eligible) {
-        LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(static))
+        LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
         for (int64_t b = 0; b < nb; b++) {
             const lc_seg *sg = &segs[blocks[b].seg];
             memset(sg->out + blocks[b].start, 0, (size_t)(blocks[b].end - blocks[b].start));
         }
         goto out;
     }
-    LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(static))
+    LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
     for (int64_t b = 0; b < nb; b++) {
         const lc_seg *sg = &segs[blocks[b].seg];
 #ifdef LC_X86
@@ -340,7 +342,7 @@ static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int a
             need -= q;
             ties[b] = q;
         }
-        LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(static))
+        LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
         for (int64_t b = 0; b < nb; b++) {
             if (!ties[b]) continue;
             const lc_seg *sg = &segs[blocks[b].seg];

@@ -70,8 +70,14 @@ def test_identical_for_every_thread_count_and_simd_level(rng):
 
 def test_nan_raises_unless_already_pruned():
     x = np.array([1.0, np.nan, 2.0, 3.0], np.float32)
-    with pytest.raises(litecomp.NonFiniteError, match="NaN"):
+    with pytest.raises(litecomp.NonFiniteError, match="^w: contains NaN"):
         prune.l1_unstructured(x, 1)
+    with pytest.raises(litecomp.NonFiniteError, match="^importance_scores"):
+        prune.l1_unstructured(np.ones(4, np.float32), 1, importance_scores=x)
+    with pytest.raises(litecomp.NonFiniteError, match="^tensors"):
+        prune.global_unstructured({"a": x}, 1)
+    with pytest.raises(litecomp.NonFiniteError, match="^w"):
+        prune.per_row(x.reshape(2, 2), 1)
     got = prune.l1_unstructured(x, 1, mask=np.array([True, False, True, True]))
     np.testing.assert_array_equal(got, [False, False, True, True])
     for dt in (np.float16, ml_dtypes.bfloat16, np.float64):

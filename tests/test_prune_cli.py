@@ -84,6 +84,14 @@ def test_prune_command_bakes_a_torch_pruned_checkpoint(tmp_path):
     assert (back["l.weight"] == 0).sum() == 4
 
 
+def test_prune_command_amount_int_vs_float(checkpoint, tmp_path):
+    sd, path = checkpoint
+    for text, want in (("1", 1), ("1.0", sd["fc.weight"].size), ("100", 100)):
+        out = str(tmp_path / f"a{text}.safetensors")
+        assert cli.main(["prune", path, out, "--layers", "fc.weight", "--amount", text]) == 0
+        assert int((litecomp.load(out)["fc.weight"] == 0).sum()) == want
+
+
 def test_prune_command_errors(checkpoint, tmp_path, capsys):
     _, path = checkpoint
     out = str(tmp_path / "x.safetensors")

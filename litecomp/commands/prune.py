@@ -7,8 +7,9 @@ HELP = "prune a checkpoint (l1, ln, nm, block or global) and save it, optionally
 def add_arguments(p):
     p.add_argument("input", metavar="IN", help="checkpoint to read (.safetensors, .pth, ...)")
     p.add_argument("output", metavar="OUT", help="checkpoint to write")
-    p.add_argument("--amount", type=float, default=0.5,
-                   help="fraction to prune (default 0.5; ignored by nm)")
+    p.add_argument("--amount", type=_amount, default=0.5,
+                   help="a fraction like 0.5 (default) or a count like 1000, as torch "
+                        "reads them (1 prunes one entry, 1.0 all); ignored by nm")
     p.add_argument("--method", choices=("l1", "ln", "nm", "block", "global"), default="l1",
                    help="l1: per-tensor magnitude; ln: whole output rows by L2 norm; "
                         "nm: N:M groups along the input axis; block: blocks by L2 norm; "
@@ -21,6 +22,19 @@ def add_arguments(p):
                    help="block shape for --method block (1x4)")
     p.add_argument("--sparse", action="store_true",
                    help="store pruned tensors compressed (sparse-bitmask, or N:M form)")
+
+
+def _amount(text):
+    """torch's amount from the command line: '1000' is a count, '0.5' or '1.0' a fraction."""
+    import argparse
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
 
 
 def _parse_pair(text, sep, what):

@@ -23,7 +23,7 @@ import numpy as np
 from .. import _C
 from .. import dtypes as _dt
 from .._check import as_array, as_kernel_input, check_axis, check_int, check_choice
-from ..errors import ArgumentError, DTypeError, ShapeError
+from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError
 from . import scores, schedule
 from .report import SparsityReport, sparsity
 from .sensitivity import sensitivity, SensitivityTable
@@ -92,8 +92,9 @@ def _mask(mask, shape, name="mask"):
     return np.ascontiguousarray(m)
 
 
-def _select(score_list, mask_list, k, absolute):
-    """Run the exact-k kernel over segments; returns a new mask per segment."""
+def _select(score_list, mask_list, k, absolute, name="w"):
+    """Run the exact-k kernel over segments; returns a new mask per segment.  ``name``:
+    the argument the scores came from, for the NaN error."""
     codes = {s.code for s in score_list}
     if len(codes) > 1:  # one key space: widen to float64 (exact for every weight dtype)
         wide = "float64" if codes & {_dt.code_of(np.float64), _dt.code_of(np.uint64)} \
@@ -103,8 +104,12 @@ def _select(score_list, mask_list, k, absolute):
         score_list = [s if s.array.dtype == np.dtype(wide) else
                       as_kernel_input(s.array.astype(wide), "scores") for s in score_list]
     outs = [np.empty(s.array.shape, np.bool_) for s in score_list]
-    _C.select_lowest([s.raw for s in score_list], list(mask_list), outs,
-                     score_list[0].code, bool(absolute), int(k))
+    try:
+        _C.select_lowest([s.raw for s in score_list], list(mask_list), outs,
+                         score_list[0].code, bool(absolute), int(k))
+    except NonFiniteError:
+        raise NonFiniteError(f"{name}: contains NaN among the entries to rank "
+                             "(NaN has no order; prune or replace it first)") from None
     return outs
 
 
@@ -129,7 +134,8 @@ def l1_unstructured(w, amount, *, importance_scores=None, mask=None) -> np.ndarr
                 "w" if importance_scores is None else "importance_scores", w.shape)
     m = _mask(mask, w.shape)
     k = count_to_prune(amount, _eligible_count(m, w.size))
-    return _select([s], [m], k, absolute=True)[0]
+    return _select([s], [m], k, absolute=True,
+                   name="w" if importance_scores is None else "importance_scores")[0]
 
 
 def random_unstructured(w, amount, *, seed=0, mask=None) -> np.ndarray:
@@ -170,7 +176,9 @@ def global_unstructured(tensors, amount, *, importance_scores=None, masks=None) 
         ms.append(m)
         eligible += _eligible_count(m, w.size)
     k = count_to_prune(amount, eligible)
-    return dict(zip(names, _select(ss, ms, k, absolute=True)))
+    return dict(zip(names, _select(ss, ms, k, absolute=True,
+                                   name="importance_scores" if importance_scores
+                                   else "tensors")))
 
 
 def per_row(w, amount, *, importance_scores=None, mask=None) -> np.ndarray:
@@ -195,9 +203,13 @@ def per_row(w, amount, *, importance_scores=None, mask=None) -> np.ndarray:
         n = cols
     k = count_to_prune(amount, n)
     out = np.empty(w.shape, np.bool_)
-    _C.select_rows(s.raw.reshape(rows, cols), s.code,
-                   None if m is None else m.reshape(rows, cols),
-                   out.reshape(rows, cols), True, k)
+    try:
+        _C.select_rows(s.raw.reshape(rows, cols), s.code,
+                       None if m is None else m.reshape(rows, cols),
+                       out.reshape(rows, cols), True, k)
+    except NonFiniteError:
+        raise NonFiniteError(f"{'w' if importance_scores is None else 'importance_scores'}: "
+                             "contains NaN among the entries to rank") from None
     return out
 
 
@@ -319,7 +331,11 @@ def nm(w, n=2, m=4, *, axis=-1, importance_scores=None) -> np.ndarray:
     outer = int(np.prod(w.shape[:axis], dtype=np.int64))
     inner = int(np.prod(w.shape[axis + 1:], dtype=np.int64))
     out = np.empty(w.shape, np.bool_)
-    _C.nm_mask(s.raw, s.code, out, outer, L, inner, n, m, True)
+    try:
+        _C.nm_mask(s.raw, s.code, out, outer, L, inner, n, m, True)
+    except NonFiniteError:
+        raise NonFiniteError(f"{'w' if importance_scores is None else 'importance_scores'}: "
+                             "contains NaN") from None
     return out
 
 

@@ -1,7 +1,6 @@
 """Sensitivity analysis: prune one layer at a time at several sparsities and record a
 user metric, to see which layers tolerate pruning."""
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,7 +106,6 @@ def sensitivity(state_dict, evaluate, *, layers=None,
                        leave=False)
         except ImportError:
             bar = None
-    t0 = time.perf_counter()
     try:
         for i, name in enumerate(layers):
             for j, s in enumerate(sparsities):
@@ -119,5 +117,4 @@ def sensitivity(state_dict, evaluate, *, layers=None,
     finally:
         if bar is not None:
             bar.close()
-    del t0
     return SensitivityTable(layers, sparsities, values, baseline)
