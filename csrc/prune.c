@@ -380,10 +380,67 @@ static lc_status select_rows(const void *x, int code, const uint8_t *elig, uint8
 /* ------------------------------------------------------------------ N:M groups */
 /* The array is viewed as [outer, L, inner]; along L every m consecutive entries form a group
  * in which the n lowest scores are pruned (ties: lower position first). */
+#ifdef LC_X86
+/* AVX-512 N:M for float32 |scores| with contiguous groups (inner == 1) and m in 2, 4, 8, 16:
+ * 16 entries (16/m groups) per step.  |x| bits compare like the values (and -0.0 becomes
+ * +0.0), so the ranks -- and the mask -- are the scalar path's. */
+LC_TARGET_AVX512 static int nm_rows_f32_avx512(const float *x, uint8_t *out, int64_t total_groups,
+                                               int64_t n, int64_t m) {
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    const __m512i gbase = _mm512_andnot_si512(_mm512_set1_epi32((int)m - 1), lane);
+    const __m512i pos = _mm512_and_si512(_mm512_set1_epi32((int)m - 1), lane);
+    const __m512i vn = _mm512_set1_epi32((int)n);
+    const __m128i one = _mm_set1_epi8(1);
+    __m512i idx[15];
+    __mmask16 before[15]; /* lane's rotated partner sits at a lower position in the group */
+    for (int r = 1; r < m; r++) {
+        __m512i p = _mm512_and_si512(_mm512_add_epi32(pos, _mm512_set1_epi32(r)),
+                                     _mm512_set1_epi32((int)m - 1));
+        idx[r - 1] = _mm512_or_si512(gbase, p);
+        before[r - 1] = _mm512_cmplt_epi32_mask(p, pos);
+    }
+    int64_t nelem = total_groups * m, i = 0;
+    int bad = 0;
+    LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(| : bad))
+    for (int64_t blk = 0; blk < nelem / 16; blk++) {
+        int64_t j = blk * 16;
+        __m512i k = _mm512_and_si512(_mm512_loadu_si512((const void *)(x + j)), absm);
+        if (_mm512_cmpgt_epi32_mask(k, _mm512_set1_epi32(0x7f800000))) bad = 1;
+        __m512i rank = _mm512_setzero_si512();
+        for (int r = 0; r < m - 1; r++) {
+            __m512i o = _mm512_permutexvar_epi32(idx[r], k);
+            __mmask16 lower = _mm512_cmplt_epi32_mask(o, k) |
+                              (_mm512_cmpeq_epi32_mask(o, k) & before[r]);
+            rank = _mm512_mask_add_epi32(rank, lower, rank, _mm512_set1_epi32(1));
+        }
+        _mm_storeu_si128((__m128i *)(out + j),
+                         _mm_maskz_mov_epi8(_mm512_cmpge_epi32_mask(rank, vn), one));
+    }
+    i = nelem / 16 * 16;
+    (void)i;
+    return bad;
+}
+#endif
+
 static lc_status nm_mask(const void *x, int code, uint8_t *out, int64_t outer, int64_t L,
                          int64_t inner, int64_t n, int64_t m, int absolute) {
     int64_t groups = L / m, total = outer * groups;
     int bad = 0;
+#ifdef LC_X86
+    if (code == LC_F32 && absolute && inner == 1 && (m == 2 || m == 4 || m == 8 || m == 16) &&
+        lc_simd() >= LC_SIMD_AVX512) {
+        /* whole 16-entry steps in SIMD, the remaining groups below */
+        int64_t done = total * m / 16 * 16 / m;
+        bad = nm_rows_f32_avx512(x, out, done, n, m);
+        x = (const float *)x + done * m;
+        out += done * m;
+        total -= done;
+        outer = total; /* remaining groups, as [total, m, 1] */
+        groups = 1;
+        L = m;
+    }
+#endif
     /* MM is m as a compile-time constant for the common 4 and 8 (the rank loops unroll) */
 #define NM_GROUPS(MM)                                                                   \
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(| : bad))  \

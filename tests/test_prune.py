@@ -163,9 +163,9 @@ def test_per_row_matches_reference(dtype, rng, simd_level):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((8, 16), -1), ((8, 16), 0), ((4, 8, 6), 1),
-                                        ((3, 5, 8), 2), ((24,), 0)])
+                                        ((3, 5, 8), 2), ((24,), 0), ((5, 40), 1)])
 @pytest.mark.parametrize("n,m", [(2, 4), (4, 8), (1, 4)])
-def test_nm_matches_reference(dtype, shape, axis, n, m, rng):
+def test_nm_matches_reference(dtype, shape, axis, n, m, rng, simd_level):
     w = _tricky(rng, math.prod(shape), dtype).reshape(shape)
     if shape[axis] % m:
         with pytest.raises(litecomp.ShapeError):
