@@ -359,19 +359,80 @@ out:
 
 /* ------------------------------------------------------------------ per-row selection */
 /* Each row of a [rows, cols] score matrix prunes its own k lowest (the Wanda convention),
- * with the same ordering and tie rule as select_lowest within the row.  Rows in parallel. */
+ * with the same ordering and tie rule as select_lowest within the row.
+ *
+ * A row is small, so it is selected in a scratch buffer: the keys of its eligible entries
+ * with their columns, narrowed by MSD radix passes of 8 bits.  Each pass prunes the
+ * candidates below the digit that holds the k-th key and compacts the rest stably, so the
+ * ties left at the end are still in column order and the first ones are pruned. */
+static lc_status select_one_row(const void *x, int code, const uint8_t *elig, uint8_t *out,
+                                int64_t cols, int absolute, int64_t k, uint64_t *key,
+                                int64_t *col) {
+    int nan = 0;
+    int64_t n = 0;
+#define ROW_KEYS                                                        \
+    for (int64_t j = 0; j < cols; j++) {                                \
+        if (elig && !elig[j]) { out[j] = 0; continue; }                 \
+        key[n] = KEY(x, j, absolute, &nan);                             \
+        col[n++] = j;                                                   \
+        out[j] = 1;                                                     \
+    }
+    KEY_DISPATCH(code, ROW_KEYS)
+#undef ROW_KEYS
+    if (nan) return LC_ERR_NAN;
+    if (k > n) return LC_ERR_RANGE;
+    int64_t c = n, krem = k;
+    int shift = key_bits(code);
+    while (krem > 0 && krem < c && shift > 0) {
+        int w = shift >= 8 ? 8 : shift;
+        shift -= w;
+        uint64_t dmask = ((uint64_t)1 << w) - 1;
+        int64_t hist[256] = {0};
+        for (int64_t i = 0; i < c; i++) hist[(key[i] >> shift) & dmask]++;
+        int64_t below = 0;
+        uint64_t d = 0;
+        while (below + hist[d] < krem) below += hist[d++];
+        int64_t m = 0;
+        for (int64_t i = 0; i < c; i++) { /* branch-free: digits are unpredictable */
+            uint64_t dg = (key[i] >> shift) & dmask, kk = key[i];
+            int64_t cc = col[i];
+            out[cc] = (uint8_t)(out[cc] & (dg >= d));
+            key[m] = kk;
+            col[m] = cc;
+            m += dg == d;
+        }
+        krem -= below;
+        c = m;
+    }
+    /* the c candidates left share their key (or are all pruned): prune the first krem */
+    for (int64_t i = 0; i < krem; i++) out[col[i]] = 0;
+    return LC_OK;
+}
+
 static lc_status select_rows(const void *x, int code, const uint8_t *elig, uint8_t *out,
                              int64_t rows, int64_t cols, int absolute, int64_t k) {
     int isz = lc_dtype_itemsize(code);
     lc_status st = LC_OK;
-    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
-    for (int64_t r = 0; r < rows; r++) {
-        lc_seg sg = {(const char *)x + r * cols * isz, elig ? elig + r * cols : NULL,
-                     out + r * cols, cols};
-        lc_status s = select_lowest(&sg, 1, code, absolute, k, 8, cols ? cols : 1, 1);
-        if (s != LC_OK) {
+    if (code == LC_U64) absolute = 0;
+    LC_OMP(parallel num_threads(lc_threads()))
+    {
+        uint64_t *key = malloc((size_t)(cols ? cols : 1) * sizeof *key);
+        int64_t *col = malloc((size_t)(cols ? cols : 1) * sizeof *col);
+        lc_status mine = (key && col) ? LC_OK : LC_ERR_NOMEM;
+        LC_OMP(for schedule(dynamic, 64))
+        for (int64_t r = 0; r < rows; r++) {
+            if (mine == LC_ERR_NOMEM) continue;
+            lc_status s = select_one_row((const char *)x + r * cols * isz, code,
+                                         elig ? elig + r * cols : NULL, out + r * cols, cols,
+                                         absolute, k, key, col);
+            if (s != LC_OK && (mine == LC_OK || s < mine)) mine = s;
+        }
+        free(key);
+        free(col);
+        if (mine != LC_OK) {
+            /* the smallest code wins, so the error does not depend on thread timing */
             LC_OMP(critical(lc_prune_rows))
-            if (st == LC_OK || s < st) st = s;
+            if (st == LC_OK || mine < st) st = mine;
         }
     }
     return st;
