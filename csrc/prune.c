@@ -461,7 +461,7 @@ LC_TARGET_AVX512 static int nm_rows_f32_avx512(const float *x, uint8_t *out, int
         idx[r - 1] = _mm512_or_si512(gbase, p);
         before[r - 1] = _mm512_cmplt_epi32_mask(p, pos);
     }
-    int64_t nelem = total_groups * m, i = 0;
+    int64_t nelem = total_groups * m;
     int bad = 0;
     LC_OMP(parallel for num_threads(lc_threads()) schedule(static) reduction(| : bad))
     for (int64_t blk = 0; blk < nelem / 16; blk++) {
@@ -478,8 +478,6 @@ LC_TARGET_AVX512 static int nm_rows_f32_avx512(const float *x, uint8_t *out, int
         _mm_storeu_si128((__m128i *)(out + j),
                          _mm_maskz_mov_epi8(_mm512_cmpge_epi32_mask(rank, vn), one));
     }
-    i = nelem / 16 * 16;
-    (void)i;
     return bad;
 }
 #endif

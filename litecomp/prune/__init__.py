@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _C
 from .. import dtypes as _dt
-from .._check import as_array, as_kernel_input, check_axis, check_int, check_choice
+from .._check import as_array, as_kernel_input, check_axis, check_int
 from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError
 from . import scores, schedule
 from .report import SparsityReport, sparsity
