@@ -233,110 +233,324 @@ LC_TARGET_AVX512 static void hist_range_f32_avx512(const float *x, const uint8_t
 }
 #endif
 
-/* Marks the k lowest eligible scores of the segments as pruned (see the top of the file).
- * `width`: digit bits per pass; `nt`: threads (1 inside an outer parallel loop).
- * LC_ERR_NAN for a NaN among eligible scores, LC_ERR_RANGE when k exceeds the eligible count. */
-static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int absolute,
-                               int64_t k, int width, int64_t block, int nt) {
-    const int kb = key_bits(code);
-    if (!kb) return LC_ERR_DTYPE;
-    if (code == LC_U64) absolute = 0;
-    int64_t nb = 0;
-    work_block *blocks = make_blocks(segs, nseg, block, &nb);
-    const int64_t nbins = (int64_t)1 << width;
-    int64_t *hists = calloc((size_t)nt * (size_t)nbins, sizeof *hists);
-    int64_t *ties = calloc((size_t)(nb ? nb : 1), sizeof *ties);
-    if (!blocks || !hists || !ties) { free(blocks); free(hists); free(ties); return LC_ERR_NOMEM; }
+/* Where the k-th lowest key lies: entries with key >> tshift below T are pruned, above kept,
+ * and the first `krem` (in flat order) of those equal to T are pruned -- all of them when
+ * prune_ties.  `mode` short-cuts k = 0 (keep every eligible entry) and k = all (prune all). */
+typedef struct {
+    int mode; /* THRESH_* */
+    int tshift, prune_ties;
+    uint64_t T;
+    int64_t krem;
+} threshold;
+enum { THRESH_SPLIT = 0, THRESH_KEEP_ALL = 1, THRESH_PRUNE_ALL = 2 };
+
+/* Runs one histogram pass over every block (digit at `shift` of width w, keys matching
+ * `prefix` above it unless `first`) into hists[0..nbins), summing the threads' copies. */
+static void hist_pass(const lc_seg *segs, const work_block *blocks, int64_t nb, int code,
+                      int absolute, int first, int hishift, uint64_t prefix, int shift,
+                      uint64_t dmask, int64_t *hists, int64_t nbins, int nt, int64_t *count,
+                      int *nan) {
 #ifdef LC_X86
     const int fast = code == LC_F32 && lc_simd() >= LC_SIMD_AVX512;
 #endif
+    int bad = 0;
+    int64_t cnt = 0;
+    memset(hists, 0, (size_t)nt * (size_t)nbins * sizeof *hists);
+    LC_OMP(parallel num_threads(nt) if (nt > 1) reduction(| : bad) reduction(+ : cnt))
+    {
+        int64_t *h = hists + (int64_t)thread_id() * nbins;
+        LC_OMP(for schedule(dynamic, 2))
+        for (int64_t b = 0; b < nb; b++) {
+            const lc_seg *sg = &segs[blocks[b].seg];
+#ifdef LC_X86
+            if (fast && !first) {
+                hist_range_f32_avx512(sg->x, sg->elig, blocks[b].start, blocks[b].end,
+                                      absolute, hishift, (uint32_t)prefix, shift, dmask, h, &cnt);
+                continue;
+            }
+#endif
+            hist_range(code, sg->x, sg->elig, blocks[b].start, blocks[b].end, absolute, first,
+                       hishift, prefix, shift, dmask, h, &cnt, &bad);
+        }
+    }
+    for (int t = 1; t < nt; t++)
+        for (int64_t j = 0; j < nbins; j++) hists[j] += hists[(int64_t)t * nbins + j];
+    *count = cnt;
+    *nan = bad;
+}
+
+/* The radix passes: narrows the threshold digit by digit (see the top of the file). */
+static lc_status threshold_radix(const lc_seg *segs, const work_block *blocks, int64_t nb,
+                                 int code, int absolute, int64_t k, int width, int nt,
+                                 int kb, threshold *th) {
+    if (kb <= 0) kb = key_bits(code); /* else: the keys are known to fit in kb bits */
+    const int64_t nbins = (int64_t)1 << width;
+    int64_t *hists = malloc((size_t)nt * (size_t)nbins * sizeof *hists);
+    if (!hists) return LC_ERR_NOMEM;
     lc_status st = LC_OK;
     uint64_t prefix = 0;
-    int done_bits = 0, tshift = 0, prune_ties = 0;
-    int64_t krem = k, eligible = 0, tie_total = 0;
+    int done_bits = 0;
+    int64_t krem = k;
+    th->mode = THRESH_SPLIT;
     while (done_bits < kb) {
         int w = kb - done_bits < width ? kb - done_bits : width;
-        int shift = kb - done_bits - w, first = done_bits == 0;
-        uint64_t dmask = ((uint64_t)1 << w) - 1;
-        int bad = 0;
-        int64_t cnt = 0;
-        memset(hists, 0, (size_t)nt * (size_t)nbins * sizeof *hists);
-        LC_OMP(parallel num_threads(nt) if (nt > 1) reduction(| : bad) reduction(+ : cnt))
-        {
-            int64_t *h = hists + (int64_t)thread_id() * nbins;
-            LC_OMP(for schedule(dynamic, 2))
-            for (int64_t b = 0; b < nb; b++) {
-                const lc_seg *sg = &segs[blocks[b].seg];
-#ifdef LC_X86
-                if (fast && !first) {
-                    hist_range_f32_avx512(sg->x, sg->elig, blocks[b].start, blocks[b].end,
-                                          absolute, kb - done_bits, (uint32_t)prefix, shift,
-                                          dmask, h, &cnt);
-                    continue;
-                }
-#endif
-                hist_range(code, sg->x, sg->elig, blocks[b].start, blocks[b].end, absolute,
-                           first, kb - done_bits, prefix, shift, dmask, h, &cnt, &bad);
-            }
-        }
+        int shift = kb - done_bits - w, first = done_bits == 0, bad;
+        int64_t cnt;
+        hist_pass(segs, blocks, nb, code, absolute, first, kb - done_bits, prefix, shift,
+                  ((uint64_t)1 << w) - 1, hists, nbins, nt, &cnt, &bad);
         if (first) {
-            if (bad) { st = LC_ERR_NAN; goto out; }
-            eligible = cnt;
-            if (k > eligible || k < 0) { st = LC_ERR_RANGE; goto out; }
-        }
-        for (int t = 1; t < nt; t++)
-            for (int64_t j = 0; j < nbins; j++) hists[j] += hists[(int64_t)t * nbins + j];
-        if (k == 0 || k == eligible) { /* everything eligible kept / pruned */
-            tshift = 0;
-            prune_ties = 1;
-            /* T below every key (k == 0) or above every key (k == eligible) */
-            prefix = k == 0 ? 0 : ~(uint64_t)0;
-            break;
+            if (bad) { st = LC_ERR_NAN; break; }
+            if (k > cnt || k < 0) { st = LC_ERR_RANGE; break; }
+            if (k == 0) { th->mode = THRESH_KEEP_ALL; break; }
+            if (k == cnt) { th->mode = THRESH_PRUNE_ALL; break; }
         }
         int64_t below = 0, d = 0;
         while (below + hists[d] < krem) below += hists[d++];
         krem -= below;
         prefix = (prefix << w) | (uint64_t)d;
         done_bits += w;
-        tshift = shift;
-        tie_total = hists[d];
-        if (krem == tie_total) { prune_ties = 1; break; } /* the whole bin goes */
+        th->tshift = shift;
+        th->T = prefix;
+        th->krem = krem;
+        th->prune_ties = krem == hists[d];
+        if (th->prune_ties) break; /* the whole bin goes */
     }
-    if (k == 0) {
-        /* every eligible entry kept: write elig (or ones); checked keys above for NaN */
+    free(hists);
+    return st;
+}
+
+/* ------------------------------------------------------------------ sampled threshold */
+/* For large inputs a sample brackets the k-th key first: one pass then counts the keys
+ * below the bracket and collects the few inside it, and the threshold is found among those
+ * in memory -- two passes over the data in all (this one and the mask) instead of four.
+ * The sample only decides speed: when it misses (or NaN appears) the radix passes run. */
+#define SAMPLED_MIN_N ((int64_t)1 << 18)
+#define SAMPLES 65536
+
+/* LSD radix sort of n uint64 (bytes above the largest key's top byte are skipped). */
+static int sort_u64(uint64_t *a, int64_t n) {
+    uint64_t *tmp = malloc((size_t)(n ? n : 1) * sizeof *tmp), mx = 0;
+    if (!tmp) return -1;
+    for (int64_t i = 0; i < n; i++) if (a[i] > mx) mx = a[i];
+    for (int sh = 0; sh < 64 && (mx >> sh); sh += 8) {
+        int64_t cnt[257] = {0};
+        for (int64_t i = 0; i < n; i++) cnt[((a[i] >> sh) & 0xff) + 1]++;
+        for (int d = 0; d < 256; d++) cnt[d + 1] += cnt[d];
+        for (int64_t i = 0; i < n; i++) tmp[cnt[(a[i] >> sh) & 0xff]++] = a[i];
+        memcpy(a, tmp, (size_t)n * sizeof *a);
+    }
+    free(tmp);
+    return 0;
+}
+
+/* Counts eligible keys < lo and collects keys in [lo, hi] of one block into `local`. */
+static int64_t bracket_range(int code, const void *x, const uint8_t *elig, int64_t s, int64_t e,
+                             int absolute, uint64_t lo, uint64_t hi, uint64_t *local,
+                             int64_t *below, int64_t *neligible, int *bad) {
+    int nan = 0;
+    int64_t m = 0, bl = 0, cnt = 0;
+#define BRACKET_LOOP                                                            \
+    for (int64_t i = s; i < e; i++) {                                           \
+        if (elig && !elig[i]) continue;                                         \
+        uint64_t kk = KEY(x, i, absolute, &nan);                                \
+        cnt++;                                                                  \
+        bl += kk < lo;                                                          \
+        local[m] = kk;                                                          \
+        m += (kk >= lo) & (kk <= hi);                                           \
+    }
+    KEY_DISPATCH(code, BRACKET_LOOP)
+#undef BRACKET_LOOP
+    *below += bl;
+    *neligible += cnt;
+    *bad |= nan;
+    return m;
+}
+
+#ifdef LC_X86
+LC_TARGET_AVX512 static int64_t bracket_range_f32_avx512(const float *x, const uint8_t *elig,
+                                                         int64_t s, int64_t e, int absolute,
+                                                         uint32_t lo, uint32_t hi,
+                                                         uint64_t *local, int64_t *below,
+                                                         int64_t *neligible, int *bad) {
+    const __m512i sign = _mm512_set1_epi32((int)0x80000000u);
+    const __m512i absm = _mm512_set1_epi32(0x7fffffff);
+    const __m512i vlo = _mm512_set1_epi32((int)lo), vhi = _mm512_set1_epi32((int)hi);
+    const __m512i nanlim = _mm512_set1_epi32(0x7f800000);
+    const __m128i zero8 = _mm_setzero_si128();
+    int64_t m = 0, bl = 0, cnt = 0, i = s;
+    int nan = 0;
+    uint32_t lanes[16];
+    for (; i + 16 <= e; i += 16) {
+        __m512i u = _mm512_loadu_si512((const void *)(x + i));
+        if (absolute) u = _mm512_and_si512(u, absm);
+        __mmask16 el = 0xffff;
+        if (elig) el = _mm_cmpneq_epi8_mask(_mm_loadu_si128((const __m128i *)(elig + i)), zero8);
+        if (_mm512_mask_cmpgt_epu32_mask(el, _mm512_and_si512(u, absm), nanlim)) nan = 1;
+        u = _mm512_mask_mov_epi32(u, _mm512_cmpeq_epi32_mask(u, sign), _mm512_setzero_si512());
+        __mmask16 neg = _mm512_test_epi32_mask(u, sign);
+        __m512i k = _mm512_mask_xor_epi32(_mm512_or_si512(u, sign), neg, u,
+                                          _mm512_set1_epi32(-1));
+        cnt += __builtin_popcount(el);
+        bl += __builtin_popcount(el & _mm512_cmplt_epu32_mask(k, vlo));
+        __mmask16 in = el & _mm512_cmpge_epu32_mask(k, vlo) & _mm512_cmple_epu32_mask(k, vhi);
+        if (in) {
+            _mm512_mask_compressstoreu_epi32(lanes, in, k);
+            int c = __builtin_popcount(in);
+            for (int j = 0; j < c; j++) local[m++] = lanes[j];
+        }
+    }
+    *below += bl;
+    *neligible += cnt;
+    *bad |= nan;
+    return m + bracket_range(LC_F32, x, elig, i, e, absolute, lo, hi, local + m, below,
+                             neligible, bad);
+}
+#endif
+
+/* Returns 1 and fills *th (or sets *st) when the sampled bracket worked, 0 to fall back. */
+static int threshold_sampled(const lc_seg *segs, int64_t nseg, const work_block *blocks,
+                             int64_t nb, int code, int absolute, int64_t k, int nt,
+                             threshold *th, lc_status *st) {
+    int64_t n = 0;
+    for (int64_t s = 0; s < nseg; s++) n += segs[s].n;
+    if (n < SAMPLED_MIN_N || k <= 0) return 0;
+    /* 1. an evenly spaced sample of eligible keys, sorted */
+    uint64_t *smp = malloc(SAMPLES * sizeof *smp);
+    if (!smp) return 0;
+    int64_t stride = n / SAMPLES, ns = 0, seg = 0, base = 0;
+    int nan = 0;
+    for (int64_t j = 0; j < SAMPLES; j++) {
+        int64_t f = j * stride;
+        while (f >= base + segs[seg].n) base += segs[seg++].n;
+        int64_t i = f - base;
+        if (segs[seg].elig && !segs[seg].elig[i]) continue;
+        uint64_t kk = 0;
+#define SAMPLE_KEY kk = KEY(segs[seg].x, i, absolute, &nan);
+        KEY_DISPATCH(code, SAMPLE_KEY)
+#undef SAMPLE_KEY
+        smp[ns++] = kk;
+    }
+    if (nan || ns < 1024 || sort_u64(smp, ns) < 0) { free(smp); return 0; }
+    /* the k-th key's rank in the sample, with a margin of several standard deviations
+     * (the rank's is at most sqrt(ns) / 2; the eligible fraction's adds about as much) */
+    double elig_est = (double)n * (double)ns / (double)SAMPLES;
+    double p = (double)k / elig_est;
+    if (p > 1.0) p = 1.0;
+    double r = p * (double)ns, margin = 3.0 * sqrt((double)ns) + 64.0;
+    int64_t rlo = (int64_t)(r - margin), rhi = (int64_t)(r + margin);
+    uint64_t lo = rlo <= 0 ? 0 : smp[rlo];
+    uint64_t hi = rhi >= ns ? ~(uint64_t)0 : smp[rhi];
+    free(smp);
+    /* 2. one pass: keys below the bracket counted, keys inside collected */
+    const int64_t cap = n / 16 + 4096; /* bounds the extra memory: half a byte per entry */
+    uint64_t *cand = malloc((size_t)cap * sizeof *cand);
+    if (!cand) return 0;
+    int64_t below = 0, eligible = 0, pos = 0;
+    int bad = 0, overflow = 0;
+#ifdef LC_X86
+    const int fast = code == LC_F32 && lc_simd() >= LC_SIMD_AVX512;
+#endif
+    LC_OMP(parallel num_threads(nt) if (nt > 1) reduction(+ : below, eligible) reduction(| : bad, overflow))
+    {
+        uint64_t *local = malloc((size_t)LC_BLOCK * sizeof *local);
+        if (!local) overflow = 1;
+        LC_OMP(for schedule(dynamic, 2))
+        for (int64_t b = 0; b < nb; b++) {
+            if (!local) continue;
+            const lc_seg *sg = &segs[blocks[b].seg];
+            int64_t m;
+#ifdef LC_X86
+            if (fast)
+                m = bracket_range_f32_avx512(sg->x, sg->elig, blocks[b].start, blocks[b].end,
+                                             absolute, (uint32_t)lo,
+                                             hi > 0xffffffffull ? 0xffffffffu : (uint32_t)hi,
+                                             local, &below, &eligible, &bad);
+            else
+#endif
+                m = bracket_range(code, sg->x, sg->elig, blocks[b].start, blocks[b].end,
+                                  absolute, lo, hi, local, &below, &eligible, &bad);
+            int64_t off;
+            LC_OMP(atomic capture)
+            { off = pos; pos += m; }
+            if (off + m <= cap) memcpy(cand + off, local, (size_t)m * sizeof *local);
+            else overflow = 1;
+        }
+        free(local);
+    }
+    if (bad) { free(cand); *st = LC_ERR_NAN; return 1; }
+    if (k > eligible) { free(cand); *st = LC_ERR_RANGE; return 1; }
+    if (overflow || below >= k || below + pos < k) { free(cand); return 0; }
+    /* 3. the (k - below)-th lowest collected key is the threshold; the candidates' order
+     * does not matter -- ties are resolved in flat order by the mask pass */
+    int64_t j = k - below;
+    uint64_t span = 0; /* keys relative to lo need only the bits of hi - lo */
+    for (int64_t i = 0; i < pos; i++) {
+        cand[i] -= lo;
+        if (cand[i] > span) span = cand[i];
+    }
+    int span_bits = 1;
+    while (span_bits < 64 && (span >> span_bits)) span_bits++;
+    lc_seg cs = {cand, NULL, NULL, pos};
+    int64_t cnb = 0;
+    work_block *cblocks = make_blocks(&cs, 1, LC_BLOCK, &cnb);
+    threshold ct;
+    /* a few in-cache passes: extra threads would cost more in barriers than they save */
+    lc_status s2 = cblocks ? threshold_radix(&cs, cblocks, cnb, LC_U64, 0, j, 11,
+                                             pos < ((int64_t)1 << 22) ? 1 : nt, span_bits, &ct)
+                           : LC_ERR_NOMEM;
+    free(cblocks);
+    if (s2 != LC_OK) { free(cand); return 0; }
+    /* ct names the j-th key's bin at some digit level: either the exact key (tshift 0) or
+     * a bin pruned whole, whose largest key is then the j-th; k == all: the largest key */
+    uint64_t T = 0;
+    int64_t lessT = 0, eqT = 0;
+    for (int64_t i = 0; i < pos; i++)
+        if ((ct.mode == THRESH_PRUNE_ALL || (cand[i] >> ct.tshift) == ct.T) && cand[i] > T)
+            T = cand[i];
+    for (int64_t i = 0; i < pos; i++) { lessT += cand[i] < T; eqT += cand[i] == T; }
+    free(cand);
+    th->mode = THRESH_SPLIT;
+    th->tshift = 0;
+    th->T = T + lo;
+    th->krem = j - lessT;
+    th->prune_ties = th->krem == eqT;
+    return 1;
+}
+
+/* Writes the mask for a threshold (the last pass, see the top of the file). */
+static lc_status write_mask(const lc_seg *segs, const work_block *blocks, int64_t nb, int code,
+                            int absolute, const threshold *th, int nt) {
+    if (th->mode == THRESH_KEEP_ALL || th->mode == THRESH_PRUNE_ALL) {
         LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
         for (int64_t b = 0; b < nb; b++) {
             const lc_seg *sg = &segs[blocks[b].seg];
             for (int64_t i = blocks[b].start; i < blocks[b].end; i++)
-                sg->out[i] = sg->elig ? (sg->elig[i] != 0) : 1;
+                sg->out[i] = th->mode == THRESH_KEEP_ALL && (!sg->elig || sg->elig[i]);
         }
-        goto out;
+        return LC_OK;
     }
-    if (k == eligible) {
-        LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
-        for (int64_t b = 0; b < nb; b++) {
-            const lc_seg *sg = &segs[blocks[b].seg];
-            memset(sg->out + blocks[b].start, 0, (size_t)(blocks[b].end - blocks[b].start));
-        }
-        goto out;
-    }
+    int64_t *ties = calloc((size_t)(nb ? nb : 1), sizeof *ties);
+    if (!ties) return LC_ERR_NOMEM;
+#ifdef LC_X86
+    const int fast = code == LC_F32 && lc_simd() >= LC_SIMD_AVX512;
+#endif
     LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
     for (int64_t b = 0; b < nb; b++) {
         const lc_seg *sg = &segs[blocks[b].seg];
 #ifdef LC_X86
         if (fast) {
             ties[b] = write_range_f32_avx512(sg->x, sg->elig, sg->out, blocks[b].start,
-                                             blocks[b].end, absolute, tshift, (uint32_t)prefix,
-                                             prune_ties);
+                                             blocks[b].end, absolute, th->tshift,
+                                             (uint32_t)th->T, th->prune_ties);
             continue;
         }
 #endif
         ties[b] = write_range(code, sg->x, sg->elig, sg->out, blocks[b].start, blocks[b].end,
-                              absolute, tshift, prefix, prune_ties);
+                              absolute, th->tshift, th->T, th->prune_ties);
     }
-    if (!prune_ties) {
+    if (!th->prune_ties) {
         /* ties[b] becomes the number of block b's ties to prune, in flat order */
-        int64_t need = krem;
+        int64_t need = th->krem;
         for (int64_t b = 0; b < nb; b++) {
             int64_t q = ties[b] < need ? ties[b] : need;
             need -= q;
@@ -347,13 +561,29 @@ static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int a
             if (!ties[b]) continue;
             const lc_seg *sg = &segs[blocks[b].seg];
             prune_first_ties(code, sg->x, sg->elig, sg->out, blocks[b].start, blocks[b].end,
-                             absolute, tshift, prefix, ties[b]);
+                             absolute, th->tshift, th->T, ties[b]);
         }
     }
-out:
-    free(blocks);
-    free(hists);
     free(ties);
+    return LC_OK;
+}
+
+/* Marks the k lowest eligible scores of the segments as pruned (see the top of the file).
+ * `width`: digit bits per radix pass; `nt`: threads.  LC_ERR_NAN for a NaN among eligible
+ * scores, LC_ERR_RANGE when k exceeds the eligible count. */
+static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int absolute,
+                               int64_t k, int width, int64_t block, int nt) {
+    if (!key_bits(code)) return LC_ERR_DTYPE;
+    if (code == LC_U64) absolute = 0;
+    int64_t nb = 0;
+    work_block *blocks = make_blocks(segs, nseg, block, &nb);
+    if (!blocks) return LC_ERR_NOMEM;
+    threshold th;
+    lc_status st = LC_OK;
+    if (!threshold_sampled(segs, nseg, blocks, nb, code, absolute, k, nt, &th, &st))
+        st = threshold_radix(segs, blocks, nb, code, absolute, k, width, nt, 0, &th);
+    if (st == LC_OK) st = write_mask(segs, blocks, nb, code, absolute, &th, nt);
+    free(blocks);
     return st;
 }
 

@@ -25,7 +25,7 @@ def _tricky(rng, n, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("n", [1, 5, 1000, 200_003])
+@pytest.mark.parametrize("n", [1, 5, 1000, 200_003, 300_007])
 def test_select_matches_reference(dtype, n, rng, simd_level):
     x = _tricky(rng, n, dtype)
     mask = rng.random(n) < 0.7
@@ -39,6 +39,38 @@ def test_select_matches_reference(dtype, n, rng, simd_level):
     k = n // 2
     out = prune._select([prune._scores(x, "x")], [None], k, absolute=False)[0]
     np.testing.assert_array_equal(out, ref.select_lowest(x, k, absolute=False))
+
+
+def test_large_inputs_where_the_sample_misleads_or_everything_ties(rng):
+    """Above 2^18 entries a sample brackets the threshold first; these inputs defeat the
+    sample (an evenly spaced sample sees only the outliers, or every value is equal) and
+    must still give the exact definition."""
+    n = 1 << 20
+    x = np.ones(n, np.float32) + (rng.random(n) < 0.3).astype(np.float32)
+    x[::16] = 100.0  # exactly the sampled positions
+    for k in (1, n // 2, n - n // 16, n - 1):
+        np.testing.assert_array_equal(prune.l1_unstructured(x, k),
+                                      ref.select_lowest(x, k, absolute=True))
+    same = np.full(n, -2.5, np.float32)
+    np.testing.assert_array_equal(prune.l1_unstructured(same, 12345),
+                                  ref.select_lowest(same, 12345, absolute=True))
+    mask = rng.random(n) < 0.1  # few eligible samples
+    x2 = _tricky(rng, n, np.float32)
+    k = int(mask.sum()) // 3
+    np.testing.assert_array_equal(prune.l1_unstructured(x2, k, mask=mask),
+                                  ref.select_lowest(x2, k, mask=mask, absolute=True))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_large_global_matches_concatenation(dtype, rng, simd_level):
+    a = _tricky(rng, 200_001, dtype)
+    b = _tricky(rng, 150_000, dtype).reshape(300, 500)
+    mb = rng.random(b.shape) < 0.8
+    got = prune.global_unstructured({"a": a, "b": b}, 0.45, masks={"b": mb})
+    k = round(0.45 * (a.size + mb.sum()))
+    want = ref.select_lowest([a, b], k, mask=[None, mb], absolute=True)
+    np.testing.assert_array_equal(got["a"], want[0])
+    np.testing.assert_array_equal(got["b"], want[1])
 
 
 def test_tie_break_prunes_lower_index_first():
