@@ -9,14 +9,16 @@
  * selection count as one concatenated vector, in the order given).  So the mask is a pure
  * function of (scores, k, eligible) -- independent of thread count, block split and SIMD.
  *
- * Algorithm: MSD radix selection on order-preserving integer keys of the float bits.  Each
+ * Large inputs first try a sampled bracket (threshold_sampled below: two passes in all).
+ * The general algorithm: MSD radix selection on order-preserving integer keys.  Each
  * pass histograms one digit (11 bits by default) of the keys that match the prefix found so
  * far, over fixed blocks; histograms are integer counts, so summing per-thread partials is
  * exact in any order.  The digit holding the k-th lowest key extends the prefix.  A final
  * pass writes the mask (key < T pruned, key > T kept) and counts the entries equal to T per
  * block; a short sequential walk over those counts decides, in flat-index order, which of
  * the ties are pruned.  O(passes * n) time, no sort, no copy of the scores; extra memory is
- * the histograms and one count per block.  Blocks are handed out dynamically (a thread
+ * the histograms and one count per block (the sampled bracket adds its candidates: a few
+ * percent of the entries, 8 bytes each, capped at n/16).  Blocks are handed out dynamically (a thread
  * that the OS descheduled does not stall the pass); which thread counts a block cannot
  * change an integer sum or a block's own output, so the result does not depend on it.
  */

@@ -50,10 +50,10 @@ def l1(quick):
             tprune.l1_unstructured(h, "weight", 0.5)
             return h
         anchor = ("torch.nn.utils.prune.l1_unstructured", torch_l1)
-    # the kernel reads the weight once per radix pass (3 for float32 keys here) plus once
-    # to write the mask: 4 reads + a 1-byte mask
+    # the kernel reads the weight twice (the sampled bracket's counting pass, then the mask
+    # pass) and writes a 1-byte mask
     return Run(litecomp=lambda: prune.l1_unstructured(w, 0.5), anchor=anchor,
-               bytes=4 * w.nbytes + w.size, check=_check_up_to_ties(w),
+               bytes=2 * w.nbytes + w.size, check=_check_up_to_ties(w),
                notes="torch also builds weight_orig * mask; ties: counts equal, "
                      "disagreements only at the threshold")
 
@@ -76,7 +76,7 @@ def _global_case(sd, with_torch):
                   "(one manual run: 44 s); see the 8k-vocab case")
     total = sum(v.nbytes for v in weights.values())
     return Run(litecomp=lambda: prune.global_unstructured(weights, 0.5), anchor=anchor,
-               bytes=4 * total + n,
+               bytes=2 * total + n,
                notes=f"{n / 1e6:.0f}M weights; litecomp's extra memory is the masks (1 byte "
                      "per parameter); torch concatenates scores and builds float masks")
 
