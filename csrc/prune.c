@@ -522,6 +522,7 @@ static int threshold_sampled(const lc_seg *segs, int64_t nseg, const work_block 
 /* Writes the mask for a threshold (the last pass, see the top of the file). */
 static lc_status write_mask(const lc_seg *segs, const work_block *blocks, int64_t nb, int code,
                             int absolute, const threshold *th, int nt) {
+    (void)nt; /* used by the OpenMP clauses only */
     if (th->mode == THRESH_KEEP_ALL || th->mode == THRESH_PRUNE_ALL) {
         LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 2))
         for (int64_t b = 0; b < nb; b++) {
@@ -580,7 +581,7 @@ static lc_status select_lowest(const lc_seg *segs, int64_t nseg, int code, int a
     int64_t nb = 0;
     work_block *blocks = make_blocks(segs, nseg, block, &nb);
     if (!blocks) return LC_ERR_NOMEM;
-    threshold th;
+    threshold th = {THRESH_KEEP_ALL, 0, 0, 0, 0};
     lc_status st = LC_OK;
     if (!threshold_sampled(segs, nseg, blocks, nb, code, absolute, k, nt, &th, &st))
         st = threshold_radix(segs, blocks, nb, code, absolute, k, width, nt, 0, &th);
