@@ -5,5 +5,6 @@
     X(runtime)         \
     X(core)            \
     X(random)          \
+    X(distill)         \
     X(prune)           \
     X(sparse)

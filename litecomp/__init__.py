@@ -17,6 +17,7 @@ from ._runtime import (  # noqa: E402
 )
 from . import errors, dtypes, core, random, examples  # noqa: E402
 from .core import tensor_stats, to_float32, TensorStats  # noqa: E402
+from . import distill  # noqa: E402
 from . import prune, sparse  # noqa: E402  (pruning and sparse storage, issue 4)
 from .errors import (  # noqa: E402
     LitecompError, ArgumentError, DTypeError, ShapeError, NonFiniteError, FormatError,
@@ -29,9 +30,10 @@ __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads", "threads",
     "set_simd", "get_simd", "simd", "detected_simd", "available_simd",
     "errors", "dtypes", "core", "random", "examples",
+    "distill",
     "tensor_stats", "to_float32", "TensorStats",
     "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",
     "FormatError", "UnsafeCheckpointError",
-    "io", "load", "save", "open",
+    "io", "load", "save",  # not "open": `from litecomp import *` must not shadow open()
     "prune", "sparse",
 ]

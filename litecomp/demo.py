@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from . import examples
 from ._table import format_bytes, format_count, render_table
 from .errors import ArgumentError
+from .distill import demo_step as step_distill
 
 
 @dataclass
@@ -61,6 +62,7 @@ STEPS = [
     ("model", step_model),
     ("save/reload", step_save_reload),
     ("prune", step_prune),
+    ("distill", step_distill),
 ]
 
 

@@ -73,3 +73,7 @@ def test_save_accepts_torch_bf16_without_copy(tmp_path):
     from litecomp.io import _arrays
     a = _arrays({"b": t["b"]}, "torch")["b"]
     assert a.__array_interface__["data"][0] == t["b"].data_ptr()
+    with pytest.raises(litecomp.ArgumentError, match="'m'"):
+        litecomp.save({"m": torch.empty(3, device="meta")}, tmp_path / "m.pth")
+    with pytest.raises(litecomp.ArgumentError, match="'s'"):
+        litecomp.save({"s": torch.eye(3).to_sparse()}, tmp_path / "s.pth")

@@ -157,10 +157,16 @@ def test_shards(tmp_path, suffix):
         back = litecomp.load(where)
         assert list(back) == list(sd)
         assert all(same(back[k], sd[k]) for k in sd)
-    # everything fits: one plain file, no index (as transformers does)
-    one = litecomp.save(sd, tmp_path / "one" if False else tmp_path / f"single{suffix}",
-                        max_shard_size="1GB")
-    assert one.endswith(f"single{suffix}")
+    # fewer shards on a second save: the stale ones go
+    index2 = litecomp.save(sd, tmp_path / f"{stem}{suffix}", max_shard_size="300KB")
+    files2 = set(json.loads(open(index2).read())["weight_map"].values())
+    assert 1 < len(files2) < n
+    assert {f for f in os.listdir(tmp_path) if f.startswith(stem + "-")} == files2
+    # everything fits: one plain file, no index (as transformers does), old shards gone
+    one = litecomp.save(sd, tmp_path / f"{stem}{suffix}", max_shard_size="1GB")
+    assert one == str(tmp_path / f"{stem}{suffix}")
+    assert os.listdir(tmp_path) == [f"{stem}{suffix}"]
+    assert list(litecomp.load(one)) == list(sd) == list(litecomp.load(tmp_path))
 
 
 def test_shard_index_problems(tmp_path):
@@ -237,3 +243,66 @@ def test_open_is_lazy(tmp_path):
             with pytest.raises(KeyError):
                 ck["nope"]
             assert repr(ck).startswith("<litecomp.io.Checkpoint")
+
+
+@pytest.mark.parametrize("name", ["m.pth", "m.safetensors", "m.npz", "legacy.pt"])
+def test_loaded_arrays_are_writeable_and_file_untouched(tmp_path, name):
+    sd = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "i": np.arange(3)}
+    path = tmp_path / name
+    if name == "legacy.pt":
+        torch = pytest.importorskip("torch")
+        torch.save({k: torch.from_numpy(v) for k, v in sd.items()}, path,
+                   _use_new_zipfile_serialization=False)
+    else:
+        litecomp.save(sd, path)
+    before = path.read_bytes()
+    for mmap in (True, False):
+        back = litecomp.load(path, mmap=mmap)
+        for k, v in back.items():
+            assert v.flags.writeable, (k, mmap)
+            v[...] = 0
+    assert path.read_bytes() == before
+
+
+def test_star_import_does_not_shadow_builtin_open():
+    ns = {}
+    exec("from litecomp import *\nfrom litecomp.io import *", ns)
+    assert "open" not in ns and "load" in ns and "save" in ns
+    assert litecomp.open is litecomp.io.open
+
+
+def test_save_over_the_file_it_was_loaded_from(tmp_path):
+    path = tmp_path / "m.pth"
+    sd = {"w": np.arange(1 << 16, dtype=np.float32), "b": np.ones(3, np.float32)}
+    litecomp.save(sd, path)
+    back = litecomp.load(path)              # memory-mapped from path
+    back["b"][:] = 7
+    litecomp.save(back, path)               # reads the old map while writing the new file
+    again = litecomp.load(path, mmap=False)
+    assert same(again["w"], sd["w"]) and same(again["b"], np.full(3, 7, np.float32))
+
+
+def test_killed_process_leaves_previous_file(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    path = tmp_path / "m.safetensors"
+    litecomp.save({"w": np.ones(8, np.float32)}, path)
+    before = path.read_bytes()
+    code = f"""
+import os, signal, numpy as np, litecomp
+from litecomp.io import safetensors as st
+real = st.write
+def dying(arrays, f, metadata=None):
+    f.write(b"12345678" * 1000)
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+st.write = dying
+litecomp.save({{"w": np.zeros(1 << 20, np.float32)}}, {str(path)!r})
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True)
+    assert p.returncode == -signal.SIGKILL
+    assert path.read_bytes() == before
+    leftovers = [f for f in os.listdir(tmp_path) if f != "m.safetensors"]
+    assert all(f.startswith(".m.safetensors.") and f.endswith(".tmp") for f in leftovers)

@@ -112,6 +112,9 @@ def test_bad_persistent_ids_and_storages(tmp_path):
         "stride-outside": (_tensor_pickle(4, shape=(2, 2), strides=(3, 1)), {"0": good}),
         "huge-shape": (_tensor_pickle(4, shape=(2 ** 40, 2 ** 40), strides=(1, 1)),
                        {"0": good}),
+        "huge-broadcast": (_tensor_pickle(4, shape=(2 ** 40, 2 ** 40), strides=(0, 0)),
+                           {"0": good}),
+        "negative-size": (_tensor_pickle(4, shape=(-1,), strides=(1,)), {"0": good}),
         "truncated-pickle": (_tensor_pickle(4)[:-9], {"0": good}),
         "long4": (b"\x80\x02\x8b\xff\xff\xff\x7f.", {}),
         "not-a-dict": (b"\x80\x02]q\x00.", {}),
@@ -191,3 +194,77 @@ def test_not_a_checkpoint(tmp_path):
     with pytest.raises(litecomp.ArgumentError, match="does not exist"):
         litecomp.load(tmp_path / "missing.pth")
     assert isinstance(io.BytesIO, type)   # the stdlib io module is not shadowed
+
+
+DEEP = {
+    "dict-key": b"\x80\x02}" + b"N" + b"\x85" * 300000 + b"Ns.",
+    "set-item": b"\x80\x02\x8f(" + b"N" + b"\x85" * 300000 + b"\x90.",
+    "frozenset": b"\x80\x02(" + b"N" + b"\x85" * 300000 + b"\x91.",
+    "ordereddict": (b"\x80\x02ccollections\nOrderedDict\n(N" + b"\x85" * 300000
+                    + b"K\x01\x86\x85\x85R."),
+    "nested-tuple": b"\x80\x02N" + b"\x85" * 300000 + b".",
+    "nested-list": b"\x80\x02" + b"]" * 100000 + b"a" * 99999 + b".",
+    "bytearray-bomb": b"\x80\x02cbuiltins\nbytearray\nJ\xff\xff\xff\x7f\x85R.",
+}
+
+
+def test_deep_and_huge_objects_do_not_crash(tmp_path):
+    # run in a child: a C stack overflow would kill the test process itself
+    import subprocess
+    code = ("import sys, litecomp\n"
+            "for path in sys.argv[1:]:\n"
+            "    try:\n        litecomp.load(path)\n"
+            "    except litecomp.LitecompError as e:\n        print('OK', path, flush=True)\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = [str(torch_zip(tmp_path / f"{name}.pth", pkl)) for name, pkl in DEEP.items()]
+    p = subprocess.run([sys.executable, "-c", code, *paths], capture_output=True,
+                       text=True, cwd=root, timeout=300)
+    assert p.returncode == 0, (p.returncode, p.stdout, p.stderr[-500:])
+    assert p.stdout.split() == [w for path in paths for w in ("OK", path)]
+
+
+def test_mutated_pickles_fail_cleanly(tmp_path):
+    """Random byte changes in a real state-dict pickle: a litecomp error or a result."""
+    from litecomp.io.unpickler import loads, storage_from_pid
+    pw = PickleWriter()
+    items = [(f"layer{i}.weight", (lambda i=i: pw.tensor(
+        ["float32", "bfloat16", "uint16", "int64"][i % 4], str(i), 6, 0, (2, 3), (3, 1))))
+        for i in range(6)]
+    pw.dict_(items)
+    good = pw.finish()
+    assert len(loads(good, storage_from_pid)[0]) == 6
+    rng = np.random.default_rng(7)
+    outcomes = {"ok": 0, "error": 0}
+    for _ in range(1500):
+        data = bytearray(good)
+        for i in rng.integers(0, len(data), rng.integers(1, 4)):
+            data[i] = rng.integers(0, 256)
+        try:
+            loads(bytes(data), storage_from_pid)
+            outcomes["ok"] += 1
+        except LitecompError:
+            outcomes["error"] += 1
+    assert outcomes["error"] > 100 and outcomes["ok"] > 10
+
+
+def test_broadcast_tensor_from_torch(tmp_path):
+    torch = pytest.importorskip("torch")
+    t = torch.arange(3.0).expand(4, 3)
+    torch.save({"b": t}, tmp_path / "b.pth")
+    b = litecomp.load(tmp_path / "b.pth")["b"]
+    assert b.strides == (0, 4) and not b.flags.writeable
+    np.testing.assert_array_equal(b, t.numpy())
+    litecomp.save({"b": b}, tmp_path / "c.pth")
+    assert torch.equal(torch.load(tmp_path / "c.pth", weights_only=True)["b"], t)
+
+
+def test_npz_with_pickled_objects_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    np.savez(tmp_path / "o.npz", a=np.array([Reduce(os.system, f"touch {marker}")], object))
+    with pytest.raises(FormatError, match="object arrays"):
+        litecomp.load(tmp_path / "o.npz")
+    np.savez_compressed(tmp_path / "c.npz", a=np.array([Reduce(os.system, f"touch {marker}")],
+                                                       object))
+    with pytest.raises(FormatError):
+        litecomp.load(tmp_path / "c.npz")
+    assert not marker.exists()

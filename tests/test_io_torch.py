@@ -47,10 +47,11 @@ def test_litecomp_file_loads_in_torch_weights_only(tmp_path):
     path = tmp_path / "all.pth"
     assert litecomp.save(sd, path) == str(path)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) == []
-    t = torch.load(path, weights_only=True)
-    assert list(t) == list(sd)
-    for name, a in sd.items():
-        assert bits(to_numpy(t[name])) == bits(a), name
+    for mmap in (False, True):
+        t = torch.load(path, weights_only=True, mmap=mmap)
+        assert list(t) == list(sd)
+        for name, a in sd.items():
+            assert bits(to_numpy(t[name])) == bits(a), name
 
 
 def test_torch_file_loads_in_litecomp(tmp_path):
@@ -192,6 +193,16 @@ def test_nested_checkpoint_and_key(tmp_path):
     assert list(back) == ["w", "b"] and back["w"].shape == (2, 3)
     with pytest.raises(litecomp.ArgumentError, match="key: 'nope'"):
         litecomp.load(path, key="nope")
+    torch.save({"a": {"b": sd}, "n": 1}, tmp_path / "deep.pth")
+    assert list(litecomp.load(tmp_path / "deep.pth", key=("a", "b"))) == ["w", "b"]
+    with litecomp.open(tmp_path / "deep.pth", key=["a", "b"]) as ck:
+        assert ck.info("w") == (np.dtype(np.float32), (2, 3))
+    torch.save(torch.ones(3), tmp_path / "single.pth")
+    with pytest.raises(litecomp.FormatError, match="single tensor"):
+        litecomp.load(tmp_path / "single.pth")
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pth")
+    with pytest.raises(litecomp.UnsafeCheckpointError, match="torch.nn.modules.linear.Linear"):
+        litecomp.load(tmp_path / "module.pth")
 
 
 def test_parameters_and_legacy_format(tmp_path):

@@ -21,7 +21,8 @@ from . import torchzip as _tz
 from .atomic import atomic_write
 from .checkpoint import FORMATS, Checkpoint, detect
 
-__all__ = ["load", "save", "open", "detect", "Checkpoint", "FORMATS"]
+# `open` is left out on purpose: a star import must not shadow the built-in open().
+__all__ = ["load", "save", "detect", "Checkpoint", "FORMATS"]
 
 _SUFFIX = {".safetensors": "safetensors", ".pth": "torch", ".pt": "torch", ".bin": "torch",
            ".ckpt": "torch", ".tar": "torch", ".npz": "npz"}
@@ -80,6 +81,7 @@ def save(state_dict, path, *, format=None, max_shard_size=None, metadata=None) -
     groups = _shards.plan(arrays, limit)
     if len(groups) == 1:
         _write(arrays, path, fmt, metadata if fmt == "safetensors" else None)
+        _shards.remove_stale(path, keep=[])
         return path
     files, index_name = _shards.shard_names(path, len(groups))
     weight_map = {}
@@ -93,6 +95,7 @@ def save(state_dict, path, *, format=None, max_shard_size=None, metadata=None) -
     index_path = os.path.join(folder, index_name)
     with atomic_write(index_path) as f:
         f.write(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2).encode())
+    _shards.remove_stale(path, keep=files)
     return index_path
 
 
@@ -134,7 +137,11 @@ def _arrays(state_dict, fmt) -> dict:
         if type(name) is not str:
             raise ArgumentError(f"state_dict: keys must be str, got {name!r}")
         if _is_torch_tensor(v):
-            a = _from_torch(v, torch_bases)
+            try:
+                a = _from_torch(v, torch_bases)
+            except (RuntimeError, NotImplementedError) as exc:   # meta, sparse, ...
+                raise ArgumentError(f"state_dict: tensor {name!r} cannot be saved: "
+                                    f"{exc}") from None
         elif isinstance(v, (np.ndarray, np.generic)):
             a = np.asarray(v)
         else:

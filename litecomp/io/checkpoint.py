@@ -4,6 +4,7 @@ the lazy read-only mapping ``litecomp.open`` returns (``litecomp.load`` is built
 import builtins
 import mmap as _mmap
 import os
+import reprlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,22 +17,24 @@ FORMATS = ("torch", "torch-legacy", "safetensors", "npz", "shards")
 
 
 def detect(path) -> str:
-    """The format of the file or folder at ``path``, from its content."""
+    """The format of the file or folder at ``path``, from its content: one of FORMATS."""
     path = os.fspath(path)
     if os.path.isdir(path):
-        return "shards"
+        path = shards.resolve_folder(path)
+    fmt = _sniff(path)
+    if fmt == "zip":
+        with builtins.open(path, "rb") as f:
+            fmt = zip_kind(zipfmt.read_members(f, zipfmt.file_size(f), path), path)
+    return fmt
+
+
+def _sniff(path) -> str:
+    """detect() from the first bytes only ("zip" for torch and npz alike)."""
     with builtins.open(path, "rb") as f:
         head = f.read(16)
         size = zipfmt.file_size(f)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
-        with builtins.open(path, "rb") as f:
-            names = list(zipfmt.read_members(f, size, path))
-        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            return "torch"
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
-        raise FormatError(f"{path}: a zip archive that is neither a torch checkpoint "
-                          "(no data.pkl) nor an .npz (members other than .npy)")
+        return "zip"              # torch or npz: told apart from the member names on opening
     if head[:14] == legacy.SIGNATURE:
         return "torch-legacy"
     if len(head) >= 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
@@ -44,6 +47,25 @@ def detect(path) -> str:
                       ".safetensors, .npz, or a shard index)")
 
 
+def zip_kind(members, what) -> str:
+    names = list(members)
+    if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
+        return "torch"
+    if names and all(n.endswith(".npy") for n in names):
+        return "npz"
+    raise FormatError(f"{what}: a zip archive that is neither a torch checkpoint "
+                      "(no data.pkl) nor an .npz (members other than .npy)")
+
+
+def _read_all(f, size):
+    """The whole file in a writeable buffer (arrays made on it are writeable)."""
+    buf = bytearray(size)
+    f.seek(0)
+    if f.readinto(buf) != size:
+        raise FormatError(f"{f.name}: file shrank while being read")
+    return buf
+
+
 def select(obj, key, what):
     """The flat {name: TensorRef-or-array} that ``key`` names inside a checkpoint object."""
     if key is not None:
@@ -54,6 +76,8 @@ def select(obj, key, what):
                 raise ArgumentError(f"key: {k!r} is not in the checkpoint; its keys are "
                                     f"{_keys(have)}")
             obj = obj[k]
+    if isinstance(obj, TensorRef):
+        raise FormatError(f"{what}: holds a single tensor, not a dict of tensors")
     if not isinstance(obj, dict):
         raise FormatError(f"{what}: holds a {type(obj).__name__}, not a dict of tensors")
     bad = [k for k, v in obj.items() if not isinstance(v, (TensorRef, np.ndarray))]
@@ -70,7 +94,7 @@ def select(obj, key, what):
 
 
 def _keys(keys, limit=12):
-    shown = ", ".join(repr(k) for k in keys[:limit])
+    shown = ", ".join(reprlib.repr(k) for k in keys[:limit])
     return f"[{shown}{', ...' if len(keys) > limit else ''}]"
 
 
@@ -80,26 +104,30 @@ class _Source:
 
     def __init__(self, path, fmt, access, key):
         self.path = os.fspath(path)
-        self.format = fmt
         self.f = builtins.open(self.path, "rb")
         try:
             size = zipfmt.file_size(self.f)
             self.buf = (_mmap.mmap(self.f.fileno(), 0, access=access)
                         if access is not None and size else None)
             self.metadata = None
-            self._open(fmt, key, size)
+            members = None
+            if fmt == "zip":
+                members = zipfmt.read_members(self.f, size, self.path, self.buf)
+                fmt = zip_kind(members, self.path)
+            self.format = fmt
+            self._open(fmt, key, size, members)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, fmt, key, size):
+    def _open(self, fmt, key, size, members):
         what = self.path
         if fmt == "torch":
-            self.tz = torchzip.TorchZip(self.f, self.buf, what)
+            self.tz = torchzip.TorchZip(self.f, self.buf, what, members)
             self.refs = select(self.tz.obj, key, what)
         elif fmt == "torch-legacy":
             if self.buf is None:
-                self.buf = self.f.read()
+                self.buf = _read_all(self.f, size)
             self.lg = legacy.LegacyFile(self.buf, what)
             self.refs = select(self.lg.obj, key, what)
             self._bases = {}
@@ -111,8 +139,7 @@ class _Source:
         elif fmt == "npz":
             self._no_key(key)
             if self.buf is None:
-                self.buf = self.f.read()
-            members = zipfmt.read_members(self.f, size, what)
+                self.buf = _read_all(self.f, size)
             self.refs = {n[:-4]: m for n, m in members.items()}
         else:
             raise FormatError(f"{what}: format {fmt!r} cannot be opened here")
@@ -178,7 +205,9 @@ class Checkpoint(Mapping):
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise ArgumentError(f"path: {self.path} does not exist")
-        self.format = detect(self.path)
+        if os.path.isdir(self.path):
+            self.path = shards.resolve_folder(self.path)
+        self.format = _sniff(self.path)
         self._sources = []
         self._where = {}
         try:
@@ -192,7 +221,7 @@ class Checkpoint(Mapping):
                         spath = os.path.join(index.folder, shard)
                         if not os.path.isfile(spath):
                             raise FormatError(f"{index.path}: shard {shard} is missing")
-                        src = by_file[shard] = _Source(spath, detect(spath), access, key)
+                        src = by_file[shard] = _Source(spath, _sniff(spath), access, key)
                         self._sources.append(src)
                     if name not in src.refs:
                         raise FormatError(f"{index.path}: tensor {name!r} is not in shard "
@@ -201,6 +230,7 @@ class Checkpoint(Mapping):
             else:
                 src = _Source(self.path, self.format, access, key)
                 self._sources.append(src)
+                self.format = src.format
                 self.metadata = src.metadata
                 self._where = {n: src for n in src.names}
         except BaseException:

@@ -15,6 +15,7 @@ from ..errors import FormatError
 from . import dtypes as _dt
 
 MAX_HEADER = 100_000_000
+_DTYPES = {st: _dt.numpy_dtype(name) for st, name in _dt.SAFETENSORS.items()}
 
 
 class Header:
@@ -33,6 +34,23 @@ def _no_duplicates(pairs):
     return d
 
 
+def _parse(raw: bytes, what: str):
+    """The header JSON, with duplicate keys rejected.  The duplicate check (a Python hook
+    per object) runs only when a cheap count says a key may repeat: each of "dtype",
+    "shape" and "data_offsets" must appear exactly once per tensor."""
+    try:
+        text = raw.decode("utf-8")
+        header = json.loads(text)
+        if isinstance(header, dict):
+            n = len(header) - ("__metadata__" in header)
+            if any(text.count(k) != n for k in ('"dtype"', '"shape"', '"data_offsets"')) \
+                    or text.count('"__metadata__"') > 1:
+                header = json.loads(text, object_pairs_hook=_no_duplicates)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise FormatError(f"{what}: safetensors header is not valid JSON ({exc})") from None
+    return header
+
+
 def read_header(f, file_size: int, what: str) -> Header:
     f.seek(0)
     head = f.read(8)
@@ -46,10 +64,7 @@ def read_header(f, file_size: int, what: str) -> Header:
         raise FormatError(f"{what}: safetensors header of {n} bytes runs past the end of "
                           f"the file ({file_size} bytes)")
     raw = f.read(n)
-    try:
-        header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise FormatError(f"{what}: safetensors header is not valid JSON ({exc})") from None
+    header = _parse(raw, what)
     if not isinstance(header, dict):
         raise FormatError(f"{what}: safetensors header is not a JSON object")
     metadata = header.pop("__metadata__", None)
@@ -62,20 +77,21 @@ def read_header(f, file_size: int, what: str) -> Header:
         if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
             raise FormatError(f"{what}: safetensors entry {name!r} must have exactly dtype, "
                               "shape and data_offsets")
-        dname = _dt.SAFETENSORS.get(info["dtype"])
-        if dname is None:
+        dt = _DTYPES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        if dt is None:
             raise FormatError(f"{what}: tensor {name!r} has unknown safetensors dtype "
                               f"{info['dtype']!r}")
-        dt = _dt.numpy_dtype(dname)
         shape, offs = info["shape"], info["data_offsets"]
-        if not (isinstance(shape, list) and all(type(s) is int and s >= 0 for s in shape)):
-            raise FormatError(f"{what}: tensor {name!r} has invalid shape {shape!r}")
-        if not (isinstance(offs, list) and len(offs) == 2
-                and all(type(o) is int for o in offs) and 0 <= offs[0] <= offs[1]):
-            raise FormatError(f"{what}: tensor {name!r} has invalid data_offsets {offs!r}")
         nbytes = dt.itemsize
+        if type(shape) is not list:
+            raise FormatError(f"{what}: tensor {name!r} has invalid shape {shape!r}")
         for s in shape:
+            if type(s) is not int or s < 0:
+                raise FormatError(f"{what}: tensor {name!r} has invalid shape {shape!r}")
             nbytes *= s
+        if not (type(offs) is list and len(offs) == 2 and type(offs[0]) is int
+                and type(offs[1]) is int and 0 <= offs[0] <= offs[1]):
+            raise FormatError(f"{what}: tensor {name!r} has invalid data_offsets {offs!r}")
         if offs[1] - offs[0] != nbytes:
             raise FormatError(f"{what}: tensor {name!r} of dtype {info['dtype']} and shape "
                               f"{shape} needs {nbytes} bytes, data_offsets give "

@@ -56,6 +56,21 @@ def shard_names(path, count):
     return files, base + ".index.json"
 
 
+def remove_stale(path, keep):
+    """Remove shards of an earlier save to the same name that the new one did not write
+    (and its index when the new save is a single file), so a folder never mixes two."""
+    folder = os.path.dirname(os.path.abspath(path))
+    stem, ext = os.path.splitext(os.path.basename(path))
+    pattern = re.compile(re.escape(stem) + r"-\d{5}-of-\d{5}" + re.escape(ext))
+    for name in os.listdir(folder):
+        if pattern.fullmatch(name) and name not in keep:
+            os.remove(os.path.join(folder, name))
+    if not keep:
+        index = os.path.join(folder, os.path.basename(path) + ".index.json")
+        if os.path.exists(index):
+            os.remove(index)
+
+
 @dataclass
 class Index:
     path: str
@@ -64,16 +79,29 @@ class Index:
     metadata: dict
 
 
+CHECKPOINT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
+
+
+def resolve_folder(folder) -> str:
+    """The file to read for a folder: its one ``*.index.json``, or else its one checkpoint
+    file (a model saved unsharded)."""
+    found = sorted(glob.glob(os.path.join(glob.escape(folder), "*.index.json")))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        raise FormatError(f"{folder}: a sharded checkpoint folder needs exactly one "
+                          f"*.index.json, found {len(found)} "
+                          f"({', '.join(map(os.path.basename, found))})")
+    files = sorted(f for f in os.listdir(folder) if f.endswith(CHECKPOINT_SUFFIXES)
+                   and os.path.isfile(os.path.join(folder, f)))
+    if len(files) != 1:
+        raise FormatError(f"{folder}: no *.index.json, and {len(files)} checkpoint files "
+                          f"({', '.join(files) or 'none'}); name the file to load")
+    return os.path.join(folder, files[0])
+
+
 def read_index(path) -> Index:
     path = os.fspath(path)
-    if os.path.isdir(path):
-        found = sorted(glob.glob(os.path.join(glob.escape(path), "*.index.json")))
-        if len(found) != 1:
-            raise FormatError(f"{path}: a sharded checkpoint folder needs exactly one "
-                              f"*.index.json, found {len(found)}"
-                              + (f" ({', '.join(map(os.path.basename, found))})"
-                                 if found else ""))
-        path = found[0]
     if os.path.getsize(path) > MAX_INDEX:
         raise FormatError(f"{path}: shard index larger than {MAX_INDEX} bytes")
     try:

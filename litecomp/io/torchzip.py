@@ -20,21 +20,21 @@ except ImportError:  # numpy < 2
 from ..errors import FormatError
 from . import dtypes as _dt
 from . import zipfmt
-from .unpickler import PickleWriter, StorageRef, TensorRef, loads, storage_from_pid
+from .unpickler import PickleWriter, TensorRef, loads, storage_from_pid
 
-MAX_PICKLE = 1 << 30
+MAX_PICKLE = 64 << 20       # a state dict pickle: ~150 bytes per tensor
 
 
 class TorchZip:
     """A torch zip checkpoint open for reading: ``obj`` is the unpickled object with
     TensorRef leaves; ``array(ref)`` makes one of them an array."""
 
-    def __init__(self, f, buf, what):
+    def __init__(self, f, buf, what, members=None):
         self.what = what
         self.buf = buf                      # mmap (or None: read storages with f)
         self.f = f
-        size = zipfmt.file_size(f)
-        self.members = zipfmt.read_members(f, size, what)
+        self.members = (members if members is not None
+                        else zipfmt.read_members(f, zipfmt.file_size(f), what, buf))
         pkl = next((n for n in self.members if n == "data.pkl" or n.endswith("/data.pkl")),
                    None)
         if pkl is None:
@@ -49,7 +49,7 @@ class TorchZip:
             self.big_endian = text == "big"
         self.storages = {}
         data = self._member_bytes(self.members[pkl], MAX_PICKLE)
-        self.obj, end = loads(data, self._persistent_load)
+        self.obj, _end = loads(data, self._persistent_load)
         self._bases = {}
 
     def _member_bytes(self, m, limit):
@@ -109,6 +109,8 @@ def view_of(base, ref, what):
     """The tensor ``ref`` as a view of its storage ``base`` (bounds checked)."""
     shape, strides, offset = ref.shape, ref.strides, ref.offset
     n = math.prod(shape)                 # Python ints: hostile shapes cannot overflow
+    if n * base.dtype.itemsize >= 1 << 62:
+        raise FormatError(f"{what}: tensor shape {shape} is absurdly large")
     if n == 0:
         return np.empty(shape, base.dtype)
     last = offset + sum((s - 1) * st for s, st in zip(shape, strides))

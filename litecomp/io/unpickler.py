@@ -10,11 +10,11 @@ caller turns into arrays, so reading the pickle never touches storage bytes.
 """
 
 import _compat_pickle
+import reprlib
 import struct
 from collections import OrderedDict
 from dataclasses import dataclass
 
-import numpy as np
 
 from ..errors import FormatError, UnsafeCheckpointError
 from . import dtypes as _dt
@@ -72,7 +72,7 @@ PARAMETER_CLASS = _Marker("torch.nn.Parameter")
 
 def _ints(x, what):
     if not isinstance(x, (tuple, list)) or not all(type(i) is int for i in x):
-        raise FormatError(f"checkpoint: tensor {what} {x!r} is not a tuple of ints")
+        raise FormatError(f"checkpoint: tensor {what} {_short(x)} is not a tuple of ints")
     return tuple(x)
 
 
@@ -81,21 +81,21 @@ def _tensor(storage, offset, size, stride, dtype):
         raise FormatError(f"checkpoint: tensor storage is {type(storage).__name__}, "
                           "not a storage")
     if type(offset) is not int or offset < 0:
-        raise FormatError(f"checkpoint: tensor storage offset {offset!r} is invalid")
+        raise FormatError(f"checkpoint: tensor storage offset {_short(offset)} is invalid")
     size, stride = _ints(size, "size"), _ints(stride, "stride")
     if len(size) != len(stride) or any(s < 0 for s in size + stride):
         raise FormatError(f"checkpoint: tensor size {size} / stride {stride} are invalid")
     if not isinstance(dtype, TorchDtype):
-        raise FormatError(f"checkpoint: tensor dtype {dtype!r} is not a torch dtype")
+        raise FormatError(f"checkpoint: tensor dtype {_short(dtype)} is not a torch dtype")
     return TensorRef(storage, offset, size, stride, dtype)
 
 
 def rebuild_tensor_v2(storage, offset, size, stride, requires_grad=False,
                       backward_hooks=None, metadata=None):
-    if storage.dtype is None if isinstance(storage, StorageRef) else False:
+    dtype = storage.dtype if isinstance(storage, StorageRef) else None
+    if isinstance(storage, StorageRef) and dtype is None:
         raise FormatError("checkpoint: _rebuild_tensor_v2 on an untyped storage")
-    return _tensor(storage, offset, size, stride,
-                   storage.dtype if isinstance(storage, StorageRef) else None)
+    return _tensor(storage, offset, size, stride, dtype)
 
 
 def rebuild_tensor_v3(storage, offset, size, stride, requires_grad, backward_hooks,
@@ -114,9 +114,11 @@ def rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None
 
 
 def rebuild_from_type_v2(func, new_type, args, state):
-    if func not in _REBUILDERS or new_type not in (TENSOR_CLASS, PARAMETER_CLASS):
-        raise UnsafeCheckpointError(
-            f"checkpoint: _rebuild_from_type_v2 of {func!r} / {new_type!r} is not allowed")
+    # identity checks only: `in` would hash/compare objects a hostile pickle built
+    if not (any(func is r for r in _REBUILDERS)
+            and (new_type is TENSOR_CLASS or new_type is PARAMETER_CLASS)):
+        raise UnsafeCheckpointError(f"checkpoint: _rebuild_from_type_v2 of {_short(func)} / "
+                                    f"{_short(new_type)} is not allowed")
     if not isinstance(args, tuple):
         raise FormatError("checkpoint: _rebuild_from_type_v2 arguments are not a tuple")
     return func(*args)
@@ -135,6 +137,46 @@ def _codecs_encode(obj, encoding="utf-8", errors="strict"):
     return obj.encode("latin1")
 
 
+_FLAT = (str, int, float, bool, bytes, type(None))
+
+
+def flat_key(k):
+    """Dict keys and set items must be flat scalars: hashing a deeply nested tuple built by
+    a hostile pickle would overflow the C stack."""
+    if type(k) not in _FLAT:
+        raise FormatError(f"checkpoint: a {type(k).__name__} as a dict key or set item is "
+                          "not allowed")
+    return k
+
+
+def _ordered_dict(items=()):
+    d = OrderedDict()
+    pairs = items.items() if type(items) in (dict, OrderedDict) else items
+    if type(pairs) not in (list, tuple, type({}.items())):
+        raise FormatError("checkpoint: OrderedDict of something that is not a list of pairs")
+    for pair in pairs:
+        if type(pair) not in (tuple, list) or len(pair) != 2:
+            raise FormatError("checkpoint: OrderedDict item is not a pair")
+        d[flat_key(pair[0])] = pair[1]
+    return d
+
+
+def _set(items=()):
+    if type(items) not in (list, tuple, set, frozenset):
+        raise FormatError("checkpoint: set of something that is not a list")
+    return {flat_key(i) for i in items}
+
+
+def _frozenset(items=()):
+    return frozenset(_set(items))
+
+
+def _bytearray(data=b""):
+    if type(data) not in (bytes, bytearray):     # never bytearray(n): a memory bomb
+        raise FormatError("checkpoint: bytearray of something other than bytes")
+    return bytearray(data)
+
+
 def _identity(*args):
     return args[0] if len(args) == 1 else args
 
@@ -144,7 +186,7 @@ _REBUILDERS = {rebuild_tensor_v2, rebuild_tensor_v3, rebuild_tensor, rebuild_par
 
 def _allowed():
     a = {
-        "collections.OrderedDict": OrderedDict,
+        "collections.OrderedDict": _ordered_dict,
         "torch._utils._rebuild_tensor_v2": rebuild_tensor_v2,
         "torch._utils._rebuild_tensor_v3": rebuild_tensor_v3,
         "torch._utils._rebuild_tensor": rebuild_tensor,
@@ -161,9 +203,9 @@ def _allowed():
         "torch.Size": tuple,
         "torch.device": _identity,
         "_codecs.encode": _codecs_encode,
-        "builtins.set": set,
-        "builtins.frozenset": frozenset,
-        "builtins.bytearray": bytearray,
+        "builtins.set": _set,
+        "builtins.frozenset": _frozenset,
+        "builtins.bytearray": _bytearray,
         "builtins.complex": complex,
         "torch.storage.UntypedStorage": StorageType(None),
     }
@@ -178,8 +220,8 @@ def _allowed():
 
 ALLOWED = _allowed()
 _CALLABLE = {id(v): v for v in ALLOWED.values() if callable(v) and not isinstance(v, type)
-             } | {id(OrderedDict): OrderedDict, id(set): set, id(frozenset): frozenset,
-                  id(bytearray): bytearray, id(complex): complex, id(tuple): tuple}
+             } | {id(complex): complex, id(tuple): tuple}
+_NEWOBJ = (_ordered_dict, _set, _frozenset, _bytearray)
 
 
 def _global(module: str, name: str):
@@ -201,7 +243,7 @@ def _global(module: str, name: str):
 
 def _call(func, args, what):
     if id(func) not in _CALLABLE or _CALLABLE[id(func)] is not func:
-        raise UnsafeCheckpointError(f"checkpoint: {what} of {func!r}, which is not an "
+        raise UnsafeCheckpointError(f"checkpoint: {what} of {_short(func)}, which is not an "
                                     "allowlisted callable")
     if not isinstance(args, tuple):
         raise FormatError(f"checkpoint: {what} arguments are not a tuple")
@@ -210,14 +252,11 @@ def _call(func, args, what):
     except (FormatError, UnsafeCheckpointError):
         raise
     except (TypeError, ValueError, OverflowError) as exc:
-        raise FormatError(f"checkpoint: bad arguments to {func!r}: {exc}") from None
+        raise FormatError(f"checkpoint: bad arguments to {_short(func)}: "
+                          f"{_short(str(exc))}") from None
 
 
 # ------------------------------------------------------------------ the reader
-class _Mark:
-    pass
-
-
 def loads(data, persistent_load, *, pos=0):
     """Run the pickle in ``data[pos:]``; returns (object, end position)."""
     mv = memoryview(data)
@@ -256,29 +295,89 @@ def loads(data, persistent_load, *, pos=0):
         except UnicodeDecodeError:
             raise FormatError("checkpoint: pickle string is not UTF-8") from None
 
+    def get(i):
+        if i not in memo:
+            raise FormatError(f"checkpoint: pickle memo {i} is not set")
+        stack.append(memo[i])
+
     def setitems(d, items):
         if type(d) not in (dict, OrderedDict) or len(items) % 2:
             raise FormatError("checkpoint: SETITEMS on a non-dict")
         for i in range(0, len(items), 2):
-            try:
-                d[items[i]] = items[i + 1]
-            except TypeError:
-                raise FormatError("checkpoint: unhashable dict key") from None
+            d[flat_key(items[i])] = items[i + 1]
 
     while True:
-        op = take(1)[0]
-        if len(stack) > MAX_STACK:
-            raise FormatError("checkpoint: pickle stack too deep")
-        if op == 0x80:                                   # PROTO
-            if take(1)[0] > 5:
-                raise FormatError("checkpoint: unknown pickle protocol")
-        elif op == 0x95:                                 # FRAME
-            take(8)
-        elif op == 0x2e:                                 # STOP
-            return pop(), pos
+        if pos >= n:
+            raise FormatError("checkpoint: pickle is truncated")
+        op = mv[pos]
+        pos += 1
+        # The opcodes a torch state dict is made of come first, most frequent first.
+        if op == 0x71:                                   # BINPUT
+            memo[take(1)[0]] = top()
+        elif op == 0x68:                                 # BINGET
+            get(take(1)[0])
+        elif op == 0x58:                                 # BINUNICODE
+            k = int.from_bytes(take(4), "little")
+            stack.append(unicode(take(k)))
+        elif op == 0x4b:                                 # BININT1
+            stack.append(take(1)[0])
         elif op == 0x28:                                 # MARK
+            if len(metastack) > MAX_STACK:
+                raise FormatError("checkpoint: pickle nests too deep")
             metastack.append(stack)
             stack = []
+        elif op == 0x74:                                 # TUPLE
+            t = tuple(pop_mark())         # pop_mark() rebinds `stack`: call it first
+            stack.append(t)
+        elif op == 0x29:                                 # EMPTY_TUPLE
+            stack.append(())
+        elif op in (0x85, 0x86, 0x87):                   # TUPLE1..3
+            k = op - 0x84
+            if len(stack) < k:
+                raise FormatError("checkpoint: pickle stack underflow")
+            t = tuple(stack[-k:])
+            del stack[-k:]
+            stack.append(t)
+        elif op == 0x52:                                 # REDUCE
+            args, func = pop(), pop()
+            stack.append(_call(func, args, "REDUCE"))
+        elif op == 0x89:                                 # NEWFALSE
+            stack.append(False)
+        elif op == 0x51:                                 # BINPERSID
+            stack.append(persistent_load(pop()))
+        elif op == 0x63:                                 # GLOBAL
+            line = []
+            for _ in range(2):
+                end = bytes(mv[pos:min(n, pos + 1024)]).find(b"\n")
+                if end < 0:
+                    raise FormatError("checkpoint: pickle GLOBAL is malformed")
+                line.append(str(mv[pos:pos + end], "utf-8", "replace"))
+                pos += end + 1
+            stack.append(_global(*line))
+        elif op == 0x75:                                 # SETITEMS
+            items = pop_mark()
+            setitems(top(), items)
+        elif op == 0x7d:                                 # EMPTY_DICT
+            stack.append({})
+        elif op == 0x62:                                 # BUILD
+            state = pop()
+            inst = top()
+            # OrderedDict state holds torch's `_metadata` (module versions); tensors may
+            # carry Python attributes.  Neither matters for the arrays: drop it.
+            if type(inst) not in (OrderedDict, dict, TensorRef):
+                raise UnsafeCheckpointError(
+                    f"checkpoint: BUILD on {type(inst).__name__} is not allowed")
+            del state
+        elif op == 0x80:                                 # PROTO
+            if take(1)[0] > 5:
+                raise FormatError("checkpoint: unknown pickle protocol")
+        elif op == 0x2e:                                 # STOP
+            return pop(), pos
+        elif len(stack) > MAX_STACK:
+            raise FormatError("checkpoint: pickle stack too deep")
+        # The rest of protocols 0-5 that plain data needs.
+        elif op == 0x95:                                 # FRAME
+            take(8)
         elif op == 0x30:                                 # POP
             pop()
         elif op == 0x31:                                 # POP_MARK
@@ -287,12 +386,8 @@ def loads(data, persistent_load, *, pos=0):
             stack.append(None)
         elif op == 0x88:                                 # NEWTRUE
             stack.append(True)
-        elif op == 0x89:                                 # NEWFALSE
-            stack.append(False)
         elif op == 0x4a:                                 # BININT
             stack.append(struct.unpack("<i", take(4))[0])
-        elif op == 0x4b:                                 # BININT1
-            stack.append(take(1)[0])
         elif op == 0x4d:                                 # BININT2
             stack.append(struct.unpack("<H", take(2))[0])
         elif op in (0x8a, 0x8b):                         # LONG1, LONG4
@@ -302,31 +397,16 @@ def loads(data, persistent_load, *, pos=0):
             stack.append(int.from_bytes(take(k), "little", signed=True))
         elif op == 0x47:                                 # BINFLOAT
             stack.append(struct.unpack(">d", take(8))[0])
-        elif op in (0x58, 0x8c, 0x8d):                   # BINUNICODE, SHORT_.., ..8
-            k = {0x58: lambda: struct.unpack("<I", take(4))[0],
-                 0x8c: lambda: take(1)[0],
-                 0x8d: lambda: struct.unpack("<Q", take(8))[0]}[op]()
+        elif op in (0x8c, 0x8d):                         # SHORT_BINUNICODE, BINUNICODE8
+            k = take(1)[0] if op == 0x8c else struct.unpack("<Q", take(8))[0]
             stack.append(unicode(take(k)))
         elif op in (0x54, 0x55):                         # BINSTRING, SHORT_BINSTRING
             k = struct.unpack("<i", take(4))[0] if op == 0x54 else take(1)[0]
             stack.append(str(take(k), "latin1"))
         elif op in (0x42, 0x43, 0x8e):                   # BINBYTES, SHORT_.., ..8
-            k = {0x42: lambda: struct.unpack("<I", take(4))[0],
-                 0x43: lambda: take(1)[0],
-                 0x8e: lambda: struct.unpack("<Q", take(8))[0]}[op]()
+            k = (struct.unpack("<I", take(4))[0] if op == 0x42 else take(1)[0]
+                 if op == 0x43 else struct.unpack("<Q", take(8))[0])
             stack.append(bytes(take(k)))
-        elif op == 0x29:                                 # EMPTY_TUPLE
-            stack.append(())
-        elif op == 0x74:                                 # TUPLE
-            t = tuple(pop_mark())         # pop_mark() rebinds `stack`: call it first
-            stack.append(t)
-        elif op in (0x85, 0x86, 0x87):                   # TUPLE1..3
-            k = op - 0x84
-            if len(stack) < k:
-                raise FormatError("checkpoint: pickle stack underflow")
-            t = tuple(stack[-k:])
-            del stack[-k:]
-            stack.append(t)
         elif op == 0x5d:                                 # EMPTY_LIST
             stack.append([])
         elif op == 0x6c:                                 # LIST
@@ -338,8 +418,6 @@ def loads(data, persistent_load, *, pos=0):
             if type(lst) is not list:
                 raise FormatError("checkpoint: APPEND to a non-list")
             lst.extend(items)
-        elif op == 0x7d:                                 # EMPTY_DICT
-            stack.append({})
         elif op == 0x64:                                 # DICT
             d = {}
             setitems(d, pop_mark())
@@ -347,9 +425,6 @@ def loads(data, persistent_load, *, pos=0):
         elif op == 0x73:                                 # SETITEM
             v, k = pop(), pop()
             setitems(top(), [k, v])
-        elif op == 0x75:                                 # SETITEMS
-            items = pop_mark()
-            setitems(top(), items)
         elif op == 0x8f:                                 # EMPTY_SET
             stack.append(set())
         elif op == 0x90:                                 # ADDITEMS
@@ -357,26 +432,10 @@ def loads(data, persistent_load, *, pos=0):
             s = top()
             if type(s) is not set:
                 raise FormatError("checkpoint: ADDITEMS to a non-set")
-            try:
-                s.update(items)
-            except TypeError:
-                raise FormatError("checkpoint: unhashable set item") from None
+            s.update(flat_key(i) for i in items)
         elif op == 0x91:                                 # FROZENSET
-            try:
-                fs = frozenset(pop_mark())
-                stack.append(fs)
-            except TypeError:
-                raise FormatError("checkpoint: unhashable set item") from None
-        elif op == 0x63:                                 # GLOBAL
-            line = []
-            for _ in range(2):
-                start = pos
-                end = bytes(mv[pos:min(n, pos + 1024)]).find(b"\n")
-                if end < 0:
-                    raise FormatError("checkpoint: pickle GLOBAL is malformed")
-                line.append(str(mv[start:start + end], "utf-8", "replace"))
-                pos = start + end + 1
-            stack.append(_global(*line))
+            fs = frozenset(flat_key(i) for i in pop_mark())
+            stack.append(fs)
         elif op == 0x93:                                 # STACK_GLOBAL
             name, module = pop(), pop()
             if type(name) is not str or type(module) is not str:
@@ -387,27 +446,15 @@ def loads(data, persistent_load, *, pos=0):
                 parts = bytes(mv[pos:pos + 2048]).split(b"\n", 2)
                 full = b".".join(parts[:2]).decode("utf-8", "replace")
             else:
-                full = repr(stack[-1] if stack else None)
-            raise UnsafeCheckpointError(f"checkpoint: pickle opcode {'INST' if op == 0x69 else 'OBJ'} "
-                                        f"({full}) is not allowed")
-        elif op == 0x52:                                 # REDUCE
-            args, func = pop(), pop()
-            stack.append(_call(func, args, "REDUCE"))
+                full = _short(stack[-1] if stack else None)
+            opname = "INST" if op == 0x69 else "OBJ"
+            raise UnsafeCheckpointError(f"checkpoint: pickle opcode {opname} ({full}) is "
+                                        "not allowed")
         elif op == 0x81:                                 # NEWOBJ
             args, cls = pop(), pop()
-            if cls not in (OrderedDict, set, frozenset, bytearray):
-                raise UnsafeCheckpointError(f"checkpoint: NEWOBJ of {cls!r} is not allowed")
+            if not any(cls is c for c in _NEWOBJ):
+                raise UnsafeCheckpointError(f"checkpoint: NEWOBJ of {_short(cls)} is not allowed")
             stack.append(_call(cls, args, "NEWOBJ"))
-        elif op == 0x62:                                 # BUILD
-            state = pop()
-            inst = top()
-            # OrderedDict state holds torch's `_metadata` (module versions); tensors may
-            # carry Python attributes.  Neither matters for the arrays: drop it.
-            if type(inst) not in (OrderedDict, dict, TensorRef):
-                raise UnsafeCheckpointError(
-                    f"checkpoint: BUILD on {type(inst).__name__} is not allowed")
-        elif op == 0x51:                                 # BINPERSID
-            stack.append(persistent_load(pop()))
         elif op == 0x50:                                 # PERSID (text)
             end = bytes(mv[pos:pos + 1024]).find(b"\n")
             if end < 0:
@@ -415,15 +462,10 @@ def loads(data, persistent_load, *, pos=0):
             pid = str(mv[pos:pos + end], "ascii", "replace")
             pos += end + 1
             stack.append(persistent_load(pid))
-        elif op in (0x68, 0x6a):                         # BINGET, LONG_BINGET
-            i = take(1)[0] if op == 0x68 else struct.unpack("<I", take(4))[0]
-            try:
-                stack.append(memo[i])
-            except KeyError:
-                raise FormatError(f"checkpoint: pickle memo {i} is not set") from None
-        elif op in (0x71, 0x72):                         # BINPUT, LONG_BINPUT
-            i = take(1)[0] if op == 0x71 else struct.unpack("<I", take(4))[0]
-            memo[i] = top()
+        elif op == 0x6a:                                 # LONG_BINGET
+            get(struct.unpack("<I", take(4))[0])
+        elif op == 0x72:                                 # LONG_BINPUT
+            memo[struct.unpack("<I", take(4))[0]] = top()
         elif op == 0x94:                                 # MEMOIZE
             memo[len(memo)] = top()
         else:
@@ -441,8 +483,7 @@ def storage_from_pid(pid):
 
 
 def _short(x):
-    r = repr(x)
-    return r if len(r) < 120 else r[:117] + "..."
+    return reprlib.repr(x)          # bounded depth: a hostile object cannot recurse
 
 
 # ------------------------------------------------------------------ the writer

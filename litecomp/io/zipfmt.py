@@ -35,8 +35,9 @@ class Member:
     crc: int
 
 
-def read_members(f, file_size: int, what: str) -> dict:
-    """{name: Member} of the zip open as binary file ``f`` (FormatError when malformed)."""
+def read_members(f, file_size: int, what: str, buf=None) -> dict:
+    """{name: Member} of the zip open as binary file ``f`` (FormatError when malformed);
+    ``buf``, a map of the file, saves a read per member."""
     try:
         zf = zipfile.ZipFile(f)
         infos = zf.infolist()
@@ -49,8 +50,11 @@ def read_members(f, file_size: int, what: str) -> dict:
             raise FormatError(f"{what}: member {info.filename} is encrypted")
         if info.header_offset < 0 or info.header_offset + _LOCAL.size > file_size:
             raise FormatError(f"{what}: member {info.filename} points outside the file")
-        f.seek(info.header_offset)
-        head = f.read(_LOCAL.size)
+        if buf is not None:
+            head = buf[info.header_offset:info.header_offset + _LOCAL.size]
+        else:
+            f.seek(info.header_offset)
+            head = f.read(_LOCAL.size)
         if len(head) != _LOCAL.size or head[:4] != b"PK\x03\x04":
             raise FormatError(f"{what}: member {info.filename} has no local header "
                               "(truncated or corrupt archive)")

@@ -94,4 +94,5 @@ def load_numpy_state_dict(module: "nn.Module", state_dict, strict=True):
                                    for k, v in state_dict.items()}, strict=strict)
 
 
+from .distill import DistillationLoss, distillation_loss_torch  # noqa: E402,F401
 from .prune import activation_stats, apply_masks, masks_from_module  # noqa: E402,F401
