@@ -6,6 +6,8 @@
     X(core)            \
     X(random)          \
     X(distill)         \
+    X(prune)           \
+    X(sparse)          \
     X(quant)           \
     X(gguf)            \
     X(codebook)        \

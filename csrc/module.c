@@ -25,7 +25,19 @@ static int fetch_errors(void) {
     return 0;
 }
 
-int lc_add_methods(PyObject *m, PyMethodDef *defs) { return PyModule_AddFunctions(m, defs); }
+/* Two families must never export the same name: the later one would silently replace the
+ * earlier (it happened once: two different `pack_bits`).  A clash fails the import. */
+int lc_add_methods(PyObject *m, PyMethodDef *defs) {
+    PyObject *dict = PyModule_GetDict(m);
+    for (PyMethodDef *d = defs; d->ml_name; d++) {
+        if (PyDict_GetItemString(dict, d->ml_name)) {
+            PyErr_Format(PyExc_ImportError, "litecomp._C: two kernel families export '%s'",
+                         d->ml_name);
+            return -1;
+        }
+    }
+    return PyModule_AddFunctions(m, defs);
+}
 
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "litecomp._C",

@@ -19,6 +19,7 @@ from . import errors, dtypes, core, random, examples  # noqa: E402
 from . import qmatmul  # noqa: E402
 from .core import tensor_stats, to_float32, TensorStats  # noqa: E402
 from . import distill  # noqa: E402
+from . import prune, sparse  # noqa: E402  (pruning and sparse storage, issue 4)
 from .errors import (  # noqa: E402
     LitecompError, ArgumentError, DTypeError, ShapeError, NonFiniteError, FormatError,
     UnsafeCheckpointError,
@@ -36,5 +37,6 @@ __all__ = [
     "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",
     "FormatError", "UnsafeCheckpointError",
     "io", "load", "save",  # not "open": `from litecomp import *` must not shadow open()
+    "prune", "sparse",
     "quant",
 ]

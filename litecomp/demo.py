@@ -55,12 +55,14 @@ def step_model(ctx: DemoContext) -> str:
 
 # (name, function).  Later capabilities append theirs: save/reload, prune+bake, quantize,
 # distill.
-from .io.demo import step_save_reload
+from .io.demo import step_save_reload  # noqa: E402
+from .prune.demo import step_prune  # noqa: E402
 from .quant.demo import step_quantize  # noqa: E402
 
 STEPS = [
     ("model", step_model),
     ("save/reload", step_save_reload),
+    ("prune", step_prune),
     ("quantize", step_quantize),
     ("distill", step_distill),
 ]

@@ -5,5 +5,6 @@ COMMANDS = [
     "info",
     "demo",
     "inspect",
+    "prune",
     "quantize",
 ]

@@ -1,0 +1,98 @@
+"""Pruning interop with torch.nn.Module: litecomp masks through torch's own prune hooks,
+masks read back from a pruned module, and the Wanda activation statistic via forward hooks.
+"""
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import prune as tprune
+
+from ..errors import ArgumentError, ShapeError
+from ..prune.scores import ActivationStats
+
+
+def _split(module, name):
+    owner_name, _, attr = name.rpartition(".")
+    try:
+        owner = module.get_submodule(owner_name) if owner_name else module
+    except AttributeError:
+        raise ArgumentError(f"masks: {name!r} names no submodule of the model") from None
+    return owner, attr
+
+
+def apply_masks(module: nn.Module, masks: dict) -> nn.Module:
+    """Prune ``module`` with litecomp masks ({"fc.weight": bool array}) through
+    ``torch.nn.utils.prune.custom_from_mask``: the module gets ``weight_orig`` +
+    ``weight_mask`` and a forward pre-hook, so fine-tuning keeps pruned weights at zero.
+    A parameter pruned before keeps its old mask too (torch combines them)."""
+    for name, mask in masks.items():
+        owner, attr = _split(module, name)
+        current = getattr(owner, attr, None)
+        if not isinstance(current, torch.Tensor):
+            raise ArgumentError(f"masks: {name!r} is not a tensor of the model")
+        m = np.asarray(mask)
+        if tuple(m.shape) != tuple(current.shape):
+            raise ShapeError(f"masks[{name!r}]: shape {m.shape} does not match the "
+                             f"parameter's {tuple(current.shape)}")
+        t = torch.from_numpy(np.ascontiguousarray(m != 0)).to(current.device)
+        tprune.custom_from_mask(owner, attr, mask=t)
+    return module
+
+
+def masks_from_module(module: nn.Module) -> dict:
+    """{"fc.weight": bool mask} for every parameter pruned through torch.nn.utils.prune."""
+    out = {}
+    for mod_name, mod in module.named_modules():
+        for buf_name, buf in mod.named_buffers(recurse=False):
+            if buf_name.endswith("_mask") and hasattr(mod, buf_name[:-5] + "_orig"):
+                key = (mod_name + "." if mod_name else "") + buf_name[:-5]
+                out[key] = (buf.detach().cpu() != 0).numpy()
+    return out
+
+
+def activation_stats(model: nn.Module, batches, layers=None) -> dict:
+    """Run ``model`` on every batch (no grad) and collect, for each Linear layer, the Wanda
+    statistic of its input: {layer name: ActivationStats} (``.mean_sq`` per input column).
+
+    batches: an iterable of model inputs (a tensor, a tuple of positional arguments, or a
+    dict of keyword arguments).  layers: names of modules to watch (default: every
+    nn.Linear).  Only layers whose forward actually ran appear (MultiheadAttention's
+    out_proj is applied inside attention without calling the module, for example).
+    """
+    from . import to_numpy
+    if layers is None:
+        watched = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    else:
+        watched = {}
+        for n in layers:
+            try:
+                watched[n] = model.get_submodule(n)
+            except AttributeError:
+                raise ArgumentError(f"layers: {n!r} is not a submodule of the model") from None
+    stats = {}
+
+    def hook_for(name):
+        def hook(mod, inputs):
+            x = inputs[0].detach()
+            if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+                x = x.float()
+            a = to_numpy(x.contiguous())
+            if name not in stats:
+                stats[name] = ActivationStats(a.shape[-1])
+            stats[name].update(a)
+        return hook
+
+    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in watched.items()]
+    try:
+        with torch.no_grad():
+            for b in batches:
+                if isinstance(b, dict):
+                    model(**b)
+                elif isinstance(b, (tuple, list)):
+                    model(*b)
+                else:
+                    model(b)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
