@@ -110,26 +110,30 @@ def _reset_peak() -> bool:
 
 
 def peak_extra_memory(fn) -> Optional[int]:
-    """Peak resident memory above the starting point while fn runs (Linux; None elsewhere).
+    """Peak resident memory above the starting point while fn runs (Linux; None elsewhere)."""
+    return run_with_peak(fn)[0]
 
-    Resets the kernel's high-water mark (clear_refs 5), runs fn once, reads VmHWM.  It sees
+
+def run_with_peak(fn):
+    """Run fn once; return (peak extra resident bytes or None, fn's result).
+
+    Resets the kernel's high-water mark (clear_refs 5), runs fn, reads VmHWM.  It sees
     every allocator (NumPy, torch, C), unlike tracemalloc.
     """
     gc.collect()
-    if not _reset_peak():
-        return None
-    before = _rss_status()
+    ok = _reset_peak()
+    before = _rss_status() if ok else None
     out = fn()
-    after = _rss_status()
-    del out
+    after = _rss_status() if ok else None
     if not before or not after:
-        return None
-    return max(0, after["VmHWM"] - before["VmRSS"])
+        return None, out
+    return max(0, after["VmHWM"] - before["VmRSS"]), out
 
 
-def time_it(fn, repeats: int) -> float:
-    """Median wall time of ``repeats`` calls after one warm-up."""
-    fn()
+def time_it(fn, repeats: int, warm: bool = False) -> float:
+    """Median wall time of ``repeats`` calls (after one warm-up call unless ``warm``)."""
+    if not warm:
+        fn()
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
@@ -167,12 +171,18 @@ def run_case(c: Case, quick: bool, bandwidth: float, threads: int) -> Result:
         anchor_name, anchor_fn = anchor
     if anchor_fn is not None:
         _set_torch_threads(threads)
-    lt = time_it(run.litecomp, repeats)
-    at = time_it(anchor_fn, repeats) if anchor_fn is not None else None
-    if run.check is not None and anchor_fn is not None:
-        run.check(run.litecomp(), anchor_fn())
-    lp = peak_extra_memory(run.litecomp)
-    ap = peak_extra_memory(anchor_fn) if anchor_fn is not None else None
+    # The first call of each side is the warm-up; it also gives the peak memory and the
+    # output the check compares, so a slow anchor runs 1 + repeats times, not more.
+    lp, lout = run_with_peak(run.litecomp)
+    lt = time_it(run.litecomp, repeats, warm=True)
+    at = ap = None
+    if anchor_fn is not None:
+        ap, aout = run_with_peak(anchor_fn)
+        at = time_it(anchor_fn, repeats, warm=True)
+        if run.check is not None:
+            run.check(lout, aout)
+        del aout
+    del lout
     roof = (run.bytes / lt / bandwidth) if run.bytes else None
     return Result(case=c.name, group=c.group, litecomp_s=lt, anchor=anchor_name,
                   anchor_s=at, ratio=(at / lt) if at is not None else None, roofline=roof,
