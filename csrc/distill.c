@@ -265,26 +265,6 @@ static int topk_row(const dparams *P, int64_t r, int64_t k, int path, int64_t *i
 }
 
 /* ------------------------------------------------------------------ Python entry points */
-static int opt_array(PyObject *o, const char *name, int code, int writeable, PyArrayObject **out) {
-    *out = NULL;
-    if (o == Py_None) return 0;
-    if (!PyArray_Check(o)) {
-        PyErr_Format(lc_ArgumentError, "%s: expected an array or None", name);
-        return -1;
-    }
-    *out = (PyArrayObject *)o;
-    return lc_check_array(*out, name, code, writeable);
-}
-
-static int check_size(PyArrayObject *a, const char *name, int64_t n) {
-    if (a && PyArray_SIZE(a) != n) {
-        PyErr_Format(lc_ShapeError, "%s: has %lld elements, expected %lld", name,
-                     (long long)PyArray_SIZE(a), (long long)n);
-        return -1;
-    }
-    return 0;
-}
-
 static PyObject *raise_bad_row(const dparams *P, int64_t r) {
     const char *who = P->row_bad[r] == 2 ? "teacher" : "student";
     PyErr_Format(lc_NonFiniteError,
@@ -329,9 +309,9 @@ static PyObject *py_distill_rows(PyObject *self, PyObject *args, PyObject *kw) {
     P.n = PyArray_DIM(s, 0); P.v = PyArray_DIM(s, 1); P.ignore = ignore;
     P.inv_t = 1.0 / temperature; P.beta = beta; P.alpha = alpha; P.tfac = tfac; P.weight = weight;
     PyArrayObject *lab, *grad;
-    if (opt_array(labels_o, "labels", LC_I64, 0, &lab) < 0 || check_size(lab, "labels", P.n) < 0 ||
-        opt_array(grad_o, "grad", f64 ? LC_F64 : LC_F32, 1, &grad) < 0 ||
-        check_size(grad, "grad", P.n * P.v) < 0 || check_size(row_loss, "row_loss", P.n) < 0)
+    if (lc_arg_optional_array(labels_o, "labels", LC_I64, 0, &lab) < 0 || lc_check_size(lab, "labels", P.n) < 0 ||
+        lc_arg_optional_array(grad_o, "grad", f64 ? LC_F64 : LC_F32, 1, &grad) < 0 ||
+        lc_check_size(grad, "grad", P.n * P.v) < 0 || lc_check_size(row_loss, "row_loss", P.n) < 0)
         return NULL;
     if (lab) {
         const int64_t *L = PyArray_DATA(lab);
@@ -399,9 +379,9 @@ static PyObject *py_distill_sparse(PyObject *self, PyObject *args, PyObject *kw)
             }
     }
     PyArrayObject *lab, *grad;
-    if (opt_array(labels_o, "labels", LC_I64, 0, &lab) < 0 || check_size(lab, "labels", P.n) < 0 ||
-        opt_array(grad_o, "grad", scode == LC_F64 ? LC_F64 : LC_F32, 1, &grad) < 0 ||
-        check_size(grad, "grad", P.n * P.v) < 0 || check_size(row_loss, "row_loss", P.n) < 0)
+    if (lc_arg_optional_array(labels_o, "labels", LC_I64, 0, &lab) < 0 || lc_check_size(lab, "labels", P.n) < 0 ||
+        lc_arg_optional_array(grad_o, "grad", scode == LC_F64 ? LC_F64 : LC_F32, 1, &grad) < 0 ||
+        lc_check_size(grad, "grad", P.n * P.v) < 0 || lc_check_size(row_loss, "row_loss", P.n) < 0)
         return NULL;
     P.labels = lab ? PyArray_DATA(lab) : NULL;
     P.grad = grad ? PyArray_DATA(grad) : NULL;

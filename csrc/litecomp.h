@@ -85,6 +85,15 @@ extern PyObject *lc_ArgumentError, *lc_DTypeError, *lc_ShapeError, *lc_NonFinite
  * mistake from ever turning into a misread. */
 int lc_check_array(PyArrayObject *a, const char *name, int code, int writeable);
 
+/* An argument that must be an ndarray passing lc_check_array: sets *out, or raises and
+ * returns -1.  The _optional form also takes None (then *out = NULL). */
+int lc_arg_array(PyObject *o, const char *name, int code, int writeable, PyArrayObject **out);
+int lc_arg_optional_array(PyObject *o, const char *name, int code, int writeable,
+                          PyArrayObject **out);
+
+/* Raises ShapeError unless `a` has exactly n elements (a NULL array passes). */
+int lc_check_size(PyArrayObject *a, const char *name, int64_t n);
+
 /* ------------------------------------------------------------------ GIL */
 #define LC_NOGIL_BEGIN Py_BEGIN_ALLOW_THREADS
 #define LC_NOGIL_END Py_END_ALLOW_THREADS

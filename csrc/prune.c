@@ -910,15 +910,6 @@ static void bake_mask(const void *x, int code, const void *m, int mcode, void *o
 }
 
 /* ------------------------------------------------------------------ Python entry points */
-static int get_array(PyObject *o, const char *name, int code, int writeable, PyArrayObject **a) {
-    if (!PyArray_Check(o)) {
-        PyErr_Format(lc_ArgumentError, "%s: expected a numpy array", name);
-        return -1;
-    }
-    *a = (PyArrayObject *)o;
-    return lc_check_array(*a, name, code, writeable);
-}
-
 static int check_same_size(PyArrayObject *a, PyArrayObject *b, const char *name) {
     if (PyArray_SIZE(a) != PyArray_SIZE(b)) {
         PyErr_Format(lc_ShapeError, "%s: has %lld elements, expected %lld", name,
@@ -948,10 +939,10 @@ static PyObject *py_select_lowest(PyObject *self, PyObject *args) {
     for (Py_ssize_t i = 0; i < nseg; i++) {
         PyArrayObject *x, *o, *e = NULL;
         PyObject *eo = PyList_GET_ITEM(es, i);
-        if (get_array(PyList_GET_ITEM(xs, i), "scores", code, 0, &x) < 0 ||
-            get_array(PyList_GET_ITEM(os, i), "out", LC_BOOL, 1, &o) < 0 ||
+        if (lc_arg_array(PyList_GET_ITEM(xs, i), "scores", code, 0, &x) < 0 ||
+            lc_arg_array(PyList_GET_ITEM(os, i), "out", LC_BOOL, 1, &o) < 0 ||
             check_same_size(o, x, "out") < 0 ||
-            (eo != Py_None && (get_array(eo, "mask", LC_BOOL, 0, &e) < 0 ||
+            (eo != Py_None && (lc_arg_array(eo, "mask", LC_BOOL, 0, &e) < 0 ||
                                check_same_size(e, x, "mask") < 0))) {
             free(segs);
             return NULL;
@@ -982,10 +973,10 @@ static PyObject *py_select_rows(PyObject *self, PyObject *args) {
     long long k;
     if (!PyArg_ParseTuple(args, "OiOOpL", &xo, &code, &eo, &oo, &absolute, &k)) return NULL;
     PyArrayObject *x, *o, *e = NULL;
-    if (get_array(xo, "scores", code, 0, &x) < 0 || get_array(oo, "out", LC_BOOL, 1, &o) < 0 ||
+    if (lc_arg_array(xo, "scores", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_BOOL, 1, &o) < 0 ||
         check_same_size(o, x, "out") < 0)
         return NULL;
-    if (eo != Py_None && (get_array(eo, "mask", LC_BOOL, 0, &e) < 0 || check_same_size(e, x, "mask") < 0))
+    if (eo != Py_None && (lc_arg_array(eo, "mask", LC_BOOL, 0, &e) < 0 || check_same_size(e, x, "mask") < 0))
         return NULL;
     if (PyArray_NDIM(x) != 2) {
         PyErr_SetString(lc_ShapeError, "scores: expected a 2-D array");
@@ -1017,7 +1008,7 @@ static PyObject *py_nm_mask(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OiOLLLLLp", &xo, &code, &oo, &outer, &L, &inner, &n, &m, &absolute))
         return NULL;
     PyArrayObject *x, *o;
-    if (get_array(xo, "scores", code, 0, &x) < 0 || get_array(oo, "out", LC_BOOL, 1, &o) < 0 ||
+    if (lc_arg_array(xo, "scores", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_BOOL, 1, &o) < 0 ||
         check_same_size(o, x, "out") < 0)
         return NULL;
     if (!key_bits(code) || code == LC_U64) return lc_raise_status(LC_ERR_DTYPE, "scores");
@@ -1045,7 +1036,7 @@ static PyObject *py_channel_norms(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OiLLLidO", &xo, &code, &outer, &C, &inner, &kind, &p, &oo))
         return NULL;
     PyArrayObject *x, *o;
-    if (get_array(xo, "x", code, 0, &x) < 0 || get_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
+    if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
     if (outer * C * inner != PyArray_SIZE(x) || PyArray_SIZE(o) != C || kind < 0 || kind > 4) {
         PyErr_SetString(lc_ShapeError, "x: geometry does not match its size");
@@ -1068,7 +1059,7 @@ static PyObject *py_block_norms(PyObject *self, PyObject *args) {
     double p;
     if (!PyArg_ParseTuple(args, "OiLLidO", &xo, &code, &br, &bc, &kind, &p, &oo)) return NULL;
     PyArrayObject *x, *o;
-    if (get_array(xo, "x", code, 0, &x) < 0 || get_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
+    if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
     if (PyArray_NDIM(x) != 2 || br < 1 || bc < 1 || kind < 0 || kind > 4) {
         PyErr_SetString(lc_ShapeError, "x: expected a 2-D array and a positive block shape");
@@ -1094,7 +1085,7 @@ static PyObject *py_accumulate_sumsq(PyObject *self, PyObject *args) {
     int code;
     if (!PyArg_ParseTuple(args, "OiO", &xo, &code, &so)) return NULL;
     PyArrayObject *x, *s;
-    if (get_array(xo, "x", code, 0, &x) < 0 || get_array(so, "sumsq", LC_F64, 1, &s) < 0) return NULL;
+    if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(so, "sumsq", LC_F64, 1, &s) < 0) return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
     if (PyArray_NDIM(x) != 2 || PyArray_SIZE(s) != PyArray_DIM(x, 1)) {
         PyErr_SetString(lc_ShapeError, "x: expected [rows, cols] matching sumsq");
@@ -1142,8 +1133,8 @@ static PyObject *py_bake_mask(PyObject *self, PyObject *args) {
     int code, mcode;
     if (!PyArg_ParseTuple(args, "OiOiO", &xo, &code, &mo, &mcode, &oo)) return NULL;
     PyArrayObject *x, *m, *o;
-    if (get_array(xo, "x", code, 0, &x) < 0 || get_array(mo, "mask", mcode, 0, &m) < 0 ||
-        get_array(oo, "out", code, 1, &o) < 0 || check_same_size(m, x, "mask") < 0 ||
+    if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(mo, "mask", mcode, 0, &m) < 0 ||
+        lc_arg_array(oo, "out", code, 1, &o) < 0 || check_same_size(m, x, "mask") < 0 ||
         check_same_size(o, x, "out") < 0)
         return NULL;
     if (code < LC_F32 || code > LC_BF16 || mcode < LC_F32 || mcode > LC_BF16)

@@ -738,7 +738,6 @@ static lc_status nf4_linear(const nf4_weights *w, const float *x, int64_t M, flo
 }
 
 /* ================================================================== Python entry points */
-#define ARR(o) ((PyArrayObject *)(o))
 
 static int want_path(int path) {
     if (path == PATH_AUTO) return auto_path();
@@ -747,15 +746,6 @@ static int want_path(int path) {
         return -2;
     }
     return path;
-}
-
-static int check_len(PyArrayObject *a, const char *name, int64_t n) {
-    if (PyArray_SIZE(a) != n) {
-        PyErr_Format(lc_ShapeError, "%s: expected %lld elements, got %lld", name, (long long)n,
-                     (long long)PyArray_SIZE(a));
-        return -1;
-    }
-    return 0;
 }
 
 static PyObject *py_i8_pack(PyObject *self, PyObject *args) {
@@ -769,7 +759,7 @@ static PyObject *py_i8_pack(PyObject *self, PyObject *args) {
         return NULL;
     if (PyArray_NDIM(W) != 2) { PyErr_SetString(lc_ShapeError, "weight: expected [N, K]"); return NULL; }
     int64_t N = PyArray_DIM(W, 0), K = PyArray_DIM(W, 1), K4 = (K + 3) / 4, T = (N + NT - 1) / NT;
-    if (check_len(wp, "packed", T * K4 * 64) < 0 || check_len(rowsum, "rowsum", T * NT) < 0) return NULL;
+    if (lc_check_size(wp, "packed", T * K4 * 64) < 0 || lc_check_size(rowsum, "rowsum", T * NT) < 0) return NULL;
     const int8_t *w = PyArray_DATA(W);
     int8_t *p = PyArray_DATA(wp);
     int32_t *rs = PyArray_DATA(rowsum);
@@ -802,16 +792,15 @@ static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
     int64_t T = (N + NT - 1) / NT, K4 = (K + 3) / 4;
     if (PyArray_SIZE(x) % K) { PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features"); return NULL; }
     int64_t M = PyArray_SIZE(x) / K;
-    if (check_len(wp, "packed", T * K4 * 64) < 0 || check_len(rowsum, "rowsum", T * NT) < 0 ||
-        check_len(sw, "scales", T * NT) < 0 || check_len(out, "out", M * N) < 0)
+    if (lc_check_size(wp, "packed", T * K4 * 64) < 0 || lc_check_size(rowsum, "rowsum", T * NT) < 0 ||
+        lc_check_size(sw, "scales", T * NT) < 0 || lc_check_size(out, "out", M * N) < 0)
         return NULL;
     const float *b = NULL;
-    if (bias != Py_None) {
-        if (!PyArray_Check(bias) || lc_check_array(ARR(bias), "bias", LC_F32, 0) < 0 ||
-            check_len(ARR(bias), "bias", N) < 0)
-            return NULL;
-        b = PyArray_DATA(ARR(bias));
-    }
+    PyArrayObject *bias_a;
+    if (lc_arg_optional_array(bias, "bias", LC_F32, 0, &bias_a) < 0 ||
+        lc_check_size(bias_a, "bias", N) < 0)
+        return NULL;
+    b = bias_a ? PyArray_DATA(bias_a) : NULL;
     i8_weights w = {PyArray_DATA(wp), PyArray_DATA(rowsum), PyArray_DATA(sw), b, N, K, K4, T};
     const float *xp = PyArray_DATA(x);
     float *yp = PyArray_DATA(out);
@@ -833,7 +822,7 @@ static PyObject *py_blk_pack(PyObject *self, PyObject *args) {
     if (PyArray_NDIM(Q) != 2) { PyErr_SetString(lc_ShapeError, "codes: expected [N, K]"); return NULL; }
     int64_t N = PyArray_DIM(Q, 0), K = PyArray_DIM(Q, 1);
     int64_t KB = (K + QBLK - 1) / QBLK, T = (N + NT - 1) / NT;
-    if (check_len(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0) return NULL;
+    if (lc_check_size(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0) return NULL;
     const uint8_t *q = PyArray_DATA(Q);
     uint8_t *p = PyArray_DATA(wp);
     LC_NOGIL_BEGIN
@@ -871,23 +860,21 @@ static PyObject *py_blk_linear(PyObject *self, PyObject *args, PyObject *kw) {
     int64_t KB = (K + QBLK - 1) / QBLK, T = (N + NT - 1) / NT, G = (K + gs - 1) / gs;
     if (PyArray_SIZE(x) % K) { PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features"); return NULL; }
     int64_t M = PyArray_SIZE(x) / K;
-    if (check_len(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0 ||
-        check_len(s, "scales", T * G * NT) < 0 || check_len(z, "zeros", T * G * NT) < 0 ||
-        check_len(out, "out", M * N) < 0)
+    if (lc_check_size(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0 ||
+        lc_check_size(s, "scales", T * G * NT) < 0 || lc_check_size(z, "zeros", T * G * NT) < 0 ||
+        lc_check_size(out, "out", M * N) < 0)
         return NULL;
     const float *mp = NULL, *bp = NULL;
-    if (m != Py_None) {
-        if (!PyArray_Check(m) || lc_check_array(ARR(m), "offsets", LC_F32, 0) < 0 ||
-            check_len(ARR(m), "offsets", T * G * NT) < 0)
-            return NULL;
-        mp = PyArray_DATA(ARR(m));
-    }
-    if (bias != Py_None) {
-        if (!PyArray_Check(bias) || lc_check_array(ARR(bias), "bias", LC_F32, 0) < 0 ||
-            check_len(ARR(bias), "bias", N) < 0)
-            return NULL;
-        bp = PyArray_DATA(ARR(bias));
-    }
+    PyArrayObject *m_a;
+    if (lc_arg_optional_array(m, "offsets", LC_F32, 0, &m_a) < 0 ||
+        lc_check_size(m_a, "offsets", T * G * NT) < 0)
+        return NULL;
+    mp = m_a ? PyArray_DATA(m_a) : NULL;
+    PyArrayObject *bias_a;
+    if (lc_arg_optional_array(bias, "bias", LC_F32, 0, &bias_a) < 0 ||
+        lc_check_size(bias_a, "bias", N) < 0)
+        return NULL;
+    bp = bias_a ? PyArray_DATA(bias_a) : NULL;
     blk_weights w = {PyArray_DATA(wp), PyArray_DATA(s), PyArray_DATA(z), mp, bp,
                      N, K, KB, T, G, gs, bits};
     const float *xp = PyArray_DATA(x);
@@ -921,16 +908,15 @@ static PyObject *py_nf4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     int64_t T = (N + NT - 1) / NT, NB = (K + bs - 1) / bs;
     if (PyArray_SIZE(x) % K) { PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features"); return NULL; }
     int64_t M = PyArray_SIZE(x) / K;
-    if (check_len(wp, "packed", T * K * 8) < 0 || check_len(absmax, "absmax", T * NB * NT) < 0 ||
-        check_len(table, "table", 16) < 0 || check_len(out, "out", M * N) < 0)
+    if (lc_check_size(wp, "packed", T * K * 8) < 0 || lc_check_size(absmax, "absmax", T * NB * NT) < 0 ||
+        lc_check_size(table, "table", 16) < 0 || lc_check_size(out, "out", M * N) < 0)
         return NULL;
     const float *bp = NULL;
-    if (bias != Py_None) {
-        if (!PyArray_Check(bias) || lc_check_array(ARR(bias), "bias", LC_F32, 0) < 0 ||
-            check_len(ARR(bias), "bias", N) < 0)
-            return NULL;
-        bp = PyArray_DATA(ARR(bias));
-    }
+    PyArrayObject *bias_a;
+    if (lc_arg_optional_array(bias, "bias", LC_F32, 0, &bias_a) < 0 ||
+        lc_check_size(bias_a, "bias", N) < 0)
+        return NULL;
+    bp = bias_a ? PyArray_DATA(bias_a) : NULL;
     nf4_weights w = {PyArray_DATA(wp), PyArray_DATA(absmax), PyArray_DATA(table), bp, N, K, T, NB, bs};
     const float *xp = PyArray_DATA(x);
     float *yp = PyArray_DATA(out);

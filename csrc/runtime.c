@@ -60,6 +60,36 @@ int lc_check_array(PyArrayObject *a, const char *name, int code, int writeable) 
     return 0;
 }
 
+int lc_arg_array(PyObject *o, const char *name, int code, int writeable, PyArrayObject **out) {
+    if (!PyArray_Check(o)) {
+        PyErr_Format(lc_ArgumentError, "%s: expected a numpy array", name);
+        return -1;
+    }
+    *out = (PyArrayObject *)o;
+    return lc_check_array(*out, name, code, writeable);
+}
+
+int lc_arg_optional_array(PyObject *o, const char *name, int code, int writeable,
+                          PyArrayObject **out) {
+    *out = NULL;
+    if (o == Py_None) return 0;
+    if (!PyArray_Check(o)) {
+        PyErr_Format(lc_ArgumentError, "%s: expected an array or None", name);
+        return -1;
+    }
+    *out = (PyArrayObject *)o;
+    return lc_check_array(*out, name, code, writeable);
+}
+
+int lc_check_size(PyArrayObject *a, const char *name, int64_t n) {
+    if (a && PyArray_SIZE(a) != n) {
+        PyErr_Format(lc_ShapeError, "%s: has %lld elements, expected %lld", name,
+                     (long long)PyArray_SIZE(a), (long long)n);
+        return -1;
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ threads */
 static int g_threads = 1;
 

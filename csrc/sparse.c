@@ -210,15 +210,6 @@ static void bitmask_scatter(const uint8_t *compressed, int isz, int64_t rows, in
 }
 
 /* ------------------------------------------------------------------ Python entry points */
-static int arr(PyObject *o, const char *name, int code, int writeable, PyArrayObject **a) {
-    if (!PyArray_Check(o)) {
-        PyErr_Format(lc_ArgumentError, "%s: expected a numpy array", name);
-        return -1;
-    }
-    *a = (PyArrayObject *)o;
-    return lc_check_array(*a, name, code, writeable);
-}
-
 /* A contiguous array of 1/2/4/8-byte items (any dtype), for raw copies. */
 static int raw_arr(PyObject *o, const char *name, int writeable, PyArrayObject **a, int *isz) {
     if (!PyArray_Check(o)) {
@@ -235,15 +226,6 @@ static int raw_arr(PyObject *o, const char *name, int writeable, PyArrayObject *
     return 0;
 }
 
-static int check_size(PyArrayObject *a, int64_t want, const char *name) {
-    if (PyArray_SIZE(a) != want) {
-        PyErr_Format(lc_ShapeError, "%s: has %lld elements, expected %lld", name,
-                     (long long)PyArray_SIZE(a), (long long)want);
-        return -1;
-    }
-    return 0;
-}
-
 /* pack_bits(a bool [rows*cols], out uint8 [rows*ceil(cols/8)], rows, cols) */
 static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
     (void)self;
@@ -251,8 +233,8 @@ static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
     long long rows, cols;
     if (!PyArg_ParseTuple(args, "OOLL", &ao, &oo, &rows, &cols)) return NULL;
     PyArrayObject *a, *o;
-    if (arr(ao, "mask", LC_BOOL, 0, &a) < 0 || arr(oo, "out", LC_U8, 1, &o) < 0 ||
-        check_size(a, rows * cols, "mask") < 0 || check_size(o, rows * row_bytes(cols), "out") < 0)
+    if (lc_arg_array(ao, "mask", LC_BOOL, 0, &a) < 0 || lc_arg_array(oo, "out", LC_U8, 1, &o) < 0 ||
+        lc_check_size(a, "mask", rows * cols) < 0 || lc_check_size(o, "out", rows * row_bytes(cols)) < 0)
         return NULL;
     const uint8_t *ap = PyArray_DATA(a);
     uint8_t *op = PyArray_DATA(o);
@@ -269,8 +251,8 @@ static PyObject *py_unpack_bits(PyObject *self, PyObject *args) {
     long long rows, cols;
     if (!PyArg_ParseTuple(args, "OOLL", &po, &oo, &rows, &cols)) return NULL;
     PyArrayObject *p, *o;
-    if (arr(po, "packed", LC_U8, 0, &p) < 0 || arr(oo, "out", LC_BOOL, 1, &o) < 0 ||
-        check_size(p, rows * row_bytes(cols), "packed") < 0 || check_size(o, rows * cols, "out") < 0)
+    if (lc_arg_array(po, "packed", LC_U8, 0, &p) < 0 || lc_arg_array(oo, "out", LC_BOOL, 1, &o) < 0 ||
+        lc_check_size(p, "packed", rows * row_bytes(cols)) < 0 || lc_check_size(o, "out", rows * cols) < 0)
         return NULL;
     const uint8_t *pp = PyArray_DATA(p);
     uint8_t *op = PyArray_DATA(o);
@@ -287,8 +269,8 @@ static PyObject *py_count_bits(PyObject *self, PyObject *args) {
     long long rows, cols;
     if (!PyArg_ParseTuple(args, "OLLO", &po, &rows, &cols, &co)) return NULL;
     PyArrayObject *p, *c;
-    if (arr(po, "packed", LC_U8, 0, &p) < 0 || arr(co, "counts", LC_I64, 1, &c) < 0 ||
-        check_size(p, rows * row_bytes(cols), "packed") < 0 || check_size(c, rows, "counts") < 0)
+    if (lc_arg_array(po, "packed", LC_U8, 0, &p) < 0 || lc_arg_array(co, "counts", LC_I64, 1, &c) < 0 ||
+        lc_check_size(p, "packed", rows * row_bytes(cols)) < 0 || lc_check_size(c, "counts", rows) < 0)
         return NULL;
     const uint8_t *pp = PyArray_DATA(p);
     int64_t *cp = PyArray_DATA(c);
@@ -312,9 +294,9 @@ static PyObject *py_bitmask_encode(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OLLpOO", &xo, &rows, &cols, &is_float, &bo, &co)) return NULL;
     PyArrayObject *x, *b, *c;
     int isz;
-    if (raw_arr(xo, "x", 0, &x, &isz) < 0 || arr(bo, "bitmask", LC_U8, 1, &b) < 0 ||
-        arr(co, "counts", LC_I64, 1, &c) < 0 || check_size(x, rows * cols, "x") < 0 ||
-        check_size(b, rows * row_bytes(cols), "bitmask") < 0 || check_size(c, rows, "counts") < 0)
+    if (raw_arr(xo, "x", 0, &x, &isz) < 0 || lc_arg_array(bo, "bitmask", LC_U8, 1, &b) < 0 ||
+        lc_arg_array(co, "counts", LC_I64, 1, &c) < 0 || lc_check_size(x, "x", rows * cols) < 0 ||
+        lc_check_size(b, "bitmask", rows * row_bytes(cols)) < 0 || lc_check_size(c, "counts", rows) < 0)
         return NULL;
     const uint8_t *xp = PyArray_DATA(x);
     uint8_t *bp = PyArray_DATA(b);
@@ -367,9 +349,9 @@ static PyObject *py_bitmask_gather(PyObject *self, PyObject *args) {
     PyArrayObject *x, *b, *f, *o;
     int isz, osz;
     if (raw_arr(xo, "x", 0, &x, &isz) < 0 || raw_arr(oo, "compressed", 1, &o, &osz) < 0 ||
-        arr(bo, "bitmask", LC_U8, 0, &b) < 0 || arr(fo, "row_offsets", LC_I64, 0, &f) < 0 ||
-        check_size(x, rows * cols, "x") < 0 || check_size(b, rows * row_bytes(cols), "bitmask") < 0 ||
-        check_size(f, rows, "row_offsets") < 0)
+        lc_arg_array(bo, "bitmask", LC_U8, 0, &b) < 0 || lc_arg_array(fo, "row_offsets", LC_I64, 0, &f) < 0 ||
+        lc_check_size(x, "x", rows * cols) < 0 || lc_check_size(b, "bitmask", rows * row_bytes(cols)) < 0 ||
+        lc_check_size(f, "row_offsets", rows) < 0)
         return NULL;
     if (osz != isz) {
         PyErr_SetString(lc_DTypeError, "compressed: item size differs from x");
@@ -395,9 +377,9 @@ static PyObject *py_bitmask_scatter(PyObject *self, PyObject *args) {
     PyArrayObject *v, *b, *f, *o;
     int isz, osz;
     if (raw_arr(vo, "compressed", 0, &v, &isz) < 0 || raw_arr(oo, "out", 1, &o, &osz) < 0 ||
-        arr(bo, "bitmask", LC_U8, 0, &b) < 0 || arr(fo, "row_offsets", LC_I64, 0, &f) < 0 ||
-        check_size(o, rows * cols, "out") < 0 || check_size(b, rows * row_bytes(cols), "bitmask") < 0 ||
-        check_size(f, rows, "row_offsets") < 0)
+        lc_arg_array(bo, "bitmask", LC_U8, 0, &b) < 0 || lc_arg_array(fo, "row_offsets", LC_I64, 0, &f) < 0 ||
+        lc_check_size(o, "out", rows * cols) < 0 || lc_check_size(b, "bitmask", rows * row_bytes(cols)) < 0 ||
+        lc_check_size(f, "row_offsets", rows) < 0)
         return NULL;
     if (osz != isz) {
         PyErr_SetString(lc_DTypeError, "out: item size differs from compressed");

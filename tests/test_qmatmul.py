@@ -295,3 +295,17 @@ def test_quant_linear_gguf_and_errors():
         Q.linear(x, Q.quantize(rand((2, 4, 64)), 8))
     with pytest.raises(litecomp.ArgumentError, match="shape: needed"):
         Q.linear(x, d, qtype="Q8_0")
+
+
+def test_c_entry_points_reject_a_non_array_bias():
+    """Bypassing the Python layer with a list for bias is an ArgumentError, not a
+    SystemError or a misread."""
+    from litecomp import _C
+    with pytest.raises(litecomp.ArgumentError, match="bias: expected an array or None"):
+        _C.qmm_i8_linear(np.zeros((1, 4), np.float32), np.zeros(64, np.int8),
+                         np.zeros(16, np.int32), np.zeros(16, np.float32), [1.0],
+                         np.zeros((1, 1), np.float32), 1, 4)
+    with pytest.raises(litecomp.ShapeError, match="bias: has 2 elements, expected 1"):
+        _C.qmm_i8_linear(np.zeros((1, 4), np.float32), np.zeros(64, np.int8),
+                         np.zeros(16, np.int32), np.zeros(16, np.float32),
+                         np.zeros(2, np.float32), np.zeros((1, 1), np.float32), 1, 4)
