@@ -42,6 +42,7 @@
 #define NT 16          /* channels per tile */
 #define QBLK 32        /* activation block of the blk kernels */
 #define MAX_K 65536    /* keeps every int32 accumulation exact */
+#define PF_DIST 2048   /* software prefetch distance of the block kernels, bytes */
 #define ROW_CHUNK 64   /* i8 work item: up to 64 rows x 4 tiles, a fixed 2-D grid */
 #define TILE_CHUNK 4
 
@@ -413,7 +414,8 @@ static void i8_pack(const int8_t *W, int64_t N, int64_t K, int64_t K4, int64_t T
 typedef struct {
     const uint8_t *wp;   /* packed codes */
     const float *s;      /* [T][G][16] */
-    const int32_t *z;    /* [T][G][16] */
+    const int32_t *z;    /* [T][G][16], or one value for every group when zuni */
+    int zuni;            /* symmetric codes (z = 8, 128 for Q8_0): no z stream to read */
     const float *m;      /* [T][G][16] or NULL */
     const float *bias;
     int64_t N, K, KB, T, G, gs; /* KB = 32-blocks along K (padded), G groups, gs group size */
@@ -476,7 +478,7 @@ static void blk_tile_scalar(const blk_weights *w, const blk_act *a, int64_t t, f
             for (int64_t b = g * bpg; b < b1; b++) {
                 int32_t isum = 0;
                 for (int k = 0; k < QBLK; k++) isum += blk_code(w, t, b, j, k) * a->xq[b * QBLK + k];
-                isum -= w->z[pi] * a->sxq[b];
+                isum -= w->z[w->zuni ? 0 : pi] * a->sxq[b];
                 A = A + a->dx[b] * (float)isum;
             }
             y = y + w->s[pi] * A;
@@ -494,7 +496,7 @@ LC_TARGET_AVX512_VNNI static void blk_tile_avx512vnni(const blk_weights *w, cons
     __m512 y = _mm512_setzero_ps();
     for (int64_t g = 0; g < w->G; g++) {
         int64_t pi = (t * w->G + g) * NT;
-        __m512i z = _mm512_loadu_si512(w->z + pi);
+        __m512i z = w->zuni ? _mm512_set1_epi32(w->z[0]) : _mm512_loadu_si512(w->z + pi);
         __m512 A = _mm512_setzero_ps();
         int64_t b1 = (g + 1) * bpg < w->KB ? (g + 1) * bpg : w->KB;
         for (int64_t b = g * bpg; b < b1; b++) {
@@ -502,6 +504,12 @@ LC_TARGET_AVX512_VNNI static void blk_tile_avx512vnni(const blk_weights *w, cons
             __m512i acc = _mm512_setzero_si512();
             if (w->bits == 4) {
                 const uint8_t *p = w->wp + (t * w->KB + b) * 256;
+                /* One core keeps few lines in flight on its own; asking PF_DIST bytes ahead
+                 * lets a GEMV stream weights near the memory bandwidth. */
+                _mm_prefetch((const char *)(p + PF_DIST), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + PF_DIST + 64), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + PF_DIST + 128), _MM_HINT_T0);
+                _mm_prefetch((const char *)(p + PF_DIST + 192), _MM_HINT_T0);
                 for (int c = 0; c < 4; c++) {
                     __m512i v = _mm512_loadu_si512(p + c * 64);
                     __m512i lo = _mm512_and_si512(v, lo4);
@@ -511,6 +519,7 @@ LC_TARGET_AVX512_VNNI static void blk_tile_avx512vnni(const blk_weights *w, cons
                 }
             } else {
                 const uint8_t *p = w->wp + (t * w->KB + b) * 512;
+                for (int c = 0; c < 8; c++) _mm_prefetch((const char *)(p + PF_DIST + 64 * c), _MM_HINT_T0);
                 for (int c = 0; c < 8; c++)
                     acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(p + c * 64),
                                               _mm512_set1_epi32(load_i32(xb + 4 * c)));
@@ -536,8 +545,8 @@ LC_TARGET_AVX2 static void blk_tile_avx2(const blk_weights *w, const blk_act *a,
     __m256 y0 = _mm256_setzero_ps(), y1 = y0;
     for (int64_t g = 0; g < w->G; g++) {
         int64_t pi = (t * w->G + g) * NT;
-        __m256i z0 = _mm256_loadu_si256((const __m256i *)(w->z + pi));
-        __m256i z1 = _mm256_loadu_si256((const __m256i *)(w->z + pi + 8));
+        __m256i z0 = w->zuni ? _mm256_set1_epi32(w->z[0]) : _mm256_loadu_si256((const __m256i *)(w->z + pi));
+        __m256i z1 = w->zuni ? z0 : _mm256_loadu_si256((const __m256i *)(w->z + pi + 8));
         __m256 A0 = _mm256_setzero_ps(), A1 = A0;
         int64_t b1 = (g + 1) * bpg < w->KB ? (g + 1) * bpg : w->KB;
         for (int64_t b = g * bpg; b < b1; b++) {
@@ -545,6 +554,7 @@ LC_TARGET_AVX2 static void blk_tile_avx2(const blk_weights *w, const blk_act *a,
             __m256i c0 = _mm256_setzero_si256(), c1 = c0;
             if (w->bits == 4) {
                 const uint8_t *p = w->wp + (t * w->KB + b) * 256;
+                for (int c = 0; c < 4; c++) _mm_prefetch((const char *)(p + PF_DIST + 64 * c), _MM_HINT_T0);
                 for (int c = 0; c < 4; c++) {
                     __m256i xl = _mm256_set1_epi32(load_i32(xb + 4 * c));
                     __m256i xh = _mm256_set1_epi32(load_i32(xb + 16 + 4 * c));
@@ -560,6 +570,7 @@ LC_TARGET_AVX2 static void blk_tile_avx2(const blk_weights *w, const blk_act *a,
                 }
             } else {
                 const uint8_t *p = w->wp + (t * w->KB + b) * 512;
+                for (int c = 0; c < 8; c++) _mm_prefetch((const char *)(p + PF_DIST + 64 * c), _MM_HINT_T0);
                 for (int c = 0; c < 8; c++) {
                     __m256i xs = _mm256_cvtepi8_epi16(_mm_set1_epi32(load_i32(xb + 4 * c)));
                     __m256i part[4];
@@ -861,7 +872,8 @@ static PyObject *py_blk_linear(PyObject *self, PyObject *args, PyObject *kw) {
     if (PyArray_SIZE(x) % K) { PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features"); return NULL; }
     int64_t M = PyArray_SIZE(x) / K;
     if (lc_check_size(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0 ||
-        lc_check_size(s, "scales", T * G * NT) < 0 || lc_check_size(z, "zeros", T * G * NT) < 0 ||
+        lc_check_size(s, "scales", T * G * NT) < 0 ||
+        (PyArray_SIZE(z) != 1 && lc_check_size(z, "zeros", T * G * NT) < 0) ||
         lc_check_size(out, "out", M * N) < 0)
         return NULL;
     const float *mp = NULL, *bp = NULL;
@@ -875,8 +887,8 @@ static PyObject *py_blk_linear(PyObject *self, PyObject *args, PyObject *kw) {
         lc_check_size(bias_a, "bias", N) < 0)
         return NULL;
     bp = bias_a ? PyArray_DATA(bias_a) : NULL;
-    blk_weights w = {PyArray_DATA(wp), PyArray_DATA(s), PyArray_DATA(z), mp, bp,
-                     N, K, KB, T, G, gs, bits};
+    blk_weights w = {PyArray_DATA(wp), PyArray_DATA(s), PyArray_DATA(z), PyArray_SIZE(z) == 1,
+                     mp, bp, N, K, KB, T, G, gs, bits};
     const float *xp = PyArray_DATA(x);
     float *yp = PyArray_DATA(out);
     lc_status st;

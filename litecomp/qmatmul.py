@@ -204,7 +204,8 @@ class BlockLinear(_Layer):
         self._packed = np.empty(t * kb * (256 if bits == 4 else 512), np.uint8)
         _C.qmm_blk_pack(q, self._packed, bits)
         self._s = self._tile_params(s, t)
-        self._z = self._tile_params(z, t)
+        # one zero point for every group (symmetric codes): the kernel reads no z stream
+        self._z = z.reshape(-1)[:1].copy() if (z == z.flat[0]).all() else self._tile_params(z, t)
         self._m = self._tile_params(m, t) if m is not None else None
 
     @staticmethod

@@ -19,7 +19,8 @@ def exact(a, b):
 
 # ------------------------------------------------------------------ int8 dynamic
 @pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 17, 3), (2, 16, 4), (3, 15, 5), (5, 64, 31),
-                                   (17, 65, 33), (64, 100, 100), (65, 33, 257), (130, 70, 64)])
+                                   (17, 65, 33), (64, 100, 100), (65, 33, 257), (130, 70, 64),
+                                   (512, 20, 40)])
 @pytest.mark.parametrize("bias", [False, True])
 def test_int8_every_path_equals_reference(M, N, K, bias):
     W = rand((N, K), 1)
