@@ -49,10 +49,10 @@ def _int8_case(N, K, M, anchor_kind):
 
 for N, K in SHAPES:
     for M in (1, 16, 128):
-        case(f"int8 linear {N}x{K} M={M}", group="qmatmul")(
+        case(f"int8 linear {N}x{K} M={M}", group="qmatmul", repeats=25)(
             _int8_case(N, K, M, "quantize_dynamic int8"))
     for M in (1, 128):
-        case(f"int8 linear {N}x{K} M={M} (vs fp32)", group="qmatmul")(
+        case(f"int8 linear {N}x{K} M={M} (vs fp32)", group="qmatmul", repeats=25)(
             _int8_case(N, K, M, "float32 F.linear"))
 
 
@@ -111,6 +111,7 @@ def _copy(layer):
 
 
 for kind in ("int4 g128", "gguf Q4_0", "nf4"):
-    case(f"4-bit GEMV {kind} 4096x11008 M=1 cold", group="qmatmul")(_gemv_case(kind, True))
+    case(f"4-bit GEMV {kind} 4096x11008 M=1 cold", group="qmatmul", repeats=25)(
+        _gemv_case(kind, True))
 case("4-bit GEMV int4 g128 4096x11008 M=1 hot (L3)", group="qmatmul")(
     _gemv_case("int4 g128", False))
