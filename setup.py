@@ -77,7 +77,7 @@ class BuildExt(build_ext):
                     "-fno-math-errno", "-fvisibility=hidden",
                 ]
                 if _flag("LITECOMP_MARCH_NATIVE"):
-                    ext.extra_compile_args.append("-march=native")
+                    ext.extra_compile_args.append("-march=native")  # LITECOMP_MARCH_NATIVE=1 only
             omp = None if _flag("LITECOMP_NO_OPENMP") else (
                 _openmp_flags(cc) if unix else (["/openmp"], []))
             if omp:

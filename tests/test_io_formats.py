@@ -160,7 +160,7 @@ def test_shards(tmp_path, suffix):
     # fewer shards on a second save: the stale ones go
     index2 = litecomp.save(sd, tmp_path / f"{stem}{suffix}", max_shard_size="300KB")
     files2 = set(json.loads(open(index2).read())["weight_map"].values())
-    assert 1 < len(files2) < n
+    assert len(files2) > 1 and len(files2) < n
     assert {f for f in os.listdir(tmp_path) if f.startswith(stem + "-")} == files2
     # everything fits: one plain file, no index (as transformers does), old shards gone
     one = litecomp.save(sd, tmp_path / f"{stem}{suffix}", max_shard_size="1GB")
