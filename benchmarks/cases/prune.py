@@ -86,10 +86,10 @@ def global_small(quick):
 
 
 @case("global_unstructured 50%, full example model weights (126M)", group="prune",
-      repeats=1)
+      repeats=3)
 def global_full(quick):
-    # torch takes about 45 s and 6.6 GB here: one warm-up (which also gives its peak memory)
-    # and one timed call.
+    # torch takes 15-45 s and 6.6 GB here: one warm-up (which also gives its peak memory)
+    # and three timed calls, about a minute in all.
     sd = litecomp.examples.tiny_decoder_lm() if quick else litecomp.examples.decoder_lm()
     return _global_case(sd)
 
