@@ -33,7 +33,7 @@ static lc_status blockwise4(const void *x, int code, int64_t n, int64_t block, c
                             const uint8_t *perm, uint8_t *out, float *absmax) {
     int64_t nb = lc_nblocks(n, block);
     int bad = 0;
-    LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16) reduction(|:bad))
+    LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16) reduction(|:bad))
     for (int64_t b = 0; b < nb; b++) {
         int64_t s = b * block, len = n - s < block ? n - s : block;
         float buf[1024];
@@ -66,7 +66,7 @@ static lc_status blockwise4(const void *x, int code, int64_t n, int64_t block, c
 static void blockwise4_dequant(const uint8_t *q, int64_t n, int64_t block, const float *codes,
                                const float *absmax, float *y) {
     int64_t nb = lc_nblocks(n, block);
-    LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16))
     for (int64_t b = 0; b < nb; b++) {
         int64_t s = b * block, len = n - s < block ? n - s : block;
         float am = absmax[b];
@@ -85,7 +85,7 @@ static lc_status kmeans_assign(const float *x, int64_t n, const float *mids, int
     double *ps = calloc((size_t)(nt ? nt : 1) * (size_t)k, sizeof(double));
     int64_t *pc = calloc((size_t)(nt ? nt : 1) * (size_t)k, sizeof(int64_t));
     if (!ps || !pc) { free(ps); free(pc); return LC_ERR_NOMEM; }
-    LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16))
     for (int64_t t = 0; t < nt; t++) {
         int64_t s = t * LC_BLOCK, e = n - s < LC_BLOCK ? n : s + LC_BLOCK;
         double *S = ps + t * k;

@@ -624,7 +624,7 @@ static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const g
     int (*simd)(const float *, void *) = NULL;
     if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX512) simd = f->quantize_avx512;
     else if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX2) simd = f->quantize_avx2;
-    LC_OMP(parallel for num_threads(lc_team(nblocks * f->block)) schedule(dynamic, 16) reduction(|:bad))
+    LC_OMP(parallel for num_threads(lc_threads_for(nblocks * f->block)) schedule(dynamic, 16) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
         float buf[QK_K];
         int64_t b1 = (t + 1) * TASK_BLOCKS < nblocks ? (t + 1) * TASK_BLOCKS : nblocks;
@@ -646,7 +646,7 @@ static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const g
 
 static void gguf_dequantize(const uint8_t *data, int64_t nblocks, const gguf_format *f, float *y) {
     int64_t ntasks = lc_nblocks(nblocks, TASK_BLOCKS);
-    LC_OMP(parallel for num_threads(lc_team(nblocks * f->block)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(nblocks * f->block)) schedule(dynamic, 16))
     for (int64_t t = 0; t < ntasks; t++) {
         int64_t b1 = (t + 1) * TASK_BLOCKS < nblocks ? (t + 1) * TASK_BLOCKS : nblocks;
         for (int64_t b = t * TASK_BLOCKS; b < b1; b++)

@@ -23,6 +23,7 @@
 #define PY_ARRAY_UNIQUE_SYMBOL litecomp_ARRAY_API
 #include <numpy/arrayobject.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -105,9 +106,14 @@ int lc_check_size(PyArrayObject *a, const char *name, int64_t n);
 int lc_threads(void);
 void lc_set_threads(int n);
 
-/* Threads for a job of `work` elementary operations: one thread below ~1M, where waking a
- * team costs more than it saves (and, on a busy machine, can stall for a scheduler tick). */
-static inline int lc_threads_for(int64_t work) { return work < ((int64_t)1 << 20) ? 1 : lc_threads(); }
+/* Threads for a parallel loop over `work` elements (or multiply-adds): small jobs stay on the
+ * calling thread.  Waking the team costs microseconds on an idle machine but can cost a
+ * scheduler slice (milliseconds) on a busy one.  Results never depend on it (fixed blocks,
+ * fixed reduction order). */
+#define LC_PARALLEL_MIN ((int64_t)1 << 18)
+static inline int lc_threads_for(int64_t work) {
+    return work >= LC_PARALLEL_MIN ? lc_threads() : 1;
+}
 
 #define LC_BLOCK ((int64_t)1 << 16) /* elements per work block; fixed, never per-thread */
 static inline int64_t lc_nblocks(int64_t n, int64_t block) { return (n + block - 1) / block; }
@@ -157,6 +163,20 @@ static inline uint16_t lc_f32_to_bf16(float f) {
     return (uint16_t)(u >> 16);
 }
 
+/* float32 -> IEEE binary16, round to nearest even; overflow -> inf; NaN stays NaN. */
+static inline uint16_t lc_f32_to_f16(float f) {
+    uint32_t u = lc_f32_bits(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
+    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* >= 65520 rounds to inf */
+    if (a < 0x38800000u) {                                     /* below 2^-14: subnormal */
+        /* value / 2^-24, rounded to nearest even, is the subnormal code (0..1024). */
+        float scaled = lc_bits_f32(a) * 16777216.0f; /* exact: power of two */
+        return (uint16_t)(sign | (uint32_t)nearbyintf(scaled));
+    }
+    uint32_t r = a + 0xfffu + ((a >> 13) & 1u); /* RNE on the 13 dropped bits */
+    return (uint16_t)(sign | ((r - 0x38000000u) >> 13));
+}
+
 /* IEEE binary16 -> binary32, exact (subnormals, inf, NaN payload kept). */
 static inline float lc_f16_to_f32(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
@@ -173,6 +193,14 @@ static inline float lc_f16_to_f32(uint16_t h) {
         u = sign | lc_f32_bits(f);
     }
     return lc_bits_f32(u);
+}
+
+/* nearbyintf (round half to even) without a libm call: adding and subtracting 1.5 * 2^23
+ * rounds exactly for |v| < 2^22; larger values take the library path.  (-0.5 gives +0.0
+ * where nearbyintf gives -0.0; every caller adds a zero point or converts to an integer,
+ * where the sign of zero cannot matter.) */
+static inline float lc_rne(float v) {
+    return fabsf(v) < 4194304.0f ? (v + 12582912.0f) - 12582912.0f : nearbyintf(v);
 }
 
 /* Reads element i of a float array of any float code as float (f64 rounds to nearest). */

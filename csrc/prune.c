@@ -863,24 +863,6 @@ static void apply_mask(const void *x, const uint8_t *mask, void *out, int64_t n,
     }
 }
 
-/* float32 -> IEEE half, round to nearest even (overflow -> inf, NaN stays NaN). */
-static inline uint16_t f32_to_f16(float f) {
-    uint32_t u = lc_f32_bits(f), a = u & 0x7fffffffu;
-    uint16_t sign = (uint16_t)((u >> 16) & 0x8000u);
-    if (a > 0x7f800000u) return (uint16_t)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));
-    if (a >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u);
-    if (a < 0x38800000u) { /* half subnormal (or zero): units of 2^-24 */
-        if (a < 0x33000000u) return sign;
-        uint32_t e = a >> 23, man = (a & 0x7fffffu) | 0x800000u;
-        int sh = (int)(126 - e);
-        uint32_t q = man >> sh, rem = man & ((1u << sh) - 1), half = 1u << (sh - 1);
-        if (rem > half || (rem == half && (q & 1u))) q++;
-        return (uint16_t)(sign | q);
-    }
-    uint32_t r = a + 0xfffu + ((a >> 13) & 1u) - 0x38000000u;
-    return (uint16_t)(sign | (r >> 13));
-}
-
 /* bake: out = x * m elementwise in the weight's dtype, as torch computes orig * mask (f16 and
  * bf16 multiply in float32 and round once; with a 0/1 mask the product is exact: x, +-0 or
  * NaN for inf * 0).  The mask has its own float code. */
@@ -903,7 +885,7 @@ static void bake_mask(const void *x, int code, const void *m, int mcode, void *o
             uint16_t *o = out;
             for (int64_t i = s; i < e; i++) {
                 float v = lc_load_f32(x, code, i) * lc_load_f32(m, mcode, i);
-                o[i] = code == LC_BF16 ? lc_f32_to_bf16(v) : f32_to_f16(v);
+                o[i] = code == LC_BF16 ? lc_f32_to_bf16(v) : lc_f32_to_f16(v);
             }
         }
     }

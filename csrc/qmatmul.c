@@ -78,14 +78,10 @@ static int auto_path(void) {
 static inline int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 
 /* ------------------------------------------------------------------ activation quantization */
-/* Round to nearest even for |v| < 2^22 (here |v| <= 127.01): adding and subtracting 1.5*2^23
- * leaves the integer nearest to v, ties to even -- the same as nearbyintf and cvtps2dq under
- * the default rounding mode, but without a libm call per element. */
-static inline float rne_small(float v) { return (v + 12582912.0f) - 12582912.0f; }
-
 /* Symmetric int8 of n floats with one scale (the definition):
  *   amax = max |x|;  non-finite -> -1;  amax == 0 -> q = 0, scale = 0;
  *   q = clamp(rne(x * (127/amax)), -127, 127);  scale = amax / 127.
+ * (rne is lc_rne: nearbyintf's result without a libm call per element.)
  * `offset` 128 stores q + 128 as uint8 (for vpdpbusd), 0 stores q as int8. */
 static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, int offset) {
     float amax = 0.0f;
@@ -103,7 +99,7 @@ static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, i
     }
     float inv = 127.0f / amax;
     for (int64_t k = 0; k < n; k++) {
-        float r = rne_small(x[k] * inv);
+        float r = lc_rne(x[k] * inv);
         r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
         q[k] = (int8_t)(uint8_t)((int)r + offset);
     }

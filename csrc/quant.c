@@ -123,7 +123,7 @@ static lc_status quant_minmax(const void *x, int code, const qview *v, float *mn
     int64_t ns = nslots(v), cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr;
     if (short_runs(v)) {
         int bad = 0;
-        LC_OMP(parallel for num_threads(lc_team(v->A * v->C * v->B)) schedule(dynamic, 16) reduction(|:bad))
+        LC_OMP(parallel for num_threads(lc_threads_for(v->A * v->C * v->B)) schedule(dynamic, 16) reduction(|:bad))
         for (int64_t c = 0; c < v->C; c++) {
             float lo = INFINITY, hi = -INFINITY;
             int b = 0;
@@ -138,7 +138,7 @@ static lc_status quant_minmax(const void *x, int code, const qview *v, float *mn
     int *tbad = calloc((size_t)(ntasks ? ntasks : 1), sizeof(int));
     if (!tmn || !tbad) { free(tmn); free(tbad); return LC_ERR_NOMEM; }
     float *tmx = tmn + (ntasks ? ntasks : 1);
-    LC_OMP(parallel for num_threads(lc_team(v->A * v->C * v->B)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(v->A * v->C * v->B)) schedule(dynamic, 16))
     for (int64_t t = 0; t < ntasks; t++) {
         int64_t run = t / cpr, k = t % cpr;
         int64_t off = run * v->B + k * LC_BLOCK;
@@ -256,7 +256,7 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
                               int out_signed, int zp_in_round) {
     int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
     int bad = 0;
-    LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16) reduction(|:bad))
+    LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16) reduction(|:bad))
     for (int64_t t = 0; t < nb; t++) {
         int64_t end = (t + 1) * LC_BLOCK < n ? (t + 1) * LC_BLOCK : n;
         float buf[CHUNK];
@@ -283,7 +283,7 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
 static lc_status dequant_affine(const void *q, int q_signed, const qview *v, const float *scales,
                                 const int32_t *zps, float *out) {
     int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
-    LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16))
     for (int64_t t = 0; t < nb; t++) {
         int64_t end = (t + 1) * LC_BLOCK < n ? (t + 1) * LC_BLOCK : n;
         for (int64_t pos = t * LC_BLOCK, s, stop; pos < end; pos = stop) {
@@ -419,7 +419,7 @@ static lc_status fake_quant(const float *x, const float *dy, const qview *v, con
     int bad = 0;
     if (!dscale) { /* elementwise: flat blocks */
         int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
-        LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16) reduction(|:bad))
+        LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16) reduction(|:bad))
         for (int64_t t = 0; t < nb; t++) {
             int64_t end = (t + 1) * LC_BLOCK < n ? (t + 1) * LC_BLOCK : n;
             for (int64_t pos = t * LC_BLOCK, s, stop; pos < end; pos = stop) {
@@ -431,7 +431,7 @@ static lc_status fake_quant(const float *x, const float *dy, const qview *v, con
         return bad ? LC_ERR_NONFINITE : LC_OK;
     }
     if (short_runs(v)) { /* LSQ, short runs: one task per slot, runs in order */
-        LC_OMP(parallel for num_threads(lc_team(v->A * v->C * v->B)) schedule(dynamic, 16) reduction(|:bad))
+        LC_OMP(parallel for num_threads(lc_threads_for(v->A * v->C * v->B)) schedule(dynamic, 16) reduction(|:bad))
         for (int64_t c = 0; c < v->C; c++) {
             double gs = 0.0, gz = 0.0;
             for (int64_t a = 0; a < v->A; a++)
@@ -446,7 +446,7 @@ static lc_status fake_quant(const float *x, const float *dy, const qview *v, con
     int64_t cpr = chunks_per_run(v), ntasks = v->A * v->C * cpr, ns = nslots(v);
     double *part = calloc((size_t)(ntasks ? ntasks : 1) * 2, sizeof(double));
     if (!part) return LC_ERR_NOMEM;
-    LC_OMP(parallel for num_threads(lc_team(v->A * v->C * v->B)) schedule(dynamic, 16) reduction(|:bad))
+    LC_OMP(parallel for num_threads(lc_threads_for(v->A * v->C * v->B)) schedule(dynamic, 16) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
         int64_t run = t / cpr, k = t % cpr, s = slot_of(v, run / v->C, run % v->C);
         int64_t off = run * v->B + k * LC_BLOCK;
@@ -501,7 +501,7 @@ static inline uint8_t f32_to_f8(float f, int mbits, int bias, float maxf, int ha
 static lc_status cast_float(const void *src, int code, int64_t n, void *dst, int out_code,
                             int saturate) {
     int64_t nb = lc_nblocks(n, LC_BLOCK);
-    LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16))
     for (int64_t b = 0; b < nb; b++) {
         int64_t s = b * LC_BLOCK, len = n - s < LC_BLOCK ? n - s : LC_BLOCK;
         float buf[CHUNK];
@@ -572,7 +572,7 @@ static lc_status error_stats(const void *x, int xcode, const float *y, int64_t n
     int64_t nb = lc_nblocks(n, LC_BLOCK);
     err_stats *parts = malloc((size_t)(nb ? nb : 1) * sizeof *parts);
     if (!parts) return LC_ERR_NOMEM;
-    LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16))
     for (int64_t b = 0; b < nb; b++) {
         int64_t s = b * LC_BLOCK, len = n - s < LC_BLOCK ? n - s : LC_BLOCK;
         error_block(x, xcode, y, s, len, &parts[b]);
@@ -651,7 +651,7 @@ static lc_status quant_hist(const void *x, int code, const qview *v, const float
         int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
         int64_t *part = calloc((size_t)((nb ? nb : 1) * bins), sizeof(int64_t));
         if (!part) return LC_ERR_NOMEM;
-        LC_OMP(parallel for num_threads(lc_team(n)) schedule(dynamic, 16))
+        LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16))
         for (int64_t b = 0; b < nb; b++) {
             int64_t s = b * LC_BLOCK, len = n - s < LC_BLOCK ? n - s : LC_BLOCK;
             hist_run(x, code, s, len, lo[0], hi[0], bins, part + b * bins);
@@ -662,7 +662,7 @@ static lc_status quant_hist(const void *x, int code, const qview *v, const float
         return LC_OK;
     }
     /* per slot: each slot's runs are visited by one task (counts are order-free anyway) */
-    LC_OMP(parallel for num_threads(lc_team(v->A * v->C * v->B)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(v->A * v->C * v->B)) schedule(dynamic, 16))
     for (int64_t s = 0; s < ns; s++) {
         if (v->mode == 1)
             for (int64_t a = 0; a < v->A; a++)
@@ -819,7 +819,7 @@ static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
     }
     uint8_t *cp = PyArray_DATA(codes), *pp = PyArray_DATA(packed);
     LC_NOGIL_BEGIN
-    LC_OMP(parallel for num_threads(lc_team(rows * cols)) schedule(dynamic, 16))
+    LC_OMP(parallel for num_threads(lc_threads_for(rows * cols)) schedule(dynamic, 16))
     for (long long r = 0; r < rows; r++) {
         if (unpack) unpack_row(pp + r * rowbytes, cols, bits, cp + r * cols);
         else pack_row(cp + r * cols, cols, bits, pp + r * rowbytes, rowbytes);
