@@ -21,22 +21,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from .. import qmatmul as _qm
+from ..quant.core import pack_codes, unpack_codes
 from ..errors import ArgumentError
 from . import from_numpy, to_numpy
-
-
-def _pack_nibbles(codes: np.ndarray) -> np.ndarray:
-    n, k = codes.shape
-    c = np.zeros((n, k + (k & 1)), np.uint8)
-    c[:, :k] = codes
-    return np.ascontiguousarray(c[:, 0::2] | (c[:, 1::2] << 4))
-
-
-def _unpack_nibbles(packed: np.ndarray, k: int) -> np.ndarray:
-    out = np.empty((packed.shape[0], packed.shape[1] * 2), np.uint8)
-    out[:, 0::2] = packed & 15
-    out[:, 1::2] = packed >> 4
-    return np.ascontiguousarray(out[:, :k])
 
 
 class QuantLinear(nn.Module):
@@ -77,7 +64,7 @@ class QuantLinear(nn.Module):
             m.scales.copy_(from_numpy(layer.scales))
         else:
             layer = _qm.BlockLinear.from_float(w, bits=4, group_size=group_size, scheme=scheme)
-            m.qweight.copy_(from_numpy(_pack_nibbles(layer.codes)))
+            m.qweight.copy_(from_numpy(pack_codes(layer.codes, 4)))
             m.scales.copy_(from_numpy(layer.scales))
             m.zeros.copy_(from_numpy(layer.zeros.astype(np.uint8)))
         if b is not None:
@@ -92,7 +79,7 @@ class QuantLinear(nn.Module):
             if self.bits == 8:
                 self._layer = _qm.Int8Linear(to_numpy(self.qweight), to_numpy(self.scales), bias)
             else:
-                codes = _unpack_nibbles(to_numpy(self.qweight), self.in_features)
+                codes = unpack_codes(to_numpy(self.qweight), self.in_features, 4)
                 self._layer = _qm.BlockLinear(codes, to_numpy(self.scales),
                                               to_numpy(self.zeros).astype(np.int32),
                                               bits=4, group_size=self.group_size, bias=bias,
