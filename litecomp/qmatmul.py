@@ -20,6 +20,7 @@ import numpy as np
 from . import _C
 from . import dtypes as _dt
 from ._check import as_kernel_input, check_choice, check_int
+from .core import to_float32
 from .errors import ArgumentError, FormatError, NonFiniteError, ShapeError
 
 NT = 16
@@ -51,7 +52,7 @@ def _tiles(n):
 
 def _as_weight(w, name="weight"):
     k = as_kernel_input(w, name, ndim=2)
-    w32 = k.array if k.code == 0 else k.array.astype(np.float32)
+    w32 = k.array if k.code == 0 else to_float32(k.array)
     if not np.isfinite(w32).all():
         raise NonFiniteError(f"{name}: contains NaN or infinity")
     if w32.shape[0] < 1 or w32.shape[1] < 1:
@@ -74,9 +75,9 @@ def _as_input(x, k):
     a = as_kernel_input(x, "x").array
     if a.ndim < 1 or a.shape[-1] != k:
         raise ShapeError(f"x: last dimension must be in_features={k}, got shape {a.shape}")
-    if a.dtype != np.float32:
-        a = a.astype(np.float32)
-    return np.ascontiguousarray(a)
+    # as_kernel_input already made it contiguous; other float dtypes go through the
+    # parallel C conversion rather than a single-threaded astype.
+    return a if a.dtype == np.float32 else to_float32(a)
 
 
 def _pad_rows(a, rows, fill=0):
