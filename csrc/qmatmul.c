@@ -776,6 +776,30 @@ static PyObject *py_i8_pack(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* The part every Linear entry point checks alike: N and K in range, x and out float32 with
+ * x holding M whole rows of K and out M x N, and an optional float32 bias of N. */
+static int linear_io(PyArrayObject *x, PyArrayObject *out, PyObject *bias, long long N,
+                     long long K, long long max_k, int64_t *M, const float **bias_p) {
+    if (K < 1 || K > max_k || N < 1) {
+        PyErr_Format(lc_ShapeError, "weight: in_features must be in [1, %lld] and out_features "
+                     ">= 1 (got %lld, %lld)", max_k, K, N);
+        return -1;
+    }
+    if (lc_check_array(x, "x", LC_F32, 0) < 0 || lc_check_array(out, "out", LC_F32, 1) < 0)
+        return -1;
+    if (PyArray_SIZE(x) % K) {
+        PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features");
+        return -1;
+    }
+    *M = PyArray_SIZE(x) / K;
+    PyArrayObject *b;
+    if (lc_check_size(out, "out", *M * N) < 0 ||
+        lc_arg_optional_array(bias, "bias", LC_F32, 0, &b) < 0 || lc_check_size(b, "bias", N) < 0)
+        return -1;
+    *bias_p = b ? PyArray_DATA(b) : NULL;
+    return 0;
+}
+
 static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     static char *kwlist[] = {"x", "packed", "rowsum", "scales", "bias", "out", "N", "K", "path", NULL};
@@ -787,27 +811,17 @@ static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
                                      &PyArray_Type, &wp, &PyArray_Type, &rowsum, &PyArray_Type,
                                      &sw, &bias, &PyArray_Type, &out, &N, &K, &path))
         return NULL;
-    if ((path = want_path(path)) < 0) return NULL;
-    if (K < 1 || K > MAX_K || N < 1) {
-        PyErr_Format(lc_ShapeError, "weight: in_features must be in [1, %d] (got %lld)", MAX_K, K);
+    int64_t M;
+    const float *b;
+    if ((path = want_path(path)) < 0 || linear_io(x, out, bias, N, K, MAX_K, &M, &b) < 0)
         return NULL;
-    }
-    if (lc_check_array(x, "x", LC_F32, 0) < 0 || lc_check_array(wp, "packed", LC_I8, 0) < 0 ||
-        lc_check_array(rowsum, "rowsum", LC_I32, 0) < 0 || lc_check_array(sw, "scales", LC_F32, 0) < 0 ||
-        lc_check_array(out, "out", LC_F32, 1) < 0)
+    if (lc_check_array(wp, "packed", LC_I8, 0) < 0 || lc_check_array(rowsum, "rowsum", LC_I32, 0) < 0 ||
+        lc_check_array(sw, "scales", LC_F32, 0) < 0)
         return NULL;
     int64_t T = (N + NT - 1) / NT, K4 = (K + 3) / 4;
-    if (PyArray_SIZE(x) % K) { PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features"); return NULL; }
-    int64_t M = PyArray_SIZE(x) / K;
     if (lc_check_size(wp, "packed", T * K4 * 64) < 0 || lc_check_size(rowsum, "rowsum", T * NT) < 0 ||
-        lc_check_size(sw, "scales", T * NT) < 0 || lc_check_size(out, "out", M * N) < 0)
+        lc_check_size(sw, "scales", T * NT) < 0)
         return NULL;
-    const float *b = NULL;
-    PyArrayObject *bias_a;
-    if (lc_arg_optional_array(bias, "bias", LC_F32, 0, &bias_a) < 0 ||
-        lc_check_size(bias_a, "bias", N) < 0)
-        return NULL;
-    b = bias_a ? PyArray_DATA(bias_a) : NULL;
     i8_weights w = {PyArray_DATA(wp), PyArray_DATA(rowsum), PyArray_DATA(sw), b, N, K, K4, T};
     const float *xp = PyArray_DATA(x);
     float *yp = PyArray_DATA(out);
@@ -850,39 +864,27 @@ static PyObject *py_blk_linear(PyObject *self, PyObject *args, PyObject *kw) {
                                      &PyArray_Type, &wp, &PyArray_Type, &s, &PyArray_Type, &z, &m,
                                      &bias, &PyArray_Type, &out, &N, &K, &gs, &bits, &path))
         return NULL;
-    if ((path = want_path(path)) < 0) return NULL;
+    int64_t M;
+    const float *bp;
+    if ((path = want_path(path)) < 0 || linear_io(x, out, bias, N, K, MAX_K, &M, &bp) < 0)
+        return NULL;
     if (bits != 4 && bits != 8) { PyErr_SetString(lc_ArgumentError, "bits: must be 4 or 8"); return NULL; }
     if (gs < QBLK || gs % QBLK) {
         PyErr_Format(lc_ArgumentError, "group_size: must be a positive multiple of 32, got %lld", gs);
         return NULL;
     }
-    if (K < 1 || K > MAX_K || N < 1) {
-        PyErr_Format(lc_ShapeError, "weight: in_features must be in [1, %d] (got %lld)", MAX_K, K);
-        return NULL;
-    }
-    if (lc_check_array(x, "x", LC_F32, 0) < 0 || lc_check_array(wp, "packed", LC_U8, 0) < 0 ||
-        lc_check_array(s, "scales", LC_F32, 0) < 0 || lc_check_array(z, "zeros", LC_I32, 0) < 0 ||
-        lc_check_array(out, "out", LC_F32, 1) < 0)
+    if (lc_check_array(wp, "packed", LC_U8, 0) < 0 || lc_check_array(s, "scales", LC_F32, 0) < 0 ||
+        lc_check_array(z, "zeros", LC_I32, 0) < 0)
         return NULL;
     int64_t KB = (K + QBLK - 1) / QBLK, T = (N + NT - 1) / NT, G = (K + gs - 1) / gs;
-    if (PyArray_SIZE(x) % K) { PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features"); return NULL; }
-    int64_t M = PyArray_SIZE(x) / K;
+    PyArrayObject *m_a;
     if (lc_check_size(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0 ||
         lc_check_size(s, "scales", T * G * NT) < 0 ||
         (PyArray_SIZE(z) != 1 && lc_check_size(z, "zeros", T * G * NT) < 0) ||
-        lc_check_size(out, "out", M * N) < 0)
-        return NULL;
-    const float *mp = NULL, *bp = NULL;
-    PyArrayObject *m_a;
-    if (lc_arg_optional_array(m, "offsets", LC_F32, 0, &m_a) < 0 ||
+        lc_arg_optional_array(m, "offsets", LC_F32, 0, &m_a) < 0 ||
         lc_check_size(m_a, "offsets", T * G * NT) < 0)
         return NULL;
-    mp = m_a ? PyArray_DATA(m_a) : NULL;
-    PyArrayObject *bias_a;
-    if (lc_arg_optional_array(bias, "bias", LC_F32, 0, &bias_a) < 0 ||
-        lc_check_size(bias_a, "bias", N) < 0)
-        return NULL;
-    bp = bias_a ? PyArray_DATA(bias_a) : NULL;
+    const float *mp = m_a ? PyArray_DATA(m_a) : NULL;
     blk_weights w = {PyArray_DATA(wp), PyArray_DATA(s), PyArray_DATA(z), PyArray_SIZE(z) == 1,
                      mp, bp, N, K, KB, T, G, gs, bits};
     const float *xp = PyArray_DATA(x);
@@ -907,24 +909,19 @@ static PyObject *py_nf4_linear(PyObject *self, PyObject *args, PyObject *kw) {
                                      &PyArray_Type, &wp, &PyArray_Type, &absmax, &PyArray_Type,
                                      &table, &bias, &PyArray_Type, &out, &N, &K, &bs, &path))
         return NULL;
-    if ((path = want_path(path)) < 0) return NULL;
-    if (K < 1 || N < 1 || bs < 1) { PyErr_SetString(lc_ShapeError, "weight: empty"); return NULL; }
-    if (lc_check_array(x, "x", LC_F32, 0) < 0 || lc_check_array(wp, "packed", LC_U8, 0) < 0 ||
-        lc_check_array(absmax, "absmax", LC_F32, 0) < 0 || lc_check_array(table, "table", LC_F32, 0) < 0 ||
-        lc_check_array(out, "out", LC_F32, 1) < 0)
+    int64_t M;
+    const float *bp;
+    /* float accumulation: no K limit beyond int64 */
+    if ((path = want_path(path)) < 0 || linear_io(x, out, bias, N, K, INT64_MAX, &M, &bp) < 0)
+        return NULL;
+    if (bs < 1) { PyErr_SetString(lc_ArgumentError, "block_size: must be >= 1"); return NULL; }
+    if (lc_check_array(wp, "packed", LC_U8, 0) < 0 || lc_check_array(absmax, "absmax", LC_F32, 0) < 0 ||
+        lc_check_array(table, "table", LC_F32, 0) < 0)
         return NULL;
     int64_t T = (N + NT - 1) / NT, NB = (K + bs - 1) / bs;
-    if (PyArray_SIZE(x) % K) { PyErr_SetString(lc_ShapeError, "x: size is not a multiple of in_features"); return NULL; }
-    int64_t M = PyArray_SIZE(x) / K;
     if (lc_check_size(wp, "packed", T * K * 8) < 0 || lc_check_size(absmax, "absmax", T * NB * NT) < 0 ||
-        lc_check_size(table, "table", 16) < 0 || lc_check_size(out, "out", M * N) < 0)
+        lc_check_size(table, "table", 16) < 0)
         return NULL;
-    const float *bp = NULL;
-    PyArrayObject *bias_a;
-    if (lc_arg_optional_array(bias, "bias", LC_F32, 0, &bias_a) < 0 ||
-        lc_check_size(bias_a, "bias", N) < 0)
-        return NULL;
-    bp = bias_a ? PyArray_DATA(bias_a) : NULL;
     nf4_weights w = {PyArray_DATA(wp), PyArray_DATA(absmax), PyArray_DATA(table), bp, N, K, T, NB, bs};
     const float *xp = PyArray_DATA(x);
     float *yp = PyArray_DATA(out);
