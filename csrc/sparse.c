@@ -340,26 +340,44 @@ static int check_offsets(const uint8_t *bm, const int64_t *off, int64_t rows, in
     return 0;
 }
 
+/* What gather and scatter check alike: a dense array of rows x cols items, the compressed
+ * values with the same item size, and a bitmask + row_offsets that agree with the values. */
+static int bitmask_io(PyObject *dense_o, const char *dense_name, int dense_w, PyObject *vals_o,
+                      const char *vals_name, int vals_w, PyObject *bo, PyObject *fo,
+                      long long rows, long long cols, PyArrayObject **dense, PyArrayObject **vals,
+                      const uint8_t **bp, const int64_t **fp, int *isz) {
+    PyArrayObject *b, *f;
+    int vsz;
+    if (raw_arr(dense_o, dense_name, dense_w, dense, isz) < 0 ||
+        raw_arr(vals_o, vals_name, vals_w, vals, &vsz) < 0 ||
+        lc_arg_array(bo, "bitmask", LC_U8, 0, &b) < 0 ||
+        lc_arg_array(fo, "row_offsets", LC_I64, 0, &f) < 0 ||
+        lc_check_size(*dense, dense_name, rows * cols) < 0 ||
+        lc_check_size(b, "bitmask", rows * row_bytes(cols)) < 0 ||
+        lc_check_size(f, "row_offsets", rows) < 0)
+        return -1;
+    if (vsz != *isz) {
+        PyErr_Format(lc_DTypeError, "%s: item size differs from %s", dense_w ? dense_name : vals_name,
+                     dense_w ? vals_name : dense_name);
+        return -1;
+    }
+    *bp = PyArray_DATA(b);
+    *fp = PyArray_DATA(f);
+    return check_offsets(*bp, *fp, rows, cols, PyArray_SIZE(*vals));
+}
+
 /* bitmask_gather(x, rows, cols, bitmask, row_offsets, compressed out) */
 static PyObject *py_bitmask_gather(PyObject *self, PyObject *args) {
     (void)self;
     PyObject *xo, *bo, *fo, *oo;
     long long rows, cols;
     if (!PyArg_ParseTuple(args, "OLLOOO", &xo, &rows, &cols, &bo, &fo, &oo)) return NULL;
-    PyArrayObject *x, *b, *f, *o;
-    int isz, osz;
-    if (raw_arr(xo, "x", 0, &x, &isz) < 0 || raw_arr(oo, "compressed", 1, &o, &osz) < 0 ||
-        lc_arg_array(bo, "bitmask", LC_U8, 0, &b) < 0 || lc_arg_array(fo, "row_offsets", LC_I64, 0, &f) < 0 ||
-        lc_check_size(x, "x", rows * cols) < 0 || lc_check_size(b, "bitmask", rows * row_bytes(cols)) < 0 ||
-        lc_check_size(f, "row_offsets", rows) < 0)
+    PyArrayObject *x, *o;
+    const uint8_t *bp;
+    const int64_t *fp;
+    int isz;
+    if (bitmask_io(xo, "x", 0, oo, "compressed", 1, bo, fo, rows, cols, &x, &o, &bp, &fp, &isz) < 0)
         return NULL;
-    if (osz != isz) {
-        PyErr_SetString(lc_DTypeError, "compressed: item size differs from x");
-        return NULL;
-    }
-    const uint8_t *bp = PyArray_DATA(b);
-    const int64_t *fp = PyArray_DATA(f);
-    if (check_offsets(bp, fp, rows, cols, PyArray_SIZE(o)) < 0) return NULL;
     const uint8_t *xp = PyArray_DATA(x);
     uint8_t *op = PyArray_DATA(o);
     LC_NOGIL_BEGIN
@@ -374,20 +392,12 @@ static PyObject *py_bitmask_scatter(PyObject *self, PyObject *args) {
     PyObject *vo, *bo, *fo, *oo;
     long long rows, cols;
     if (!PyArg_ParseTuple(args, "OLLOOO", &vo, &rows, &cols, &bo, &fo, &oo)) return NULL;
-    PyArrayObject *v, *b, *f, *o;
-    int isz, osz;
-    if (raw_arr(vo, "compressed", 0, &v, &isz) < 0 || raw_arr(oo, "out", 1, &o, &osz) < 0 ||
-        lc_arg_array(bo, "bitmask", LC_U8, 0, &b) < 0 || lc_arg_array(fo, "row_offsets", LC_I64, 0, &f) < 0 ||
-        lc_check_size(o, "out", rows * cols) < 0 || lc_check_size(b, "bitmask", rows * row_bytes(cols)) < 0 ||
-        lc_check_size(f, "row_offsets", rows) < 0)
+    PyArrayObject *v, *o;
+    const uint8_t *bp;
+    const int64_t *fp;
+    int isz;
+    if (bitmask_io(oo, "out", 1, vo, "compressed", 0, bo, fo, rows, cols, &o, &v, &bp, &fp, &isz) < 0)
         return NULL;
-    if (osz != isz) {
-        PyErr_SetString(lc_DTypeError, "out: item size differs from compressed");
-        return NULL;
-    }
-    const uint8_t *bp = PyArray_DATA(b);
-    const int64_t *fp = PyArray_DATA(f);
-    if (check_offsets(bp, fp, rows, cols, PyArray_SIZE(v)) < 0) return NULL;
     const uint8_t *vp = PyArray_DATA(v);
     uint8_t *op = PyArray_DATA(o);
     LC_NOGIL_BEGIN
