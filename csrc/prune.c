@@ -892,15 +892,6 @@ static void bake_mask(const void *x, int code, const void *m, int mcode, void *o
 }
 
 /* ------------------------------------------------------------------ Python entry points */
-static int check_same_size(PyArrayObject *a, PyArrayObject *b, const char *name) {
-    if (PyArray_SIZE(a) != PyArray_SIZE(b)) {
-        PyErr_Format(lc_ShapeError, "%s: has %lld elements, expected %lld", name,
-                     (long long)PyArray_SIZE(a), (long long)PyArray_SIZE(b));
-        return -1;
-    }
-    return 0;
-}
-
 /* select_lowest(scores: list, eligible: list (array or None), out: list, code, absolute, k) */
 static PyObject *py_select_lowest(PyObject *self, PyObject *args) {
     (void)self;
@@ -923,9 +914,9 @@ static PyObject *py_select_lowest(PyObject *self, PyObject *args) {
         PyObject *eo = PyList_GET_ITEM(es, i);
         if (lc_arg_array(PyList_GET_ITEM(xs, i), "scores", code, 0, &x) < 0 ||
             lc_arg_array(PyList_GET_ITEM(os, i), "out", LC_BOOL, 1, &o) < 0 ||
-            check_same_size(o, x, "out") < 0 ||
+            lc_check_size(o, "out", PyArray_SIZE(x)) < 0 ||
             (eo != Py_None && (lc_arg_array(eo, "mask", LC_BOOL, 0, &e) < 0 ||
-                               check_same_size(e, x, "mask") < 0))) {
+                               lc_check_size(e, "mask", PyArray_SIZE(x)) < 0))) {
             free(segs);
             return NULL;
         }
@@ -956,9 +947,9 @@ static PyObject *py_select_rows(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OiOOpL", &xo, &code, &eo, &oo, &absolute, &k)) return NULL;
     PyArrayObject *x, *o, *e = NULL;
     if (lc_arg_array(xo, "scores", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_BOOL, 1, &o) < 0 ||
-        check_same_size(o, x, "out") < 0)
+        lc_check_size(o, "out", PyArray_SIZE(x)) < 0)
         return NULL;
-    if (eo != Py_None && (lc_arg_array(eo, "mask", LC_BOOL, 0, &e) < 0 || check_same_size(e, x, "mask") < 0))
+    if (eo != Py_None && (lc_arg_array(eo, "mask", LC_BOOL, 0, &e) < 0 || lc_check_size(e, "mask", PyArray_SIZE(x)) < 0))
         return NULL;
     if (PyArray_NDIM(x) != 2) {
         PyErr_SetString(lc_ShapeError, "scores: expected a 2-D array");
@@ -991,7 +982,7 @@ static PyObject *py_nm_mask(PyObject *self, PyObject *args) {
         return NULL;
     PyArrayObject *x, *o;
     if (lc_arg_array(xo, "scores", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_BOOL, 1, &o) < 0 ||
-        check_same_size(o, x, "out") < 0)
+        lc_check_size(o, "out", PyArray_SIZE(x)) < 0)
         return NULL;
     if (!key_bits(code) || code == LC_U64) return lc_raise_status(LC_ERR_DTYPE, "scores");
     if (m < 1 || m > 128 || n < 0 || n > m || L % m || outer * L * inner != PyArray_SIZE(x)) {
@@ -1095,8 +1086,8 @@ static PyObject *py_apply_mask(PyObject *self, PyObject *args) {
         PyErr_SetString(lc_ArgumentError, "x: expected contiguous arrays of 1, 2, 4 or 8-byte items");
         return NULL;
     }
-    if (lc_check_array(m, "mask", LC_BOOL, 0) < 0 || check_same_size(m, x, "mask") < 0 ||
-        check_same_size(o, x, "out") < 0)
+    if (lc_check_array(m, "mask", LC_BOOL, 0) < 0 || lc_check_size(m, "mask", PyArray_SIZE(x)) < 0 ||
+        lc_check_size(o, "out", PyArray_SIZE(x)) < 0)
         return NULL;
     const void *xp = PyArray_DATA(x);
     const uint8_t *mp = PyArray_DATA(m);
@@ -1116,8 +1107,8 @@ static PyObject *py_bake_mask(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "OiOiO", &xo, &code, &mo, &mcode, &oo)) return NULL;
     PyArrayObject *x, *m, *o;
     if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(mo, "mask", mcode, 0, &m) < 0 ||
-        lc_arg_array(oo, "out", code, 1, &o) < 0 || check_same_size(m, x, "mask") < 0 ||
-        check_same_size(o, x, "out") < 0)
+        lc_arg_array(oo, "out", code, 1, &o) < 0 || lc_check_size(m, "mask", PyArray_SIZE(x)) < 0 ||
+        lc_check_size(o, "out", PyArray_SIZE(x)) < 0)
         return NULL;
     if (code < LC_F32 || code > LC_BF16 || mcode < LC_F32 || mcode > LC_BF16)
         return lc_raise_status(LC_ERR_DTYPE, "x");
