@@ -98,7 +98,7 @@ class QuantLinear(nn.Module):
 
     def forward(self, x):
         if x.device.type == "cpu" and not (torch.is_grad_enabled() and x.requires_grad):
-            y = self._kernel_layer()(to_numpy(x.contiguous()).astype(np.float32, copy=False))
+            y = self._kernel_layer()(to_numpy(x))  # any float dtype; the layer converts in C
             return from_numpy(y).to(x.dtype)
         return F.linear(x, self.dequantized_weight().to(x.dtype),
                         None if self.bias is None else self.bias.to(x.dtype))
