@@ -95,6 +95,19 @@ int lc_arg_optional_array(PyObject *o, const char *name, int code, int writeable
 /* Raises ShapeError unless `a` has exactly n elements (a NULL array passes). */
 int lc_check_size(PyArrayObject *a, const char *name, int64_t n);
 
+/* ------------------------------------------------------------------ code tables */
+/* Integer codes that C and Python both use (kernel paths, rounding rules, view modes, ...).
+ * A family writes each table once as an X-macro X(NAME, code, "python name"), expands it into
+ * its enum and into an lc_code array, and exports the array to Python as {name: code} with
+ * lc_code_dict; Python looks the codes up by name and never retypes them. */
+typedef struct {
+    const char *name;
+    int code;
+} lc_code;
+#define LC_CODE_ENTRY(NAME, code, pyname) {pyname, code},
+#define LC_NCODES(arr) (sizeof(arr) / sizeof((arr)[0]))
+PyObject *lc_code_dict(const lc_code *codes, size_t n); /* new reference, or NULL */
+
 /* ------------------------------------------------------------------ GIL */
 #define LC_NOGIL_BEGIN Py_BEGIN_ALLOW_THREADS
 #define LC_NOGIL_END Py_END_ALLOW_THREADS
@@ -136,7 +149,7 @@ typedef enum {
 int lc_simd(void);          /* the level kernels should use now: min(detected, cap) */
 int lc_simd_detected(void); /* what this CPU and OS support                          */
 void lc_simd_cap(int level);/* litecomp.set_simd / LITECOMP_SIMD                     */
-int lc_cpu_has_avxvnni(void);
+int lc_cpu_has_avx_vnni(void);
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define LC_X86 1

@@ -302,39 +302,6 @@ static lc_status dequant_affine(const void *q, int q_signed, const qview *v, con
     return LC_OK;
 }
 
-/* ------------------------------------------------------------------ bit packing */
-/* Dense packing, row by row: row r's codes form one little-endian bit stream; code i of the
- * row occupies stream bits [i*bits, (i+1)*bits), least significant bit first, and stream bit
- * j is bit (j % 8) of byte j / 8.  Each row starts on a byte boundary; unused high bits of a
- * row's last byte are zero.  For 4 bits this is torch's quint4x2 order (even index -> low
- * nibble), for 2 bits ggml's; 8 bits is the identity. */
-static void pack_row(const uint8_t *c, int64_t n, int bits, uint8_t *o, int64_t nbytes) {
-    memset(o, 0, (size_t)nbytes);
-    uint32_t mask = (1u << bits) - 1u;
-    uint64_t acc = 0;
-    int have = 0;
-    int64_t j = 0;
-    for (int64_t i = 0; i < n; i++) {
-        acc |= (uint64_t)(c[i] & mask) << have;
-        have += bits;
-        while (have >= 8) { o[j++] = (uint8_t)acc; acc >>= 8; have -= 8; }
-    }
-    if (have > 0) o[j] = (uint8_t)acc;
-}
-
-static void unpack_row(const uint8_t *p, int64_t n, int bits, uint8_t *c) {
-    uint32_t mask = (1u << bits) - 1u;
-    uint64_t acc = 0;
-    int have = 0;
-    int64_t j = 0;
-    for (int64_t i = 0; i < n; i++) {
-        while (have < bits) { acc |= (uint64_t)p[j++] << have; have += 8; }
-        c[i] = (uint8_t)(acc & mask);
-        acc >>= bits;
-        have -= bits;
-    }
-}
-
 /* ------------------------------------------------------------------ fake quantization */
 /* Forward y = (clamp(nearbyint(x*inv_s) + zp, qmin, qmax) - zp) * s, as torch computes it.
  * Backward (clipped STE): dx = dy where qmin <= nearbyint(x*inv_s) + zp <= qmax, else 0.
@@ -821,8 +788,8 @@ static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
     LC_NOGIL_BEGIN
     LC_OMP(parallel for num_threads(lc_threads_for(rows * cols)) schedule(dynamic, 16))
     for (long long r = 0; r < rows; r++) {
-        if (unpack) unpack_row(pp + r * rowbytes, cols, bits, cp + r * cols);
-        else pack_row(cp + r * cols, cols, bits, pp + r * rowbytes, rowbytes);
+        if (unpack) lc_unpack_row(pp + r * rowbytes, cols, bits, cp + r * cols);
+        else lc_pack_row(cp + r * cols, cols, bits, pp + r * rowbytes, rowbytes);
     }
     LC_NOGIL_END
     Py_RETURN_NONE;
