@@ -971,8 +971,8 @@ static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
         lc_check_array(sw, "scales", LC_F32, 0) < 0)
         return NULL;
     int64_t T = (N + NT - 1) / NT, K4 = (K + 3) / 4;
-    if (lc_check_size(wp, "packed", T * K4 * 64) < 0 || lc_check_size(rowsum, "rowsum", T * NT) < 0 ||
-        lc_check_size(sw, "scales", T * NT) < 0)
+    if (lc_check_size(wp, "packed", layout_bytes(LAYOUT_I8, N, K)) < 0 ||
+        lc_check_size(rowsum, "rowsum", T * NT) < 0 || lc_check_size(sw, "scales", T * NT) < 0)
         return NULL;
     i8_weights w = {PyArray_DATA(wp), PyArray_DATA(rowsum), PyArray_DATA(sw), b, N, K, K4, T};
     const float *xp = PyArray_DATA(x);
@@ -1011,7 +1011,7 @@ static PyObject *py_blk_linear(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     int64_t KB = (K + QBLK - 1) / QBLK, T = (N + NT - 1) / NT, G = (K + gs - 1) / gs;
     PyArrayObject *m_a;
-    if (lc_check_size(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0 ||
+    if (lc_check_size(wp, "packed", layout_bytes(bits == 4 ? LAYOUT_BLK4 : LAYOUT_BLK8, N, K)) < 0 ||
         lc_check_size(s, "scales", T * G * NT) < 0 ||
         (PyArray_SIZE(z) != 1 && lc_check_size(z, "zeros", T * G * NT) < 0) ||
         lc_arg_optional_array(m, "offsets", LC_F32, 0, &m_a) < 0 ||
@@ -1052,7 +1052,8 @@ static PyObject *py_nf4_linear(PyObject *self, PyObject *args, PyObject *kw) {
         lc_check_array(table, "table", LC_F32, 0) < 0)
         return NULL;
     int64_t T = (N + NT - 1) / NT, NB = (K + bs - 1) / bs;
-    if (lc_check_size(wp, "packed", T * K * 8) < 0 || lc_check_size(absmax, "absmax", T * NB * NT) < 0 ||
+    if (lc_check_size(wp, "packed", layout_bytes(LAYOUT_NF4, N, K)) < 0 ||
+        lc_check_size(absmax, "absmax", T * NB * NT) < 0 ||
         lc_check_size(table, "table", 16) < 0)
         return NULL;
     nf4_weights w = {PyArray_DATA(wp), PyArray_DATA(absmax), PyArray_DATA(table), bp, N, K, T, NB, bs};
