@@ -819,8 +819,8 @@ static int64_t layout_bytes(int layout, int64_t N, int64_t K) {
     }
 }
 
-/* Where code k of lane j goes in tile `dst`, and how far to shift it. */
-static inline int64_t tile_pos(int layout, int64_t K, int j, int64_t k, int *shift) {
+/* Where code k of lane j goes in its tile, and how far to shift it. */
+static inline int64_t tile_pos(int layout, int j, int64_t k, int *shift) {
     int64_t b = k / QBLK;
     int kk = (int)(k % QBLK);
     *shift = 0;
@@ -832,7 +832,37 @@ static inline int64_t tile_pos(int layout, int64_t K, int j, int64_t k, int *shi
     case LAYOUT_BLK8: return b * 512 + (kk / 4) * 64 + j * 4 + (kk % 4);
     default: *shift = 4 * (j & 1); return k * 8 + j / 2; /* nf4 */
     }
-    (void)K;
+}
+
+/* One tile: lanes j of tile t from `s` into dst.  Called with a constant layout, so the
+ * compiler folds tile_pos for each layout. */
+static inline __attribute__((always_inline)) int pack_tile(int layout, const wsrc *s,
+                                                           int is_signed, int64_t N, int64_t K,
+                                                           int64_t t, uint8_t *dst, uint8_t *row,
+                                                           int32_t *rowsum) {
+    const unsigned limit = (layout == LAYOUT_BLK4 || layout == LAYOUT_NF4) ? 16 : 256;
+    int range = 0;
+    for (int j = 0; j < NT; j++) {
+        int64_t n = t * NT + j;
+        int32_t sum = 0;
+        if (n < N) {
+            src_row(s, n, K, row);
+            for (int64_t k = 0; k < K; k++) {
+                int shift;
+                int64_t at = tile_pos(layout, j, k, &shift);
+                if (layout == LAYOUT_I8) {
+                    int8_t v = (int8_t)(is_signed ? row[k] : row[k] ^ 0x80);
+                    dst[at] = (uint8_t)v;
+                    sum += v;
+                } else {
+                    range |= row[k] >= limit;
+                    dst[at] = (uint8_t)(dst[at] | (row[k] % limit) << shift);
+                }
+            }
+        }
+        if (rowsum) rowsum[t * NT + j] = sum;
+    }
+    return range;
 }
 
 /* Packs N rows of K codes from `s` into `layout`.  The i8 layout stores int8 weights: a
@@ -842,32 +872,17 @@ static inline int64_t tile_pos(int layout, int64_t K, int j, int64_t k, int *shi
 static lc_status pack(int layout, const wsrc *s, int is_signed, int64_t N, int64_t K,
                       uint8_t *wp, int32_t *rowsum) {
     const int64_t T = (N + NT - 1) / NT, tb = layout_bytes(layout, NT, K);
-    const unsigned limit = (layout == LAYOUT_BLK4 || layout == LAYOUT_NF4) ? 16 : 256;
     int nomem = 0, range = 0;
     LC_OMP(parallel for num_threads(lc_threads_for(N * K)) schedule(static) reduction(|:nomem, range))
     for (int64_t t = 0; t < T; t++) {
         uint8_t *dst = wp + t * tb, *row = malloc((size_t)K);
         memset(dst, 0, (size_t)tb);
         if (!row) { nomem = 1; continue; }
-        for (int j = 0; j < NT; j++) {
-            int64_t n = t * NT + j;
-            int32_t sum = 0;
-            if (n < N) {
-                src_row(s, n, K, row);
-                for (int64_t k = 0; k < K; k++) {
-                    int shift;
-                    int64_t at = tile_pos(layout, K, j, k, &shift);
-                    if (layout == LAYOUT_I8) {
-                        int8_t v = (int8_t)(is_signed ? row[k] : row[k] ^ 0x80);
-                        dst[at] = (uint8_t)v;
-                        sum += v;
-                    } else {
-                        range |= row[k] >= limit;
-                        dst[at] = (uint8_t)(dst[at] | (row[k] % limit) << shift);
-                    }
-                }
-            }
-            if (rowsum) rowsum[t * NT + j] = sum;
+        switch (layout) {
+        case LAYOUT_I8: range |= pack_tile(LAYOUT_I8, s, is_signed, N, K, t, dst, row, rowsum); break;
+        case LAYOUT_BLK4: range |= pack_tile(LAYOUT_BLK4, s, is_signed, N, K, t, dst, row, NULL); break;
+        case LAYOUT_BLK8: range |= pack_tile(LAYOUT_BLK8, s, is_signed, N, K, t, dst, row, NULL); break;
+        default: range |= pack_tile(LAYOUT_NF4, s, is_signed, N, K, t, dst, row, NULL); break;
         }
         free(row);
     }
@@ -883,7 +898,7 @@ static void unpack(int layout, const uint8_t *wp, int64_t N, int64_t K, uint8_t 
         const uint8_t *src = wp + (n / NT) * tb;
         for (int64_t k = 0; k < K; k++) {
             int shift;
-            int64_t at = tile_pos(layout, K, (int)(n % NT), k, &shift);
+            int64_t at = tile_pos(layout, (int)(n % NT), k, &shift);
             out[n * K + k] = (uint8_t)((src[at] >> shift) & mask);
         }
     }
@@ -1090,6 +1105,11 @@ static int parse_source(PyArrayObject *data, int kind, long long N, long long K,
                      N, row_codes, K);
         return -1;
     }
+    if (kind != SRC_STREAM && kind != SRC_BITSANDBYTES && K % QK) {
+        PyErr_Format(lc_ShapeError, "data: GGUF blocks hold whole blocks of %d columns, not %lld",
+                     QK, K);
+        return -1;
+    }
     *s = (wsrc){PyArray_DATA(data), kind, bits, row_codes};
     int64_t want = src_bytes(s, N);
     if (want < 0 || PyArray_SIZE(data) != want) {
@@ -1135,6 +1155,10 @@ static PyObject *py_pack(PyObject *self, PyObject *args) {
         return NULL;
     if (is_signed && layout != LAYOUT_I8) {
         PyErr_SetString(lc_DTypeError, "data: int8 values go to the i8 layout only");
+        return NULL;
+    }
+    if (layout == LAYOUT_I8 && (kind != SRC_STREAM || bits != 8)) {
+        PyErr_SetString(lc_ArgumentError, "source: the i8 layout takes one byte per weight");
         return NULL;
     }
     int64_t T = (N + NT - 1) / NT;

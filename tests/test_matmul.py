@@ -409,8 +409,12 @@ def test_source_size_and_range_errors():
     from litecomp import _C
     with pytest.raises(litecomp.FormatError, match="data: 2 rows of 32 codes need 32 bytes"):
         _C.matmul_pack(LAYOUT["blk4"], np.zeros(31, np.uint8), SOURCE["stream"], 2, 32, 32, 4)
-    with pytest.raises(litecomp.FormatError, match="data"):
-        _C.matmul_pack(LAYOUT["blk4"], np.zeros(18, np.uint8), SOURCE["Q4_0"], 1, 16, 16, 4)
+    with pytest.raises(litecomp.ShapeError, match="data: GGUF blocks hold whole blocks of 32"):
+        _C.matmul_pack(LAYOUT["blk4"], np.zeros(18, np.uint8), SOURCE["Q4_0"], 1, 16, 32, 4)
+    with pytest.raises(litecomp.FormatError, match="data: 1 rows of 64 codes need 36 bytes"):
+        _C.matmul_pack(LAYOUT["blk4"], np.zeros(18, np.uint8), SOURCE["Q4_0"], 1, 64, 64, 4)
+    with pytest.raises(litecomp.ArgumentError, match="the i8 layout takes one byte per weight"):
+        _C.matmul_pack(LAYOUT["i8"], np.zeros(32, np.uint8), SOURCE["stream"], 1, 64, 64, 4)
     with pytest.raises(litecomp.ArgumentError, match=r"codes: 4-bit codes must be in \[0, 15\]"):
         qm.NF4Linear(np.full((2, 8), 200, np.uint8), np.ones((2, 1)), block_size=8)
     with pytest.raises(litecomp.DTypeError, match="int8 values go to the i8 layout only"):
