@@ -133,11 +133,11 @@ class Int8Linear(_Layer):
     """int8 weight [N, K] with float32 scales [N]: ``W ~= qweight * scales[:, None]``."""
 
     def __init__(self, qweight, scales, bias=None):
-        self._pack(_codes_input(qweight, "qweight", np.int8), None, scales, bias)
+        self._pack(_codes_input(qweight, "qweight", np.int8), scales, bias)
 
-    def _pack(self, data, n_k, scales, bias):
+    def _pack(self, data, scales, bias):
         """data: int8 weights [N, K], or uint8 codes [N, K] with zero point 128."""
-        n, k = data.shape if n_k is None else n_k
+        n, k = data.shape
         _check_shape("qweight", n, k)
         s = np.asarray(scales, np.float32).reshape(-1)
         if s.shape != (n,):
@@ -215,14 +215,14 @@ class BlockLinear(_Layer):
         self._m = None if m is None else _C.matmul_tile_params(m)
 
     @classmethod
-    def from_rows(cls, data, code_bits, shape, scales, zeros, offsets=None, *, group_size,
+    def from_rows(cls, data, bits, shape, scales, zeros, offsets=None, *, group_size,
                   bias=None, kind="int"):
-        """From rows of densely packed codes, read in place: ``data`` uint8 [N, ceil(C *
-        code_bits / 8)] as ``litecomp.quant.pack_codes`` writes them (``QTensor.data``; 8 bits
-        is one byte per code), of which the first ``shape[1]`` codes of each row are the
-        weight's (C >= shape[1]: a zero-padded weight).  Codes of up to 4 bits run as 4-bit,
-        wider ones as 8-bit."""
-        code_bits = check_int(code_bits, "code_bits", 1, 8)
+        """From rows of densely packed ``bits``-bit codes, read in place: ``data`` uint8
+        [N, ceil(C * bits / 8)] as ``litecomp.quant.pack_codes`` writes them (``QTensor.data``;
+        8 bits is one byte per code), of which the first ``shape[1]`` codes of each row are
+        the weight's (C >= shape[1]: a zero-padded weight, see ``quantize_rows``).  Codes of
+        up to 4 bits run as 4-bit, wider ones as 8-bit."""
+        code_bits = check_int(bits, "bits", 1, 8)
         a = _codes_input(data, "data")
         n, k = (check_int(v, "shape", 1) for v in shape)
         if a.shape[0] != n:
@@ -440,8 +440,7 @@ def _from_qtensor(q: QTensor, bias):
     if q.group_size is None and q.axis in (None, 0):
         if q.bits == 8 and (np.asarray(q.zero_points) == 128).all():  # symmetric int8
             layer = Int8Linear.__new__(Int8Linear)
-            layer._pack(q.data, (n, k), np.broadcast_to(np.asarray(q.scales).reshape(-1), (n,)),
-                        bias)
+            layer._pack(q.data, np.broadcast_to(np.asarray(q.scales).reshape(-1), (n,)), bias)
             return layer
         return BlockLinear._from_qtensor(q, bias)
     if q.group_size is not None and q.axis in (None, 1):
