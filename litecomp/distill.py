@@ -47,10 +47,8 @@ from . import _C
 from ._check import as_array, as_kernel_input, check_choice, check_float, check_int
 from .errors import ArgumentError, ShapeError
 
-KINDS = {
-    "kl": 0, "soft_cross_entropy": 1, "reverse_kl": 2, "jsd": 3, "skew_kl": 4,
-    "skew_reverse_kl": 5, "tvd": 6, "mse": 7, "cosine": 8,
-}
+#: The losses the row kernels compute, {name: code}: csrc/distill.c's table (DISTILL_KINDS).
+KINDS = _C.distill_kinds
 _ALIASES = {"kl_div": "kl", "forward_kl": "kl", "ce": "soft_cross_entropy",
             "soft_ce": "soft_cross_entropy", "rkl": "reverse_kl", "skl": "skew_kl",
             "srkl": "skew_reverse_kl", "cos": "cosine"}
@@ -260,7 +258,7 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0,
     Negative ids mark unused slots; the other ids of a row must be distinct.
     """
     mode = {"zero": "renormalize", "renorm": "renormalize"}.get(mode, mode)
-    check_choice(mode, "mode", ("renormalize", "tail"))
+    check_choice(mode, "mode", tuple(_C.topk_modes))
     check_choice(reduction, "reduction", REDUCTIONS)
     temperature = check_float(temperature, "temperature", lo=0.0)
     if temperature == 0.0:
@@ -293,8 +291,8 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0,
     weight, div = _reduce_setup(reduction, n_valid, shape[0] if len(shape) > 1 else 1)
     g = _grad_buffer(out, shape, sk.array.dtype == np.float64) if grad else None
     row_loss = np.empty(n, np.float64)
-    total = _C.distill_sparse(s2, sk.code, idx, lp, mode == "tail", lab, ignore, temperature,
-                              temperature * temperature, weight,
+    total = _C.distill_sparse(s2, sk.code, idx, lp, _C.topk_modes[mode], lab, ignore,
+                              temperature, temperature * temperature, weight,
                               None if g is None else g.reshape(n, shape[-1]), row_loss)
     value = row_loss.reshape(shape[:-1]) if reduction == "none" else (total / div if div else 0.0)
     return value, g
