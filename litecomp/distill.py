@@ -44,7 +44,9 @@ and SIMD level.
 import numpy as np
 
 from . import _C
-from ._check import as_array, as_kernel_input, check_choice, check_float, check_int
+from ._check import (
+    as_array, as_kernel_input, check_choice, check_float, check_int, renamed,
+)
 from .errors import ArgumentError, ShapeError
 
 #: The losses the row kernels compute, {name: code}: csrc/distill.c's table (DISTILL_KINDS).
@@ -54,6 +56,7 @@ _ALIASES = {"kl_div": "kl", "forward_kl": "kl", "ce": "soft_cross_entropy",
             "srkl": "skew_reverse_kl", "cos": "cosine"}
 REDUCTIONS = ("mean", "sum", "none", "batchmean")
 _T2_KINDS = ("kl", "soft_cross_entropy")
+_SKEW_KINDS = ("skew_kl", "skew_reverse_kl")
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
@@ -118,10 +121,11 @@ def _grad_buffer(out, shape, f64):
 
 
 def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_index=None,
-         labels=None, alpha=0.0, beta=None, grad=True, out=None):
+         labels=None, alpha=0.0, beta=None, lam=None, grad=True, out=None):
     """The loss ``kind`` (see the module table) and its gradient: ``(loss, grad)``.
 
-    beta: JSD's beta (default 0.5) or the skew losses' lambda (default 0.1).
+    beta: JSD's beta (default 0.5).  lam: the skew losses' lambda (default 0.1); ``beta=``
+    still sets it, with a DeprecationWarning.
     out: an optional float32 (float64 for float64 input) array of the student's shape that
     receives the gradient (it is also returned).
     """
@@ -142,18 +146,22 @@ def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_in
         raise ArgumentError("labels: alpha > 0 needs hard labels")
     tfac = temperature * temperature if name in _T2_KINDS else 1.0
     b = 0.0
+    if lam is not None and name not in _SKEW_KINDS:
+        raise ArgumentError(f"lam: only skew_kl and skew_reverse_kl take lam, not {name}")
     if name == "jsd":
         b = check_float(0.5 if beta is None else beta, "beta", 0.0, 1.0)
         if b == 0.0:
             name = "kl"
         elif b == 1.0:
             name = "reverse_kl"
-    elif name in ("skew_kl", "skew_reverse_kl"):
-        b = check_float(0.1 if beta is None else beta, "beta", 0.0, 1.0)
+    elif name in _SKEW_KINDS:
+        lam = renamed(lam, beta, "lam", "beta")
+        b = check_float(0.1 if lam is None else lam, "lam", 0.0, 1.0)
         if b == 0.0:
             name = "kl" if name == "skew_kl" else "reverse_kl"
     elif beta is not None:
-        raise ArgumentError(f"beta: only jsd, skew_kl and skew_reverse_kl take beta, not {name}")
+        raise ArgumentError(f"beta: only jsd takes beta (the skew losses take lam), "
+                            f"not {name}")
     ignore = -100 if ignore_index is None else check_int(ignore_index, "ignore_index")
 
     sk, tk = _prepare(student, teacher)
@@ -209,12 +217,12 @@ def jsd(student, teacher, *, beta=0.5, **kw):
 
 def skew_kl(student, teacher, *, lam=0.1, **kw):
     """Skew KL(p || lam p + (1-lam) q) (DistiLLM); lam=0 is forward KL."""
-    return loss("skew_kl", student, teacher, beta=lam, **kw)
+    return loss("skew_kl", student, teacher, lam=lam, **kw)
 
 
 def skew_reverse_kl(student, teacher, *, lam=0.1, **kw):
     """Skew reverse KL(q || lam q + (1-lam) p) (DistiLLM); lam=0 is reverse KL."""
-    return loss("skew_reverse_kl", student, teacher, beta=lam, **kw)
+    return loss("skew_reverse_kl", student, teacher, lam=lam, **kw)
 
 
 def attention_kl(student_scores, teacher_scores, *, reduction="mean", grad=True, out=None):
