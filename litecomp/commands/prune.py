@@ -4,6 +4,9 @@ NAME = "prune"
 HELP = "prune a checkpoint (l1, ln, nm, block or global) and save it, optionally sparse"
 
 
+import argparse
+
+
 def add_arguments(p):
     p.add_argument("input", metavar="IN", help="checkpoint to read (.safetensors, .pth, ...)")
     p.add_argument("output", metavar="OUT", help="checkpoint to write")
@@ -18,15 +21,15 @@ def add_arguments(p):
                    help="comma-separated glob patterns of tensor names to prune "
                         "(default: every tensor with 2 or more dimensions)")
     p.add_argument("--nm", metavar="N:M", default="2:4", help="N:M for --method nm (2:4)")
-    p.add_argument("--block", metavar="RxC", default="1x4",
+    p.add_argument("--block-shape", metavar="RxC", default=None,
                    help="block shape for --method block (1x4)")
+    p.add_argument("--block", default=None, help=argparse.SUPPRESS)  # old --block-shape
     p.add_argument("--sparse", action="store_true",
                    help="store pruned tensors compressed (sparse-bitmask, or N:M form)")
 
 
 def _amount(text):
     """torch's amount from the command line: '1000' is a count, '0.5' or '1.0' a fraction."""
-    import argparse
     try:
         return int(text)
     except ValueError:
@@ -68,9 +71,13 @@ def select_layers(state_dict, pattern):
     return chosen
 
 
-def prune_state_dict(sd, method="l1", amount=0.5, layers=None, nm=(2, 4), block=(1, 4)):
-    """(pruned state dict, {name: mask}) -- the command's work, usable from Python."""
+def prune_state_dict(sd, method="l1", amount=0.5, layers=None, nm=(2, 4), block_shape=None,
+                     *, block=None):
+    """(pruned state dict, {name: mask}) -- the command's work, usable from Python.
+    ``block=`` is the old spelling of ``block_shape`` (default (1, 4))."""
     from .. import prune
+    from .._check import renamed
+    block_shape = renamed(block_shape, block, "block_shape", "block") or (1, 4)
     sd = prune.bake(sd)  # a torch-pruned checkpoint (X_orig + X_mask) becomes plain first
     names = select_layers(sd, layers)
     if method == "global":
@@ -82,7 +89,7 @@ def prune_state_dict(sd, method="l1", amount=0.5, layers=None, nm=(2, 4), block=
             if method == "l1":
                 masks[k] = prune.l1_unstructured(w, amount)
             elif method == "ln":
-                masks[k] = prune.ln_structured(w, amount, 2, 0) if w.ndim >= 2 else \
+                masks[k] = prune.ln_structured(w, amount, norm=2, axis=0) if w.ndim >= 2 else \
                     prune.l1_unstructured(w, amount)
             elif method == "nm":
                 if w.shape[-1] % nm[1]:
@@ -91,7 +98,7 @@ def prune_state_dict(sd, method="l1", amount=0.5, layers=None, nm=(2, 4), block=
             else:
                 if w.ndim != 2:
                     continue
-                masks[k] = prune.block(w, amount, block)
+                masks[k] = prune.block(w, amount, block_shape)
     out = dict(sd)
     for k, m in masks.items():
         out[k] = prune.apply(sd[k], m)
@@ -104,15 +111,18 @@ def run(args):
     from .. import prune, sparse
     from .._table import format_bytes
     from ..errors import ArgumentError
+    from . import renamed_option
     try:
         from .. import load, save
     except ImportError:  # pragma: no cover - until checkpoint I/O is present
         raise ArgumentError("IN: reading and writing checkpoints needs litecomp.load/save "
                             "(checkpoint I/O)") from None
     nm = _parse_pair(args.nm, ":", "--nm")
-    block = _parse_pair(args.block, "x", "--block")
+    block_text = renamed_option(args.block_shape, args.block, "--block-shape", "--block")
+    block_shape = _parse_pair(block_text or "1x4", "x", "--block-shape")
     sd = load(args.input)
-    pruned, masks = prune_state_dict(sd, args.method, args.amount, args.layers, nm, block)
+    pruned, masks = prune_state_dict(sd, args.method, args.amount, args.layers, nm,
+                                     block_shape)
     out = sparse.compress(pruned, format="nm", n=nm[0], m=nm[1]) \
         if args.sparse and args.method == "nm" else \
         sparse.compress(pruned) if args.sparse else pruned
