@@ -69,10 +69,6 @@ def raw_view(a: np.ndarray) -> np.ndarray:
     return a if a.dtype == raw else a.view(raw)
 
 
-def is_float(dtype) -> bool:
-    return name_of(dtype) in FLOAT_DTYPES
-
-
 def table():
     """{code: (name, itemsize)} as this module sees it; tests compare it with C's."""
     return {code: (name, dt.itemsize) for name, (code, dt, _raw) in _TABLE.items()}
