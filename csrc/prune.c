@@ -1020,7 +1020,8 @@ static PyObject *py_channel_norms(PyObject *self, PyObject *args) {
     PyArrayObject *x, *o;
     if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
-    if (outer * C * inner != PyArray_SIZE(x) || PyArray_SIZE(o) != C || kind < 0 || kind >= NORM_NKINDS) {
+    if (kind < 0 || kind >= NORM_NKINDS) return lc_raise_status(LC_ERR_RANGE, "kind");
+    if (outer * C * inner != PyArray_SIZE(x) || PyArray_SIZE(o) != C) {
         PyErr_SetString(lc_ShapeError, "x: geometry does not match its size");
         return NULL;
     }
@@ -1043,7 +1044,8 @@ static PyObject *py_block_norms(PyObject *self, PyObject *args) {
     PyArrayObject *x, *o;
     if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
-    if (PyArray_NDIM(x) != 2 || br < 1 || bc < 1 || kind < 0 || kind >= NORM_NKINDS) {
+    if (kind < 0 || kind >= NORM_NKINDS) return lc_raise_status(LC_ERR_RANGE, "kind");
+    if (PyArray_NDIM(x) != 2 || br < 1 || bc < 1) {
         PyErr_SetString(lc_ShapeError, "x: expected a 2-D array and a positive block shape");
         return NULL;
     }

@@ -92,8 +92,11 @@ def test_norm_kinds_every_code_computes_its_named_order(rng):
                                    ref_prune.block_norms(w, (2, 3), norm=order), rtol=1e-12,
                                    err_msg=name)
     assert prune._norm_kind("fro") == (_C.norm_kinds["2"], 2.0)
-    with pytest.raises(litecomp.ShapeError):  # the kernel's own range check
-        _C.channel_norms(w, 1, 1, 5, 8, len(_C.norm_kinds), 2.0, np.empty(5))
+    past = len(_C.norm_kinds)
+    with pytest.raises(litecomp.ArgumentError, match="kind"):
+        _C.channel_norms(w, 1, 1, 5, 8, past, 2.0, np.empty(5))
+    with pytest.raises(litecomp.ArgumentError, match="kind"):
+        _C.block_norms(w, 1, 2, 3, past, 2.0, np.empty((3, 3)))
 
 
 def test_random_dists_every_code_draws_its_named_distribution():
