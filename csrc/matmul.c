@@ -55,22 +55,18 @@
 #define TILE_CHUNK 4
 
 /* ------------------------------------------------------------------ code tables */
-/* Kernel paths; "auto" picks the best one this CPU has.  The names are litecomp's SIMD level
+/* Exported as _C.matmul_paths, _C.matmul_layouts and _C.matmul_sources (docs/conventions.md,
+ * "Code tables").
+ *
+ * Kernel paths; "auto" picks the best one this CPU has.  The names are litecomp's SIMD level
  * names (avx2, avx512_vnni); avx_vnni is AVX-VNNI, the 256-bit VNNI of Alder Lake and later
  * cores, which only these kernels use. */
-#define LC_MATMUL_PATHS(X)            \
-    X(AUTO, -1, "auto")               \
-    X(SCALAR, 0, "scalar")            \
-    X(AVX2, 1, "avx2")                \
-    X(AVX_VNNI, 2, "avx_vnni")        \
-    X(AVX512_VNNI, 3, "avx512_vnni")
+#define MATMUL_PATHS(X)                                                               \
+    X(PATH_SCALAR, "scalar") X(PATH_AVX2, "avx2") X(PATH_AVX_VNNI, "avx_vnni")          \
+    X(PATH_AVX512_VNNI, "avx512_vnni") X(PATH_AUTO, "auto")
 
 /* Packed layouts (above). */
-#define LC_MATMUL_LAYOUTS(X) \
-    X(I8, 0, "i8")           \
-    X(BLK4, 1, "blk4")       \
-    X(BLK8, 2, "blk8")       \
-    X(NF4, 3, "nf4")
+#define MATMUL_LAYOUTS(X) X(LAYOUT_I8, "i8") X(LAYOUT_BLK4, "blk4") X(LAYOUT_BLK8, "blk8") X(LAYOUT_NF4, "nf4")
 
 /* Where the codes of row n, column k are read from when packing (data holds N equal rows):
  *   stream        LSB-first `bits`-bit codes (1..8), litecomp.quant.pack_codes / QTensor.data;
@@ -78,31 +74,14 @@
  *   bitsandbytes  4-bit codes, two per byte, the first in the HIGH nibble (Quant4.data)
  *   Q4_0, Q4_1    GGUF blocks: code j of a block in qs[j % 16], low nibble for j < 16
  *   Q8_0          GGUF blocks: the code is qs[j] + 128 (int8 qs) */
-#define LC_MATMUL_SOURCES(X)             \
-    X(STREAM, 0, "stream")               \
-    X(BITSANDBYTES, 1, "bitsandbytes")   \
-    X(Q4_0, 2, "Q4_0")                   \
-    X(Q4_1, 3, "Q4_1")                   \
-    X(Q8_0, 4, "Q8_0")
+#define MATMUL_SOURCES(X)                                                             \
+    X(SRC_STREAM, "stream") X(SRC_BITSANDBYTES, "bitsandbytes") X(SRC_Q4_0, "Q4_0")      \
+    X(SRC_Q4_1, "Q4_1") X(SRC_Q8_0, "Q8_0")
 
-enum {
-#define X(NAME, code, pyname) PATH_##NAME = code,
-    LC_MATMUL_PATHS(X)
-#undef X
-};
-enum {
-#define X(NAME, code, pyname) LAYOUT_##NAME = code,
-    LC_MATMUL_LAYOUTS(X)
-#undef X
-};
-enum {
-#define X(NAME, code, pyname) SRC_##NAME = code,
-    LC_MATMUL_SOURCES(X)
-#undef X
-};
-static const lc_code path_codes[] = {LC_MATMUL_PATHS(LC_CODE_ENTRY)};
-static const lc_code layout_codes[] = {LC_MATMUL_LAYOUTS(LC_CODE_ENTRY)};
-static const lc_code source_codes[] = {LC_MATMUL_SOURCES(LC_CODE_ENTRY)};
+enum { MATMUL_PATHS(LC_CODE_ENUM) NPATHS };
+enum { MATMUL_LAYOUTS(LC_CODE_ENUM) NLAYOUTS };
+enum { MATMUL_SOURCES(LC_CODE_ENUM) NSOURCES };
+static const char *const path_names[] = {MATMUL_PATHS(LC_CODE_NAME)};
 
 #if defined(LC_X86) && (defined(__clang__) || __GNUC__ >= 11)
 #define LC_HAVE_AVX_VNNI 1
@@ -934,10 +913,10 @@ static void gguf_params(const wsrc *s, int64_t N, int64_t K, float *d, float *m)
 static int want_path(int path) {
     if (path == PATH_AUTO) return auto_path();
     if (!path_available(path)) {
-        const char *name = "unknown";
-        for (size_t i = 0; i < LC_NCODES(path_codes); i++)
-            if (path_codes[i].code == path) name = path_codes[i].name;
-        PyErr_Format(lc_ArgumentError, "path: %s (code %d) is not available on this CPU", name, path);
+        if (path < 0 || path >= NPATHS)
+            PyErr_Format(lc_ArgumentError, "path: unknown path code %d", path);
+        else
+            PyErr_Format(lc_ArgumentError, "path: %s is not available on this CPU", path_names[path]);
         return -2;
     }
     return path;
@@ -1082,15 +1061,10 @@ static PyObject *py_nf4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     Py_RETURN_NONE;
 }
 
-static int code_in(const lc_code *codes, size_t n, int code) {
-    for (size_t i = 0; i < n; i++) if (codes[i].code == code) return 1;
-    return 0;
-}
-
 /* A source from (data, source, row_codes, bits), its size checked against N rows. */
 static int parse_source(PyArrayObject *data, int kind, long long N, long long K,
                         long long row_codes, int bits, wsrc *s, int *is_signed) {
-    if (!code_in(source_codes, LC_NCODES(source_codes), kind)) {
+    if (kind < 0 || kind >= NSOURCES) {
         PyErr_Format(lc_ArgumentError, "source: unknown source code %d", kind);
         return -1;
     }
@@ -1121,7 +1095,7 @@ static int parse_source(PyArrayObject *data, int kind, long long N, long long K,
 }
 
 static int parse_layout(int layout, long long N, long long K) {
-    if (!code_in(layout_codes, LC_NCODES(layout_codes), layout)) {
+    if (layout < 0 || layout >= NLAYOUTS) {
         PyErr_Format(lc_ArgumentError, "layout: unknown layout code %d", layout);
         return -1;
     }
@@ -1245,25 +1219,14 @@ static PyObject *py_gguf_params(PyObject *self, PyObject *args) {
     return Py_BuildValue("(NN)", d, m);
 }
 
-/* {"path": {...}, "layout": {...}, "source": {...}}: this family's codes by name. */
-static PyObject *py_codes(PyObject *self, PyObject *noargs) {
-    (void)self; (void)noargs;
-    return Py_BuildValue("{s:N,s:N,s:N}",
-                         "path", lc_code_dict(path_codes, LC_NCODES(path_codes)),
-                         "layout", lc_code_dict(layout_codes, LC_NCODES(layout_codes)),
-                         "source", lc_code_dict(source_codes, LC_NCODES(source_codes)));
-}
-
 /* {path name: whether this CPU can run it} for every path but "auto". */
 static PyObject *py_available(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
     PyObject *d = PyDict_New();
-    for (size_t i = 0; d && i < LC_NCODES(path_codes); i++) {
-        if (path_codes[i].code == PATH_AUTO) continue;
-        if (PyDict_SetItemString(d, path_codes[i].name,
-                                 path_available(path_codes[i].code) ? Py_True : Py_False) < 0)
+    for (int p = 0; d && p < NPATHS; p++)
+        if (p != PATH_AUTO &&
+            PyDict_SetItemString(d, path_names[p], path_available(p) ? Py_True : Py_False) < 0)
             Py_CLEAR(d);
-    }
     return d;
 }
 
@@ -1282,9 +1245,14 @@ static PyMethodDef methods[] = {
      "block-quantized (4/8-bit) weight-only Linear (see matmul.c)."},
     {"matmul_nf4_linear", (PyCFunction)(void (*)(void))py_nf4_linear, METH_VARARGS | METH_KEYWORDS,
      "NF4 weight-only Linear with float activations (see matmul.c)."},
-    {"matmul_codes", py_codes, METH_NOARGS, "The paths, layouts and sources, {name: code}."},
     {"matmul_available", py_available, METH_NOARGS, "{path: available on this CPU}."},
     {NULL, NULL, 0, NULL},
 };
 
-int lc_init_matmul(PyObject *m) { return lc_add_methods(m, methods); }
+int lc_init_matmul(PyObject *m) {
+    if (LC_ADD_CODE_TABLE(m, "matmul_paths", MATMUL_PATHS) < 0 ||
+        LC_ADD_CODE_TABLE(m, "matmul_layouts", MATMUL_LAYOUTS) < 0 ||
+        LC_ADD_CODE_TABLE(m, "matmul_sources", MATMUL_SOURCES) < 0)
+        return -1;
+    return lc_add_methods(m, methods);
+}

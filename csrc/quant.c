@@ -31,29 +31,14 @@
 
 #define CHUNK 1024 /* floats converted at a time for non-f32 inputs */
 
-/* The codes Python passes (litecomp/quant/core.py reads them with _C.quant_codes()):
- * X(NAME, code, python name); append, never renumber. */
-#define LC_QUANT_VIEWS(X)          \
-    X(TENSOR, 0, "tensor")         \
-    X(CHANNEL, 1, "channel")       \
-    X(GROUP, 2, "group")
-#define LC_QUANT_ROUNDINGS(X)                  \
-    X(ROUND_THEN_ADD, 0, "round_then_add")     \
-    X(ADD_THEN_ROUND, 1, "add_then_round")     \
-    X(FMA_THEN_ROUND, 2, "fma_then_round")
-
-enum {
-#define X(NAME, code, pyname) VIEW_##NAME = code,
-    LC_QUANT_VIEWS(X)
-#undef X
-};
-enum {
-#define X(NAME, code, pyname) ROUND_##NAME = code,
-    LC_QUANT_ROUNDINGS(X)
-#undef X
-};
-static const lc_code view_codes[] = {LC_QUANT_VIEWS(LC_CODE_ENTRY)};
-static const lc_code rounding_codes[] = {LC_QUANT_ROUNDINGS(LC_CODE_ENTRY)};
+/* Code tables (docs/conventions.md): the view modes and rounding rules above, exported as
+ * _C.quant_views and _C.quant_roundings. */
+#define QUANT_VIEWS(X) X(VIEW_TENSOR, "tensor") X(VIEW_CHANNEL, "channel") X(VIEW_GROUP, "group")
+#define QUANT_ROUNDINGS(X)                                                              \
+    X(ROUND_THEN_ADD, "round_then_add") X(ADD_THEN_ROUND, "add_then_round")              \
+    X(FMA_THEN_ROUND, "fma_then_round")
+enum { QUANT_VIEWS(LC_CODE_ENUM) VIEW_NKINDS };
+enum { QUANT_ROUNDINGS(LC_CODE_ENUM) ROUND_NKINDS };
 
 typedef struct {
     int64_t A, C, B;
@@ -287,14 +272,14 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
         for (int64_t pos = t * LC_BLOCK, s, stop; pos < end; pos = stop) {
             stop = seg_next(v, pos, end, &s);
             float inv_s = 1.0f / scales[s];
-            int zp_first = rounding != ROUND_ROUND_THEN_ADD; /* zp joins the rounded sum */
+            int zp_first = rounding != ROUND_THEN_ADD; /* zp joins the rounded sum */
             float pre = zp_first ? (float)zps[s] : 0.0f;
             for (int64_t c0 = pos; c0 < stop; c0 += CHUNK) {
                 int64_t m = stop - c0 < CHUNK ? stop - c0 : CHUNK;
                 const float *src;
                 if (code == LC_F32) src = (const float *)x + c0;
                 else { lc_to_f32(x, code, c0, m, buf); src = buf; }
-                bad |= quantize_chunk(src, m, inv_s, pre, rounding == ROUND_FMA_THEN_ROUND,
+                bad |= quantize_chunk(src, m, inv_s, pre, rounding == FMA_THEN_ROUND,
                                       zp_first ? 0 : zps[s], qmin, qmax, (uint8_t *)out + c0,
                                       out_signed);
             }
@@ -667,7 +652,7 @@ static lc_status quant_hist(const void *x, int code, const qview *v, const float
 
 /* ------------------------------------------------------------------ Python entry points */
 static int parse_view(PyArrayObject *x, long long A, long long C, long long B, int mode, qview *v) {
-    if (A < 0 || C < 0 || B < 0 || mode < VIEW_TENSOR || mode > VIEW_GROUP ||
+    if (A < 0 || C < 0 || B < 0 || mode < 0 || mode >= VIEW_NKINDS ||
         (mode == VIEW_GROUP && C != 1) ||
         A * C * B != (long long)PyArray_SIZE(x)) {
         PyErr_Format(lc_ShapeError, "x: view (%lld, %lld, %lld) mode %d does not fit %lld elements",
@@ -719,13 +704,13 @@ static PyObject *py_quant_minmax(PyObject *self, PyObject *args) {
 static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
     (void)self;
     PyArrayObject *x, *s, *z, *out;
-    int code, mode, qmin, qmax, rounding = ROUND_ROUND_THEN_ADD;
+    int code, mode, qmin, qmax, rounding = ROUND_THEN_ADD;
     long long A, C, B;
     if (!PyArg_ParseTuple(args, "O!iLLLiO!O!iiO!|i", &PyArray_Type, &x, &code, &A, &C, &B, &mode,
                           &PyArray_Type, &s, &PyArray_Type, &z, &qmin, &qmax, &PyArray_Type, &out,
                           &rounding))
         return NULL;
-    if (rounding < ROUND_ROUND_THEN_ADD || rounding > ROUND_FMA_THEN_ROUND) {
+    if (rounding < 0 || rounding >= ROUND_NKINDS) {
         PyErr_Format(lc_ArgumentError, "rounding: unknown rounding code %d", rounding);
         return NULL;
     }
@@ -952,15 +937,7 @@ static PyObject *py_quant_hist(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* {"view": {...}, "rounding": {...}}: this family's codes by name. */
-static PyObject *py_quant_codes(PyObject *self, PyObject *noargs) {
-    (void)self; (void)noargs;
-    return Py_BuildValue("{s:N,s:N}", "view", lc_code_dict(view_codes, LC_NCODES(view_codes)),
-                         "rounding", lc_code_dict(rounding_codes, LC_NCODES(rounding_codes)));
-}
-
 static PyMethodDef methods[] = {
-    {"quant_codes", py_quant_codes, METH_NOARGS, "The view modes and rounding rules, {name: code}."},
     {"quant_hist", py_quant_hist, METH_VARARGS,
      "quant_hist(x, code, A, C, B, mode, min, max, bins, out): torch.histc per slot."},
     {"error_stats", py_error_stats, METH_VARARGS,
@@ -980,4 +957,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int lc_init_quant(PyObject *m) { return lc_add_methods(m, methods); }
+int lc_init_quant(PyObject *m) {
+    if (LC_ADD_CODE_TABLE(m, "quant_views", QUANT_VIEWS) < 0 ||
+        LC_ADD_CODE_TABLE(m, "quant_roundings", QUANT_ROUNDINGS) < 0)
+        return -1;
+    return lc_add_methods(m, methods);
+}

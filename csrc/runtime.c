@@ -90,17 +90,6 @@ int lc_check_size(PyArrayObject *a, const char *name, int64_t n) {
     return 0;
 }
 
-/* ------------------------------------------------------------------ code tables */
-PyObject *lc_code_dict(const lc_code *codes, size_t n) {
-    PyObject *d = PyDict_New();
-    for (size_t i = 0; d && i < n; i++) {
-        PyObject *v = PyLong_FromLong(codes[i].code);
-        if (!v || PyDict_SetItemString(d, codes[i].name, v) < 0) Py_CLEAR(d);
-        Py_XDECREF(v);
-    }
-    return d;
-}
-
 /* ------------------------------------------------------------------ threads */
 static int g_threads = 1;
 
@@ -122,7 +111,7 @@ static void detect_simd(void) {
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl"))
         level = LC_SIMD_AVX512;
-    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni"))
+    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni")) /* gcc's spelling */
         level = LC_SIMD_AVX512_VNNI;
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
     g_avx_vnni = __builtin_cpu_supports("avxvnni");

@@ -454,22 +454,6 @@ def test_int4_symmetric_scale_is_absmax_over_7_5():
     assert (B.zeros == 8).all() and B.codes.max() <= 15
 
 
-# ------------------------------------------------------------------ code tables shared with C
-def test_code_tables_come_from_c_and_keep_their_values():
-    """The codes are C's (csrc/matmul.c X-macros); these values are the contract (append,
-    never renumber) and the SIMD names are litecomp's level names."""
-    from litecomp import _C
-    codes = _C.matmul_codes()
-    assert codes["path"] == {"auto": -1, "scalar": 0, "avx2": 1, "avx_vnni": 2, "avx512_vnni": 3}
-    assert codes["layout"] == {"i8": 0, "blk4": 1, "blk8": 2, "nf4": 3}
-    assert codes["source"] == {"stream": 0, "bitsandbytes": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 4}
-    assert qm.PATHS == codes["path"]
-    assert set(qm.available_paths()) <= set(codes["path"]) - {"auto"}
-    assert qm.available_paths()[0] == "scalar"
-    assert {"scalar", "avx2", "avx512_vnni"} <= set(litecomp._runtime.SIMD_LEVELS)
-    assert set(litecomp.build_info()) >= {"avx_vnni"}
-
-
 # ------------------------------------------------------------------ old names, one release
 def test_old_names_warn_and_still_work():
     W, x = rand((20, 100), 1), rand((2, 100), 2)

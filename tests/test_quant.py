@@ -401,37 +401,3 @@ def test_last_axis_channels_at_scale():
     obs = Q.PerChannelMinMaxObserver(axis=1).update(x)
     np.testing.assert_array_equal(obs.min_val, mn)
 
-
-def test_code_tables_come_from_c():
-    """View modes and rounding rules are csrc/quant.c's tables (these values are the
-    contract: append, never renumber); each rounding rule is the formula its name says."""
-    from litecomp import _C
-    from litecomp.quant import core
-    assert _C.quant_codes() == {"view": {"tensor": 0, "channel": 1, "group": 2},
-                                "rounding": {"round_then_add": 0, "add_then_round": 1,
-                                             "fma_then_round": 2}}
-    assert core.VIEW == _C.quant_codes()["view"] and core.ROUNDING == _C.quant_codes()["rounding"]
-    assert _view((4, 6), None, None)[3] == core.VIEW["tensor"]
-    assert _view((4, 6), 1, None)[3] == core.VIEW["channel"]
-    assert _view((4, 6), None, 3)[3] == core.VIEW["group"]
-
-    def codes(x, s, zp):
-        got = {}
-        for name, code in core.ROUNDING.items():
-            out = np.empty(1, np.int8)
-            _C.quant_affine(np.array([x], np.float32), 0, *_view((1,), None, None),
-                            np.array([s], np.float32), np.array([zp], np.int32), -128, 127, out,
-                            code)
-            got[name] = int(out[0])
-        return got
-    # 0.5 - 2^-25: rounding first gives 0 + 1; adding 1 first rounds the float sum to 1.5 -> 2
-    assert codes(np.float32(0.5) - np.float32(2 ** -25), 1.0, 1) == {
-        "round_then_add": 1, "add_then_round": 2, "fma_then_round": 2}
-    # -1.05 * (1/0.1) in float32 rounds to -10.5 exactly (-> -10 + 3 = -7 and -7.5 -> -8), the
-    # fused multiply-add keeps the exact product, just above -10.5 (-> -7)
-    assert codes(np.float32(-1.05), 0.1, 3) == {
-        "round_then_add": -7, "add_then_round": -8, "fma_then_round": -7}
-    with pytest.raises(litecomp.ArgumentError, match="rounding: unknown rounding code 3"):
-        _C.quant_affine(np.ones(1, np.float32), 0, *_view((1,), None, None),
-                        np.ones(1, np.float32), np.ones(1, np.int32), 0, 255,
-                        np.empty(1, np.uint8), 3)

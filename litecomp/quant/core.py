@@ -27,15 +27,14 @@ TORCH_QDTYPES = {"qint8": (-128, 127, True, 8), "quint8": (0, 255, False, 8),
                  "quint4x2": (0, 15, False, 4)}
 
 
-# The codes csrc/quant.c takes, read from its tables (LC_QUANT_VIEWS, LC_QUANT_ROUNDINGS).
-_CODES = _C.quant_codes()
+# The codes csrc/quant.c takes, from its code tables.
 #: View modes: which scale an element uses ("tensor", "channel" along an axis, or "group":
 #: runs of group_size contiguous elements).
-VIEW = _CODES["view"]
+VIEW = _C.quant_views
 #: Rounding rules: "round_then_add" clamp(rint(x / s) + zp) (litecomp, torch quint4x2),
 #: "add_then_round" clamp(rint(x / s + zp)) (torch per channel), "fma_then_round" (torch per
 #: tensor, fbgemm's fused multiply-add).
-ROUNDING = _CODES["rounding"]
+ROUNDING = _C.quant_roundings
 
 
 # ------------------------------------------------------------------ views and params

@@ -15,7 +15,7 @@ kernels; ``linear(x, q)`` packs on first use (cached on the tensor) and runs.  T
 
 x is [..., K] float32 (float16, bfloat16 and float64 are converted in C).  The packed
 layouts, the kernel paths and the weight sources are defined once, in csrc/matmul.c, and
-their codes come from there (``_C.matmul_codes()``).  See docs/quant-matmul.md.
+their codes come from there (``_C.matmul_paths``, ``_C.matmul_layouts``, ``_C.matmul_sources``).  See docs/quant-matmul.md.
 """
 
 import dataclasses
@@ -31,11 +31,10 @@ from .codebook import CODEBOOKS, NF4, Quant4, quantize_4bit
 from .core import QTensor, quantize
 from .gguf import FORMATS
 
-_CODES = _C.matmul_codes()
 #: Kernel path names and their codes ("auto" picks the best this CPU has).
-PATHS = _CODES["path"]
-_LAYOUT = _CODES["layout"]
-_SOURCE = _CODES["source"]
+PATHS = _C.matmul_paths
+_LAYOUT = _C.matmul_layouts
+_SOURCE = _C.matmul_sources
 #: Old spellings of the path names, accepted with a DeprecationWarning for one release.
 _OLD_PATHS = {"avxvnni": "avx_vnni", "avx512vnni": "avx512_vnni"}
 NT = 16  # output channels per tile (csrc/matmul.c)
@@ -47,8 +46,7 @@ GGUF_TYPES = ("Q4_0", "Q4_1", "Q8_0")
 def available_paths() -> list:
     """The kernel paths this CPU can run, scalar first (tests force each one)."""
     have = _C.matmul_available()
-    return [name for name, code in sorted(PATHS.items(), key=lambda kv: kv[1])
-            if code >= 0 and have[name]]
+    return [name for name in PATHS if name != "auto" and have[name]]
 
 
 def _path_code(path) -> int:

@@ -31,7 +31,7 @@ def int8_linear(x, qweight, scales, bias=None):
 
 
 def block_linear(x, codes, scales, zeros, offsets, group_size, bias=None):
-    """The blk definition (see csrc/qmatmul.c): Q8 activations per 32-block."""
+    """The blk definition (see csrc/matmul.c): Q8 activations per 32-block."""
     x = np.asarray(x, F).reshape(-1, codes.shape[1])
     n, k = codes.shape
     kb = (k + 31) // 32
