@@ -493,11 +493,12 @@ def test_old_names_warn_and_still_work():
         qm.BlockLinear.from_float(rand((4, 64)), group_size=48)
 
 
-def test_import_litecomp_does_not_warn():
+def test_import_litecomp_does_not_warn_and_quant_linear_is_the_function():
     import subprocess
     import sys
-    code = ("import warnings; warnings.simplefilter('error');"
-            "import litecomp, litecomp.quant; from litecomp import *; litecomp.quant.linear")
+    code = ("import warnings, types; warnings.simplefilter('error');"
+            "import litecomp, litecomp.quant, litecomp.quant.matmul; from litecomp import *;"
+            "assert isinstance(litecomp.quant.linear, types.FunctionType)")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
