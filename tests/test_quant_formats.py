@@ -71,6 +71,88 @@ def test_histogram_per_channel_and_other_methods():
         o.qparams("median")
 
 
+def _trt_entropy_threshold(h, width, target_bins=128, stride=8):
+    """TensorRT's entropy calibration as Migacz (GTC 2017) gives it, on a histogram of |x|:
+    for i = 128 .. 2048, P = bins[:i] with the outliers added to P[i-1]; Q = bins[:i] merged
+    into 128 levels, each level's count spread over its nonzero bins; the i with the
+    smallest KL(P || Q) (SciPy's entropy, which normalises both) gives (i + 0.5) * width."""
+    stats = pytest.importorskip("scipy.stats")
+    best = (np.inf, None)
+    for i in range(target_bins, h.size + 1, stride):
+        p = h[:i].astype(np.float64)
+        p[i - 1] += h[i:].sum()
+        q = np.zeros(i)
+        for part in np.array_split(np.arange(i), target_bins):
+            nz = h[part] > 0
+            q[part[nz]] = h[part].sum() / max(nz.sum(), 1)
+        if (q[p > 0] == 0).any():
+            continue
+        kl = stats.entropy(p, q)
+        if kl < best[0]:
+            best = (kl, i)
+    return (best[1] + 0.5) * width
+
+
+def test_calibration_ranges_against_independent_computations():
+    """percentile, mse and entropy give the range they claim, each checked against a
+    computation on the raw data that shares nothing with the observer but the claim."""
+    rng = np.random.default_rng(4)
+    x = (rng.laplace(size=(4, 300_000)) * np.array([[1], [2], [4], [3]])).astype(np.float32)
+    x[:, 0] = [40, 50, 60, 30]
+    x[2] = np.abs(x[2])
+    x[2, 1] = 0       # channel 2 one-sided: [0, max]
+    x[3] = -np.abs(x[3])
+    x[3, 1] = 0       # channel 3 one-sided: [min, 0]
+    o = Q.HistogramObserver(axis=0, dtype="qint8", scheme="symmetric").update(x)
+    width = (x.max(1) - x.min(1)) / 2048
+    # percentile p: the edges of the bins holding the (1-p)/2 and 1-(1-p)/2 quantiles, so
+    # NumPy's quantile lies within one bin inside each end (measured: 0.03 .. 0.90 bins)
+    for p in (99.0, 99.9, 99.99):
+        lo, hi = o.percentile_range(p)
+        qlo, qhi = np.quantile(x, [(1 - p / 100) / 2, 1 - (1 - p / 100) / 2], axis=1,
+                               method="inverted_cdf")
+        assert ((qlo - lo) / width >= 0).all() and ((qlo - lo) / width <= 1).all(), p
+        assert ((hi - qhi) / width >= 0).all() and ((hi - qhi) / width <= 1).all(), p
+    # mse: of the grid alpha * [min, max], the range whose quantization of the raw data has
+    # the smallest squared error (qparams: the independent reference formula).  The observer
+    # scores bin centres, not the values inside a bin; measured: its pick's raw error is
+    # within 0.71% of the raw data's best (0 on the one-sided channels)
+    lo, hi = o.mse_range()
+    for c in range(4):
+        v = x[c].astype(np.float64)
+
+        def err(mn, mx):
+            s, z = qref.calc_qparams(np.float32(mn), np.float32(mx), -128, 127, "symmetric", 0)
+            y = (np.clip(np.rint(v / s[0]) + z[0], -128, 127) - z[0]) * s[0]
+            return np.mean((y - v) ** 2)
+
+        grid = [err(x[c].min() * a, x[c].max() * a) for a in np.linspace(0.01, 1, 100)]
+        assert err(lo[c], hi[c]) <= min(grid) * 1.015, c
+        assert err(lo[c], hi[c]) < 0.95 * grid[-1], c  # and clipping the outlier pays
+    # entropy: on a one-sided channel the signed histogram is the |x| histogram, so the
+    # threshold is exactly TensorRT's on NumPy's histogram of the raw |x|
+    lo, hi = o.entropy_range()
+    for c in (2, 3):
+        amax = float(np.abs(x[c]).max())
+        h, _ = np.histogram(np.abs(x[c]), bins=2048, range=(0, amax))
+        want = np.float32(_trt_entropy_threshold(h, amax / 2048))
+        assert hi[c] == want and lo[c] == -want, c
+    # two-sided: the |x| histogram folded from the signed one counts |x| <= t, at every
+    # |x| edge t, to within the counts of the signed bins holding -t and t (the only
+    # information the fold lacks); measured at most 0.61 of that
+    from litecomp.quant.calibrate import _linspace
+    for c in (0, 1):
+        amax = float(np.abs(x[c]).max())
+        t = _linspace(0, amax, 2049).astype(np.float64)
+        folded = np.concatenate([[0], np.cumsum(o._abs_hist(c, amax, 2048))])
+        raw = np.searchsorted(np.sort(np.abs(x[c])), t, side="right")
+        e, hc = o._edges(c).astype(np.float64), o.hist[c]
+        at = [np.where((u >= e[0]) & (u <= e[-1]),
+                       hc[np.clip(np.searchsorted(e, u, side="right") - 1, 0, 2047)], 0)
+              for u in (t, -t)]
+        assert (np.abs(folded - raw) <= at[0] + at[1] + 1).all(), c
+
+
 # ------------------------------------------------------------------ NF4 / FP4
 @pytest.mark.parametrize("fmt", ["nf4", "fp4"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float16, ml_dtypes.bfloat16])
