@@ -118,7 +118,7 @@ def _compress(w, H, stage, keep=None):
         return np.asarray(new, np.float32), q, k, np.where(bm, w, 0).astype(np.float32)
     if stage.method == "wanda":
         s = _sparsity_of(o, where)
-        score = wanda_score(w, H.mean_sq)
+        score = wanda_score(w, np.diagonal(H).astype(np.float64) / 2)  # mean x^2
         if "n" in o or "m" in o:
             k = nm_mask(w, o.get("n", 2), o.get("m", 4), importance_scores=score)
             bm = nm_mask(w, o.get("n", 2), o.get("m", 4))
