@@ -51,8 +51,8 @@ def _inputs(x, cols, max_tokens=MAX_TOKENS):
         raise ShapeError("x: has no tokens")
     if not np.isfinite(x).all():
         raise NonFiniteError("x: contains NaN or inf")
-    if x.shape[0] > max_tokens:
-        x = x[::x.shape[0] // max_tokens][:max_tokens]
+    if x.shape[0] > max_tokens:  # llm-awq's sampling: every (T // max_tokens)-th token
+        x = x[::x.shape[0] // max_tokens]
     return np.ascontiguousarray(x)
 
 

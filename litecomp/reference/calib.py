@@ -224,6 +224,8 @@ def awq_clip(w, x, bits=4, group_size=128, *, grid=20, max_shrink=0.5, scheme="s
     i < max_shrink * grid, with the lowest MSE of that group's partial outputs."""
     w = np.asarray(w, F32)
     x = np.asarray(x, F32).reshape(-1, w.shape[1])
+    if x.shape[0] > 512:  # llm-awq: n_sample_token = 512, every (T // 512)-th token
+        x = x[::x.shape[0] // 512]
     rows, cols = w.shape
     gs = cols if group_size is None else group_size
     G = cols // gs
