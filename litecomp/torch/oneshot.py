@@ -485,7 +485,10 @@ def _smooth(taps, stats, by_param, params, modules, new, current, report):
             r = slice(*t.rows) if t.rows else slice(0, w.shape[0])
             w[r] = w[r] * s[None, :]
             scales[t.key] = s
-        fw = new.get(fold.weight)
+        # the producer may be a target too (v_proj -> o_proj), already scaled here
+        fw = current.get(fold.weight)
+        if fw is None:
+            fw = new.get(fold.weight)
         fw = _np(params[fold.weight]) if fw is None else fw
         rows = slice(*fold.rows) if fold.rows else slice(0, fw.shape[0])
         if fold.kind == "norm":
