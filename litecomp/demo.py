@@ -58,12 +58,14 @@ def step_model(ctx: DemoContext) -> str:
 from .io.demo import step_save_reload  # noqa: E402
 from .prune.demo import step_prune  # noqa: E402
 from .quant.demo import step_quantize  # noqa: E402
+from .calib.demo import step_calibrated  # noqa: E402
 
 STEPS = [
     ("model", step_model),
     ("save/reload", step_save_reload),
     ("prune", step_prune),
     ("quantize", step_quantize),
+    ("calibrated", step_calibrated),
     ("distill", step_distill),
 ]
 
