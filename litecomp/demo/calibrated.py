@@ -6,11 +6,13 @@ import numpy as np
 
 from .._table import render_table
 
+NAME = "calibrated"
 
-def step_calibrated(ctx) -> str:
+
+def run(ctx) -> str:
     """GPTQ vs RTN and SparseGPT vs magnitude on layer 0's q/k/v projection (calibrated)."""
     from .. import prune, quant
-    from .hessian import Hessian
+    from ..calib import Hessian
     sd = ctx.state_dict
     name = "transformer_decoder.layers.0.self_attn.in_proj_weight"
     w = sd[name]
