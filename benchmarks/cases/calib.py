@@ -179,7 +179,12 @@ def _tiny_llama(quick):
                                    if quick else 8, num_key_value_heads=4 if quick else 8,
                                    max_position_embeddings=256)
     torch.manual_seed(0)
-    return transformers.LlamaForCausalLM(cfg).eval(), cfg
+    model = transformers.LlamaForCausalLM(cfg)
+    # llm-compressor re-reads the config from model.config.name_or_path: give it a folder
+    import tempfile
+    folder = tempfile.mkdtemp(prefix="litecomp-bench-llama-")
+    model.save_pretrained(folder)
+    return transformers.LlamaForCausalLM.from_pretrained(folder).eval(), cfg
 
 
 def _calib_tokens(cfg, quick, n=None, seed=0):
@@ -193,6 +198,15 @@ def _logit_error(model, ref, batches):
     with torch.no_grad():
         num = sum(float(((model(b).logits - r) ** 2).sum()) for b, r in zip(batches, ref))
     return num / sum(float((r ** 2).sum()) for r in ref)
+
+
+def _word_tokenizer(vocab):
+    """A tokenizer object for llm-compressor's data path (the data comes tokenized; it is
+    only asked for padding, which equal-length samples never need)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+    tok = Tokenizer(models.WordLevel({str(i): i for i in range(vocab)}, unk_token="0"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="0", pad_token="0")
 
 
 def _peer_case(method, quick):
@@ -227,12 +241,14 @@ def _peer_case(method, quick):
             mod = GPTQModifier(targets="Linear", scheme="W4A16", ignore=["lm_head"])
         else:
             from llmcompressor.modifiers.pruning import SparseGPTModifier
-            mod = SparseGPTModifier(sparsity=0.5, targets="Linear", ignore=["lm_head"])
+            # its targets are the blocks whose Linear layers it prunes
+            mod = SparseGPTModifier(sparsity=0.5, targets=["LlamaDecoderLayer"],
+                                    ignore=["re:.*lm_head"])
         m = copy.deepcopy(base)
         ds = Dataset.from_dict({"input_ids": [b[0].tolist() for b in batches],
                                 "attention_mask": [[1] * b.shape[1] for b in batches]})
-        oneshot(model=m, dataset=ds, recipe=mod, num_calibration_samples=len(batches),
-                max_seq_length=batches[0].shape[1])
+        oneshot(model=m, dataset=ds, recipe=mod, processor=_word_tokenizer(cfg.vocab_size),
+                num_calibration_samples=len(batches), max_seq_length=batches[0].shape[1])
         return _logit_error(m, ref, test)
 
     run = Run(litecomp=lite, anchor=(f"llmcompressor.oneshot {method}", peer))

@@ -41,9 +41,12 @@ def check_hessian(H, cols, name="H") -> np.ndarray:
     if not np.isfinite(H).all():
         raise NonFiniteError(f"{name}: contains NaN or inf")
     scale = float(np.abs(H).max()) if H.size else 0.0
-    if scale and float(np.abs(H - H.T).max()) > 1e-4 * scale:
-        raise ArgumentError(f"{name}: is not symmetric (max |H - H^T| = "
-                            f"{float(np.abs(H - H.T).max()):.3g}, max |H| = {scale:.3g})")
+    asym = 0.0
+    for r0 in range(0, H.shape[0], 512):  # row panels: no full-size temporaries
+        asym = max(asym, float(np.abs(H[r0:r0 + 512] - H[:, r0:r0 + 512].T).max()))
+    if scale and asym > 1e-4 * scale:
+        raise ArgumentError(f"{name}: is not symmetric (max |H - H^T| = {asym:.3g}, "
+                            f"max |H| = {scale:.3g})")
     if (np.diagonal(H) < 0).any():
         raise ArgumentError(f"{name}: has negative diagonal entries; a Hessian 2/n X^T X "
                             "has none")
@@ -81,14 +84,16 @@ def tri_inv_lower(L) -> np.ndarray:
     return out
 
 
-def inverse_factor(H, damp=0.01, *, name="H"):
+def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
     """(U, damp used): U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1.
 
     ``H`` is a checked float32 matrix; its zero diagonal entries (dead inputs) are set to 1
     first.  A Cholesky that fails is retried with 10x the damping, up to DAMP_RETRIES
-    times, with a warning each time; then NonFiniteError.
+    times, with a warning each time; then NonFiniteError.  ``overwrite=True`` lets it use
+    H's memory (the caller's H is then garbage).
     """
-    H = H.copy()
+    if not overwrite:
+        H = H.copy()
     d = np.diagonal(H).copy()
     dead = d == 0
     if dead.any():
@@ -97,18 +102,24 @@ def inverse_factor(H, damp=0.01, *, name="H"):
         d[idx] = 1
     mean = float(np.mean(d, dtype=np.float64))
     step = damp
+    idx = np.arange(H.shape[0])
     for attempt in range(DAMP_RETRIES + 1):
-        Hd = H.copy()
-        idx = np.arange(H.shape[0])
-        Hd[idx, idx] += np.float32(step * mean)
+        H[idx, idx] = d + np.float32(step * mean)
         try:
-            L = np.linalg.cholesky(Hd[::-1, ::-1])
+            L = np.linalg.cholesky(H[::-1, ::-1])
         except np.linalg.LinAlgError:
             L = None
         if L is not None and np.isfinite(L).all():
-            U = np.ascontiguousarray(tri_inv_lower(L)[::-1, ::-1])
+            del H
+            U = tri_inv_lower(L)
+            del L
+            U = np.ascontiguousarray(U[::-1, ::-1])
             if np.isfinite(U).all() and (np.diagonal(U) > 0).all():
                 return U, step
+            H = None
+        if H is None:
+            raise NonFiniteError(f"{name}: its inverse is not finite (damp={step:g}); "
+                                 "check the calibration data")
         if attempt < DAMP_RETRIES:
             nxt = step * 10 if step > 0 else 0.01
             warnings.warn(f"{name}: Cholesky failed with damp={step:g}; retrying with "
@@ -149,7 +160,8 @@ def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None):
     n, m = nm if nm else (0, 0)
     keep_out = np.ones((rows, cols), np.bool_) if pmode else None
     q = quantizer
-    buf = np.empty(rows * max(cols - min(block_size, cols), 1), np.float32)
+    panel = 1024  # columns per trailing-update GEMM: bounds the temporary
+    buf = np.empty(rows * min(panel, max(cols - min(block_size, cols), 1)), np.float32)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         cnt = i2 - i1
@@ -173,10 +185,11 @@ def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None):
                      q.codes if q else None, pmode, pm, n, m)
         if pmode:
             keep_out[:, i1:i2] = pm == 0
-        if i2 < cols:
-            t = buf[:rows * (cols - i2)].reshape(rows, cols - i2)
-            np.matmul(err, U[i1:i2, i2:], out=t)
-            np.subtract(W[:, i2:], t, out=W[:, i2:])
+        for c0 in range(i2, cols, panel):
+            c1 = min(c0 + panel, cols)
+            t = buf[:rows * (c1 - c0)].reshape(rows, c1 - c0)
+            np.matmul(err, U[i1:i2, c0:c1], out=t)
+            np.subtract(W[:, c0:c1], t, out=W[:, c0:c1])
     return keep_out
 
 

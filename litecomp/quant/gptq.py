@@ -84,8 +84,9 @@ def gptq(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False, d
     if act_order:
         perm = np.argsort(-np.diagonal(Hm), kind="stable")
         W = np.ascontiguousarray(W[:, perm])
-        Hm = Hm[perm][:, perm]
-    U, _ = obs.inverse_factor(Hm, damp)
+        Hm = Hm[np.ix_(perm, perm)]
+    U, _ = obs.inverse_factor(Hm, damp, overwrite=True)
+    del Hm
 
     if group_size is None:
         qz = obs.Quantizer(rows, cols, bits, scheme, None, dynamic=False, scales=s,
