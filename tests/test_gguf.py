@@ -162,3 +162,15 @@ def test_quantize_into_out():
     np.testing.assert_array_equal(out, lg.quantize(x, "Q4_0"))
     with pytest.raises(litecomp.ArgumentError, match="^out"):
         lg.quantize(x, "Q4_0", out=np.empty((16, 8 * 18), np.int8))
+
+
+def test_format_table_is_cs_and_matches_the_gguf_package():
+    """FORMATS comes from the block structs in csrc/gguf.h (LC_GGUF_TYPES), and every id and
+    size there is ggml's."""
+    from litecomp import _C
+    assert lg.FORMATS == _C.gguf_formats()
+    assert set(lg.FORMATS) == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K"}
+    for name, (tid, block, nbytes) in lg.FORMATS.items():
+        t = getattr(T, name)
+        assert tid == t.value
+        assert (block, nbytes) == gguf.constants.GGML_QUANT_SIZES[t]

@@ -14,10 +14,9 @@ from .. import _C
 from .._check import as_array, as_kernel_input
 from ..errors import ArgumentError, DTypeError, FormatError, ShapeError
 
-#: name: (ggml type id, values per block, bytes per block)
-FORMATS = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22),
-           "Q5_1": (7, 32, 24), "Q8_0": (8, 32, 34), "Q4_K": (12, 256, 144),
-           "Q6_K": (14, 256, 210)}
+#: name: (ggml type id, values per block, bytes per block), from the block structs in
+#: csrc/gguf.h (LC_GGUF_TYPES), the one place they are written down.
+FORMATS = _C.gguf_formats()
 
 
 def _format(qtype):
