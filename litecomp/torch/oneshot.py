@@ -391,7 +391,8 @@ def _compress_layers(model, taps, stats, by_param, params, modules, new, compact
             if not ptaps:  # embedding (data-free only)
                 w, keep, q = _data_free(p, w, st, keep, report)
             elif not st.calibrated:
-                w, keep, q = _data_free(p, w, st, keep, report)
+                w, keep, q = _data_free(p, w, st, keep, report,
+                                        _parts_for(ptaps, stats, scales, w))
             else:
                 parts = _parts_for(ptaps, stats, scales, w)
                 if st.method == "awq":
@@ -429,22 +430,35 @@ def _parts_for(ptaps, stats, scales, w):
     return parts
 
 
-def _data_free(p, w, st, keep, report):
+def _data_free(p, w, st, keep, report, parts=None):
+    """A data-free stage (rtn, magnitude, ...) on the whole weight.  With ``parts`` (the
+    layer's Hessians) the report has the output error; without (embeddings) the weight's
+    relative error."""
+    from ..calib.apply import _energy
     from ..prune import apply
     from ..prune.state import _stage_masks
-    from ..quant.state import error_report, quantize_stage
+    from ..quant.state import quantize_stage
     stage = Stage(st.method, None, (), dict(st.options), st.index)
+
+    def rel_error(new):
+        if not parts:
+            return float(np.sum((new - w) ** 2, dtype=np.float64) /
+                         max(float(np.sum(w.astype(np.float64) ** 2)), 1e-300))
+        num = sum(_energy(new[r] - w[r], h.matrix) for r, h, _k in parts)
+        den = sum(_energy(w[r], h.matrix) for r, h, _k in parts)
+        return num / den if den else 0.0
+    note = "" if parts else "weight error (no data)"
     if st.family == "prune":
         m = _stage_masks(stage, {p: w})[p]
         keep = m if keep is None else keep & m
-        w = apply(w, m)
-        report.append(LayerReport(p, st.method, float(np.mean(w == 0)), None, float("nan")))
-        return w, keep, None
+        new = apply(w, m)
+        report.append(LayerReport(p, st.method, float(np.mean(new == 0)), None,
+                                  rel_error(new), note=note))
+        return new, keep, None
     src = w if keep is None else np.where(keep, w, 0).astype(np.float32)
     q = quantize_stage(src, stage)
-    e = error_report(p, src, q.dequantize())
     report.append(LayerReport(p, st.method, float(np.mean(src == 0)), getattr(q, "bits", None),
-                              float(10 ** (-e.sqnr_db / 10)), note="weight error (no data)"))
+                              rel_error(np.asarray(q.dequantize(), np.float32)), note=note))
     return w, keep, q
 
 
