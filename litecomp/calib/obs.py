@@ -27,8 +27,9 @@ DAMP_RETRIES = 4
 def check_hessian(H, cols, name="H") -> np.ndarray:
     """H as a float32 (cols, cols) array: square, the weight's width, finite, symmetric."""
     from .hessian import Hessian
-    if isinstance(H, Hessian):
-        H = H.matrix
+    owned = isinstance(H, Hessian)
+    if owned:
+        H = H.matrix  # a fresh array: no second copy
     H = as_array(H, name)
     if H.dtype.kind not in "fV":
         raise ArgumentError(f"{name}: expected a float matrix, got dtype {H.dtype}")
@@ -37,13 +38,14 @@ def check_hessian(H, cols, name="H") -> np.ndarray:
     if H.shape[0] != cols:
         raise ShapeError(f"{name}: is {H.shape[0]}x{H.shape[1]} but the weight has {cols} "
                          "input columns")
-    H = np.array(H, np.float32)
-    if not np.isfinite(H).all():
-        raise NonFiniteError(f"{name}: contains NaN or inf")
-    scale = float(np.abs(H).max()) if H.size else 0.0
-    asym = 0.0
+    H = np.asarray(H, np.float32) if owned and H.dtype == np.float32 else np.array(H, np.float32)
+    asym = scale = 0.0
     for r0 in range(0, H.shape[0], 512):  # row panels: no full-size temporaries
-        asym = max(asym, float(np.abs(H[r0:r0 + 512] - H[:, r0:r0 + 512].T).max()))
+        panel = H[r0:r0 + 512]
+        if not np.isfinite(panel).all():
+            raise NonFiniteError(f"{name}: contains NaN or inf")
+        scale = max(scale, float(panel.max()), -float(panel.min()))
+        asym = max(asym, float(np.abs(panel - H[:, r0:r0 + 512].T).max()))
     if scale and asym > 1e-4 * scale:
         raise ArgumentError(f"{name}: is not symmetric (max |H - H^T| = {asym:.3g}, "
                             f"max |H| = {scale:.3g})")
@@ -68,31 +70,65 @@ def check_weight(w, name="w") -> np.ndarray:
 
 
 def tri_inv_lower(L) -> np.ndarray:
-    """Inverse of a lower-triangular matrix, blocked: the diagonal blocks by np.linalg.inv,
-    the rest by two matmuls per level (inv([[A, 0], [B, C]]) = [[A^-1, 0],
-    [-C^-1 B A^-1, C^-1]])."""
+    """Invert a lower-triangular matrix in place (and return it), blocked: the diagonal
+    blocks by np.linalg.inv, the rest by two matmuls per level (inv([[A, 0], [B, C]]) =
+    [[A^-1, 0], [-C^-1 B A^-1, C^-1]]); the only temporaries are a quarter-size panel."""
     n = L.shape[0]
     if n <= 128:
-        return np.tril(np.linalg.inv(L)).astype(L.dtype, copy=False)
+        L[...] = np.tril(np.linalg.inv(L))
+        return L
     h = (n // 2 + 63) // 64 * 64
     Ai = tri_inv_lower(L[:h, :h])
     Ci = tri_inv_lower(L[h:, h:])
-    out = np.zeros_like(L)
-    out[:h, :h] = Ai
-    out[h:, h:] = Ci
-    out[h:, :h] = -(Ci @ (L[h:, :h] @ Ai))
-    return out
+    L[h:, :h] = -(Ci @ (L[h:, :h] @ Ai))
+    return L
+
+
+def cholesky_lower(A, block=512) -> np.ndarray:
+    """The lower Cholesky factor of a float32 matrix, computed in place in A (returned):
+    right-looking and blocked, each diagonal block by ``np.linalg.cholesky``, the panel by
+    the block's triangular inverse and the trailing update by ``np.matmul`` in column
+    panels -- float32 throughout.  (``np.linalg.cholesky`` on the whole matrix computes in
+    float64 and holds about six n^2 float32 copies; this holds one plus a panel.)
+    Raises np.linalg.LinAlgError when A is not positive definite."""
+    n = A.shape[0]
+    for k0 in range(0, n, block):
+        k1 = min(k0 + block, n)
+        Lkk = np.linalg.cholesky(A[k0:k1, k0:k1]).astype(np.float32)
+        if not np.isfinite(Lkk).all():
+            raise np.linalg.LinAlgError("not positive definite")
+        A[k0:k1, k0:k1] = Lkk
+        if k1 == n:
+            break
+        P = A[k1:, k0:k1] @ tri_inv_lower(Lkk).T  # L[k1:, k0:k1]
+        A[k1:, k0:k1] = P
+        for c0 in range(k1, n, block):  # lower part of A[k1:, k1:] -= P P^T
+            c1 = min(c0 + block, n)
+            A[c0:, c0:c1] -= P[c0 - k1:] @ P[c0 - k1:c1 - k1].T
+    return _zero_upper(A)
+
+
+def _zero_upper(A):
+    n = A.shape[0]
+    for r0 in range(0, n, 512):
+        r1 = min(r0 + 512, n)
+        A[r0:r1] = np.tril(A[r0:r1], r0)  # row panel r0..r1: keep columns <= row
+    return A
 
 
 def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
-    """(U, damp used): U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1.
+    """(U, damp used): U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1
+
 
     ``H`` is a checked float32 matrix; its zero diagonal entries (dead inputs) are set to 1
     first.  A Cholesky that fails is retried with 10x the damping, up to DAMP_RETRIES
     times, with a warning each time; then NonFiniteError.  ``overwrite=True`` lets it use
-    H's memory (the caller's H is then garbage).
+    H's memory (the caller's H is then garbage); a one-element list ``[H]`` also lets it
+    free H as soon as the factor exists.
     """
-    if not overwrite:
+    if isinstance(H, list):  # [H]: the caller hands its only reference over
+        H = H.pop()
+    elif not overwrite:
         H = H.copy()
     d = np.diagonal(H).copy()
     dead = d == 0
@@ -102,18 +138,26 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
         d[idx] = 1
     mean = float(np.mean(d, dtype=np.float64))
     step = damp
-    idx = np.arange(H.shape[0])
+    n = H.shape[0]
+    for i in range(n // 2):  # H <- J H J in place (row by row: no n^2 temporary)
+        top = H[i, ::-1].copy()
+        H[i] = H[n - 1 - i, ::-1]
+        H[n - 1 - i] = top
+    if n % 2:
+        H[n // 2] = H[n // 2, ::-1].copy()
+    d = d[::-1].copy()
+    idx = np.arange(n)
     for attempt in range(DAMP_RETRIES + 1):
         H[idx, idx] = d + np.float32(step * mean)
         try:
-            L = np.linalg.cholesky(H[::-1, ::-1])
+            L = cholesky_lower(H.copy() if attempt < DAMP_RETRIES else H)
         except np.linalg.LinAlgError:
             L = None
         if L is not None and np.isfinite(L).all():
             del H
-            U = tri_inv_lower(L)
+            U = tri_inv_lower(L)[::-1, ::-1]
+            U = np.ascontiguousarray(U)
             del L
-            U = np.ascontiguousarray(U[::-1, ::-1])
             if np.isfinite(U).all() and (np.diagonal(U) > 0).all():
                 return U, step
             H = None

@@ -99,8 +99,9 @@ def sparsegpt(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0.01,
         idx = np.flatnonzero(dead)
         Hm[idx, idx] = 1
         W[:, dead] = 0
-    U, _ = obs.inverse_factor(Hm, damp, overwrite=True)
+    box = [Hm]
     del Hm
+    U, _ = obs.inverse_factor(box, damp)  # frees H once the factor exists
     keep_out = obs.run(W, U, block_size, quantizer=qz, sparsity=sparsity, nm=nm, keep=keep)
     new_w = _as_dtype(W, dtype)
     if qz is None:

@@ -85,8 +85,9 @@ def gptq(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False, d
         perm = np.argsort(-np.diagonal(Hm), kind="stable")
         W = np.ascontiguousarray(W[:, perm])
         Hm = Hm[np.ix_(perm, perm)]
-    U, _ = obs.inverse_factor(Hm, damp, overwrite=True)
+    box = [Hm]
     del Hm
+    U, _ = obs.inverse_factor(box, damp)  # frees H once the factor exists
 
     if group_size is None:
         qz = obs.Quantizer(rows, cols, bits, scheme, None, dynamic=False, scales=s,
