@@ -153,6 +153,7 @@ static lc_status obs_block(const obs_job *jb) {
     update_fn update = pick_update();
     int bad = 0;
     const int nt = lc_threads_for(jb->rows * jb->count * jb->count / 2);
+    (void)nt; /* unused in a serial build */
     LC_OMP(parallel num_threads(nt) if (nt > 1) reduction(| : bad))
     {
         float *w1 = malloc((size_t)(jb->count > 0 ? jb->count : 1) * sizeof(float));
