@@ -174,7 +174,7 @@ def hessian_accumulation(quick):
 def _tiny_llama(quick):
     transformers = optional_import("transformers")
     cfg = transformers.LlamaConfig(vocab_size=512 if quick else 2048, hidden_size=128 if quick
-                                   else 512, intermediate_size=256 if quick else 1376,
+                                   else 512, intermediate_size=256 if quick else 1536,
                                    num_hidden_layers=2 if quick else 4, num_attention_heads=4
                                    if quick else 8, num_key_value_heads=4 if quick else 8,
                                    max_position_embeddings=256)
