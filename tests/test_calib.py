@@ -215,8 +215,8 @@ def test_gptq_beats_rtn_by_a_clear_margin(layer):
     rtn = out_err(x, w, litecomp.quant.quantize(w, 4, group_size=128).dequantize())
     g = out_err(x, w, gptq(w, h, 4, 128).dequantize())
     ga = out_err(x, w, gptq(w, h, 4, 128, act_order=True).dequantize())
-    # measured: 0.56 and 0.33 of RTN's output error
-    assert g < 0.75 * rtn and ga < 0.6 * rtn
+    # measured: 0.58 and 0.27 of RTN's output error
+    assert g < 0.75 * rtn and ga < 0.45 * rtn
 
 
 def test_gptq_damping_retries_then_fails():
@@ -295,8 +295,8 @@ def test_sparsegpt_and_wanda_beat_magnitude(layer):
     wanda = litecomp.prune.per_row(w, 0.5, importance_scores=litecomp.prune.scores.wanda(
         w, h.mean_sq))
     wd = out_err(x, w, np.where(wanda, w, 0))
-    # measured: 0.37, 0.55 and 0.62 of magnitude's error
-    assert sg < 0.6 * mag and sg24 < 0.75 * mag24 and wd < 0.8 * mag
+    # measured: 0.08, 0.12 and 0.12 of magnitude's error
+    assert sg < 0.2 * mag and sg24 < 0.3 * mag24 and wd < 0.3 * mag
 
 
 # ------------------------------------------------------------------ AWQ, SmoothQuant
