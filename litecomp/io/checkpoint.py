@@ -160,8 +160,8 @@ class _Source:
         if self.format == "safetensors":
             dt, shape, _b, _e = self.header.entries[name]
             return dt, shape
-        a = self.array(name)
-        return a.dtype, a.shape
+        dt, shape = npz.info(self.buf, ref, self.path)
+        return (dt if dt.isnative else dt.newbyteorder("=")), tuple(shape)
 
     def array(self, name):
         ref = self.refs[name]

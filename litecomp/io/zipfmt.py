@@ -103,6 +103,17 @@ def read_member_bytes(buf, m: Member, what: str, limit: int) -> bytes:
     return data
 
 
+def read_member_head(buf, m: Member, what: str, n: int) -> bytes:
+    """The first ``n`` (decompressed) bytes of a member, without its CRC check."""
+    raw = buf[m.offset:m.offset + m.csize]
+    if m.method == zipfile.ZIP_STORED:
+        return bytes(raw[:n])
+    try:
+        return zlib.decompressobj(-15).decompress(raw, n)
+    except zlib.error as exc:
+        raise FormatError(f"{what}: member {m.name} does not decompress ({exc})") from None
+
+
 class ZipWriter:
     """Write STORED members whose data starts on a 64-byte boundary (torch's layout: the
     padding is a local-header extra field 'FB' filled with 'Z')."""
