@@ -91,14 +91,39 @@ int lc_check_size(PyArrayObject *a, const char *name, int64_t n) {
 }
 
 /* ------------------------------------------------------------------ threads */
-static int g_threads = 1;
+/* Two levels, so that Python threads cannot disturb each other's calls:
+ *   g_threads  the process default (set_num_threads, LITECOMP_NUM_THREADS), atomic;
+ *   t_threads  the calling OS thread's own value while it is inside `with threads(n):`
+ *              (0: none), which no other thread can see or change.
+ * A kernel reads lc_threads() on the thread that called it; the value only sizes the team
+ * (work is split into fixed blocks), so even a default changed by another thread between
+ * two of a kernel's parallel regions cannot change a result -- and kernels that size
+ * buffers per thread read it once (prune.c's `nt`). */
+static LC_ATOMIC_INT g_threads = 1;
+static _Thread_local int t_threads = 0;
+static _Thread_local int t_team = 0; /* widest team this thread asked for: team_probe() */
 
-int lc_threads(void) { return g_threads; }
-void lc_set_threads(int n) { g_threads = n < 1 ? 1 : n; }
+int lc_threads(void) {
+    int n = t_threads ? t_threads : LC_ATOMIC_LOAD(g_threads);
+    if (n > t_team) t_team = n;
+    return n;
+}
+int lc_threads_for(int64_t work) {
+    if (work >= LC_PARALLEL_MIN) return lc_threads();
+    if (t_team < 1) t_team = 1;
+    return 1;
+}
+void lc_set_threads(int n) {
+    n = n < 1 ? 1 : n;
+    LC_ATOMIC_STORE(g_threads, n);
+    if (t_threads) t_threads = n; /* inside `threads()`: what you set is what you get */
+}
 
 /* ------------------------------------------------------------------ SIMD */
-static int g_simd_detected = -1;
-static int g_simd_cap = LC_SIMD_AVX512_VNNI;
+/* The same two levels for the SIMD cap (set_simd / with simd(level):); -1: no override. */
+static LC_ATOMIC_INT g_simd_detected = -1;
+static LC_ATOMIC_INT g_simd_cap = LC_SIMD_AVX512_VNNI;
+static _Thread_local int t_simd_cap = -1;
 static int g_avxvnni = 0;
 
 static void detect_simd(void) {
@@ -117,18 +142,26 @@ static void detect_simd(void) {
     g_avxvnni = __builtin_cpu_supports("avxvnni");
 #endif
 #endif
-    g_simd_detected = level;
+    LC_ATOMIC_STORE(g_simd_detected, level);
 }
 
 int lc_simd_detected(void) {
-    if (g_simd_detected < 0) detect_simd();
-    return g_simd_detected;
+    int d = LC_ATOMIC_LOAD(g_simd_detected);
+    if (d < 0) { /* first call is at module init, under the GIL */
+        detect_simd();
+        d = LC_ATOMIC_LOAD(g_simd_detected);
+    }
+    return d;
 }
 int lc_simd(void) {
     int d = lc_simd_detected();
-    return d < g_simd_cap ? d : g_simd_cap;
+    int cap = t_simd_cap >= 0 ? t_simd_cap : LC_ATOMIC_LOAD(g_simd_cap);
+    return d < cap ? d : cap;
 }
-void lc_simd_cap(int level) { g_simd_cap = level; }
+void lc_simd_cap(int level) {
+    LC_ATOMIC_STORE(g_simd_cap, level);
+    if (t_simd_cap >= 0) t_simd_cap = level;
+}
 int lc_cpu_has_avxvnni(void) { lc_simd_detected(); return g_avxvnni; }
 
 /* ------------------------------------------------------------------ Python entry points */
@@ -146,7 +179,36 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
-    return PyLong_FromLong(lc_threads());
+    return PyLong_FromLong(t_threads ? t_threads : LC_ATOMIC_LOAD(g_threads));
+}
+
+/* The calling thread's own thread count and SIMD cap (`with threads(n):`, `with
+ * simd(level):`): thread_override() -> (threads or 0, cap or -1); set_thread_override(t, c). */
+static PyObject *py_thread_override(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    return Py_BuildValue("(ii)", t_threads, t_simd_cap);
+}
+
+static PyObject *py_set_thread_override(PyObject *self, PyObject *args) {
+    (void)self;
+    int n, cap;
+    if (!PyArg_ParseTuple(args, "ii", &n, &cap)) return NULL;
+    if (n < 0 || n > 4096 || cap < -1 || cap > LC_SIMD_AVX512_VNNI) {
+        PyErr_Format(lc_ArgumentError, "override: (%d, %d) is out of range", n, cap);
+        return NULL;
+    }
+    t_threads = n;
+    t_simd_cap = cap;
+    Py_RETURN_NONE;
+}
+
+/* The widest team a kernel on this thread asked for since the last call, then reset:
+ * lets a test see that an input is big enough for the threads to split the work. */
+static PyObject *py_team_probe(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    int t = t_team;
+    t_team = 0;
+    return PyLong_FromLong(t);
 }
 
 static PyObject *py_set_simd_cap(PyObject *self, PyObject *arg) {
@@ -178,7 +240,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 #else
     const char *compiler = "unknown";
 #endif
-    return Py_BuildValue("{s:O,s:i,s:i,s:i,s:i,s:O,s:s,s:i,s:O}",
+    return Py_BuildValue("{s:O,s:i,s:i,s:i,s:i,s:O,s:s,s:i,s:L,s:L,s:O}",
                          "openmp", openmp ? Py_True : Py_False,
                          "openmp_version", omp_version,
                          "omp_num_procs", procs,
@@ -187,6 +249,8 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
                          "avxvnni", lc_cpu_has_avxvnni() ? Py_True : Py_False,
                          "compiler", compiler,
                          "num_dtypes", (int)LC_NUM_DTYPES,
+                         "parallel_min", (long long)LC_PARALLEL_MIN,
+                         "block", (long long)LC_BLOCK,
 #ifdef LC_X86
                          "x86", Py_True
 #else
@@ -212,6 +276,12 @@ static PyObject *py_dtype_table(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Set the kernels' thread count."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "The kernels' thread count."},
+    {"thread_override", py_thread_override, METH_NOARGS,
+     "This thread's own (threads, simd cap), 0 / -1 when it has none."},
+    {"set_thread_override", py_set_thread_override, METH_VARARGS,
+     "Set this thread's own (threads, simd cap); 0 / -1 for none."},
+    {"team_probe", py_team_probe, METH_NOARGS,
+     "Widest team a kernel on this thread asked for since the last call (then 0)."},
     {"set_simd_cap", py_set_simd_cap, METH_O, "Cap the SIMD level (0 forces scalar)."},
     {"simd_level", py_simd_level, METH_NOARGS, "The SIMD level kernels use now."},
     {"build_info", py_build_info, METH_NOARGS, "Compile-time and CPU facts."},
