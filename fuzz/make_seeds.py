@@ -122,6 +122,25 @@ def gguf_seeds(out):
         _put(out["gguf"], f"{name}.bin", bytes([i, 1]) + q.tobytes())
 
 
+def recipe_seeds(out):
+    recipes = {
+        "prune": [{"method": "magnitude", "targets": ["*.weight"], "ignore": ["emb.*"],
+                   "sparsity": 0.5}],
+        "nm": {"method": "magnitude", "n": 2, "m": 4, "targets": ["re:fc\\..*"]},
+        "rows": {"method": "magnitude", "granularity": "row", "sparsity": 0.25},
+        "random": {"method": "random", "sparsity": 0.3, "seed": 1},
+        "rtn": [{"method": "rtn", "bits": 4, "group_size": 32, "ignore": ["emb.*"]},
+                {"method": "nf4", "block_size": 64, "targets": ["emb.*"]}],
+        "kmeans": {"method": "kmeans", "bits": 3, "keep_zeros": True},
+        "stages": {"stages": [{"method": "rtn", "bits": 8, "axis": 0, "scheme": "affine"}]},
+    }
+    for name, r in recipes.items():
+        _put(out["recipe"], f"{name}.json", b"\x00" + json.dumps(r).encode())
+    _put(out["recipe"], "yaml.yaml", b"\x01" + (
+        b"- method: magnitude\n  sparsity: 0.5\n  targets: ['*.weight']\n"
+        b"- method: fp4\n  block_size: 32\n  double_quant: true\n"))
+
+
 def _put(folder, name, data):
     with open(os.path.join(folder, name), "wb") as f:
         f.write(data)
@@ -139,6 +158,7 @@ def main():
     npz_seeds(out)
     shard_seeds(out)
     gguf_seeds(out)
+    recipe_seeds(out)
     for name, folder in out.items():
         files = os.listdir(folder)
         print(f"{name}: {len(files)} seeds, {sum(os.path.getsize(os.path.join(folder, f)) for f in files)} bytes")

@@ -207,6 +207,28 @@ def _gguf(data, tmp):
     assert out.dtype == np.float32 and out.shape[0] == rows
 
 
+_RECIPE_SD = {"fc.weight": np.linspace(-1, 1, 64 * 32, dtype=np.float32).reshape(64, 32),
+              "fc.bias": np.zeros(64, np.float32),
+              "emb.weight": np.linspace(-2, 2, 16 * 64, dtype=np.float32).reshape(16, 64)}
+
+
+@target("recipe")
+def _recipe(data, tmp):
+    """recipe files (litecomp.recipe): JSON, or YAML when the first byte is odd; the stages
+    are checked, then run on a small state dict by their family (prune or quant)."""
+    from litecomp import recipe
+    from litecomp.prune import state as prune_state
+    from litecomp.quant import state as quant_state
+    suffix = ".yaml" if data[:1] and data[0] & 1 else ".json"
+    stages = recipe.stages(write(tmp, "recipe" + suffix, data[1:]))
+    for fam, run in (("prune", prune_state.prune_state_dict),
+                     ("quant", quant_state.quantize_state_dict)):
+        mine = [s for s in stages if s.family == fam]
+        if mine:
+            out, _info = run(_RECIPE_SD, mine)
+            touch({k: v for k, v in out.items() if isinstance(v, np.ndarray)})
+
+
 def names():
     return sorted(TARGETS)
 
