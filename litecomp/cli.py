@@ -47,6 +47,9 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:  # `litecomp inspect big.pth | head`
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the work stops between tensors, nothing is written
+        print("litecomp: interrupted; no output was written", file=sys.stderr)
+        return 130
 
 
 def _version_string() -> str:
