@@ -81,6 +81,7 @@ class BuildExt(build_ext):
                               "-fno-omit-frame-pointer"]
                     opt = ["-O1", "-g", *checks]
                     ext.extra_link_args += checks
+                    ext.define_macros.append(("LC_SANITIZE", f'"{sanitize}"'))
                 # -ffp-contract=off: the scalar reference must not be fused into FMAs behind
                 # our back, or SIMD paths (and other compilers) could not match it bit for bit.
                 ext.extra_compile_args += opt + [

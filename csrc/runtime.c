@@ -240,7 +240,10 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 #else
     const char *compiler = "unknown";
 #endif
-    return Py_BuildValue("{s:O,s:i,s:i,s:i,s:i,s:O,s:s,s:i,s:L,s:L,s:O}",
+#ifndef LC_SANITIZE
+#define LC_SANITIZE ""
+#endif
+    return Py_BuildValue("{s:O,s:i,s:i,s:i,s:i,s:O,s:s,s:i,s:L,s:L,s:s,s:O}",
                          "openmp", openmp ? Py_True : Py_False,
                          "openmp_version", omp_version,
                          "omp_num_procs", procs,
@@ -251,6 +254,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
                          "num_dtypes", (int)LC_NUM_DTYPES,
                          "parallel_min", (long long)LC_PARALLEL_MIN,
                          "block", (long long)LC_BLOCK,
+                         "sanitize", LC_SANITIZE,
 #ifdef LC_X86
                          "x86", Py_True
 #else

@@ -108,6 +108,7 @@ def build_info() -> dict:
         "num_threads": get_num_threads(),
         "available_cores": available_cores(),
         "compiler": c["compiler"],
+        "sanitize": c["sanitize"],
         "python": platform.python_version(),
         "numpy": __import__("numpy").__version__,
         "platform": f"{sys.platform}-{platform.machine()}",

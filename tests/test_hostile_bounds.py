@@ -7,6 +7,11 @@ import sys
 import pytest
 
 import hostile_cases as H
+import litecomp
+
+# ASan's redzones and quarantine (freed memory held back to catch use-after-free) make CPU
+# time and peak memory meaningless there; a sanitizer build checks the outcomes only.
+SANITIZED = bool(litecomp.build_info()["sanitize"])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="peak RSS via /proc (Linux)")
@@ -17,5 +22,6 @@ def test_hostile_input_is_bounded(tmp_path, name, title, expect, build):
         assert exc is None, f"{title}: {exc!r}"
     else:
         assert isinstance(exc, expect), f"{title}: {exc!r}"
-    assert cpu < H.BOUND_CPU_S, f"{title}: {cpu:.2f} s of CPU"
-    assert peak < H.BOUND_MB, f"{title}: {peak:.0f} MB"
+    if not SANITIZED:
+        assert cpu < H.BOUND_CPU_S, f"{title}: {cpu:.2f} s of CPU"
+        assert peak < H.BOUND_MB, f"{title}: {peak:.0f} MB"
