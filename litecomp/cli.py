@@ -6,7 +6,6 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
 from .commands import COMMANDS
 from .errors import LitecompError
 
@@ -50,10 +49,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: the work stops between tensors, nothing is written
         print("litecomp: interrupted; no output was written", file=sys.stderr)
         return 130
-
-
-def _version_string() -> str:
-    return f"litecomp {__version__}"
 
 
 if __name__ == "__main__":  # pragma: no cover
