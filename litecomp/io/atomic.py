@@ -78,9 +78,11 @@ class AtomicFiles:
     @contextlib.contextmanager
     def open(self, path):
         path = os.fspath(path)
-        fd, tmp = _temp_beside(path)
-        self.pending.append((tmp, path))
-        with os.fdopen(fd, "w+b") as f:
+        with deferred_interrupt():    # a Ctrl-C right after mkstemp must not orphan the file
+            fd, tmp = _temp_beside(path)
+            self.pending.append((tmp, path))
+            f = os.fdopen(fd, "w+b")
+        with f:
             yield f
             _finish(f, self.fsync)
 
