@@ -3,9 +3,9 @@ the outcome must be the stated litecomp error (or a result, where the file is le
 BOUND_CPU_S of CPU time and BOUND_MB of peak memory.  tests/test_hostile_bounds.py checks
 every case; ``python tests/hostile_cases.py`` prints the table in docs/reliability.md.
 
-Peak memory is the growth of the process's peak RSS (VmHWM, reset per case through
-/proc/self/clear_refs), so it counts NumPy buffers, Python objects and touched file maps
-alike."""
+Peak memory is the growth of the process's peak RSS (benchmarks.harness.run_with_peak:
+VmHWM, reset per case through /proc/self/clear_refs), so it counts NumPy buffers, Python
+objects and touched file maps alike."""
 
 import io
 import json
@@ -20,7 +20,7 @@ import zlib
 import numpy as np
 
 import litecomp
-from litecomp.errors import ArgumentError, FormatError, UnsafeCheckpointError
+from litecomp.errors import FormatError, UnsafeCheckpointError
 from litecomp.io.unpickler import PickleWriter
 
 BOUND_CPU_S = 1.0
@@ -352,57 +352,42 @@ def _two_indexes(tmp):
 
 
 # ------------------------------------------------------------------ measuring
-def _rss_kb(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def measure(build, tmp):
     """(outcome, exception-or-None, wall s, cpu s, peak MB above the start)."""
+    from benchmarks.harness import run_with_peak
     thunk = build(tmp)
-    import gc
-    gc.collect()
-    _reset_peak()
-    base = _rss_kb("VmRSS")
-    t0, c0 = time.perf_counter(), time.process_time()
-    exc = None
-    try:
-        out = thunk()
-        outcome = "result"
-        del out
-    except Exception as e:            # noqa: BLE001 - the caller judges it
-        exc = e
-        outcome = type(e).__name__
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    peak = max(0, _rss_kb("VmHWM") - base) / 1024
-    return outcome, exc, wall, cpu, peak
+    box = {}
+
+    def run():
+        t0, c0 = time.perf_counter(), time.process_time()
+        try:
+            thunk()
+            box["outcome"] = "result"
+        except Exception as e:            # noqa: BLE001 - the caller judges it
+            box["exc"], box["outcome"] = e, type(e).__name__
+        box["wall"], box["cpu"] = time.perf_counter() - t0, time.process_time() - c0
+
+    peak, _ = run_with_peak(run)
+    return (box["outcome"], box.get("exc"), box["wall"], box["cpu"],
+            (peak or 0) / (1 << 20))
 
 
 def table():
     import shutil
     import tempfile
-    rows = ["| case | outcome | time (ms) | peak memory (MB) |", "|---|---|---:|---:|"]
+    rows = ["| case | outcome | wall (ms) | CPU (ms) | peak memory (MB) |",
+            "|---|---|---:|---:|---:|"]
     for name, title, expect, build in CASES:
         tmp = tempfile.mkdtemp(prefix=f"hostile-{name}-")
         try:
             outcome, exc, wall, cpu, peak = measure(build, tmp)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        rows.append(f"| {title} | {outcome} | {wall * 1000:.0f} | {peak:.1f} |")
+        rows.append(f"| {title} | {outcome} | {wall * 1000:.0f} | {cpu * 1000:.0f} | "
+                    f"{peak:.1f} |")
     return "\n".join(rows)
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.stdout.write(table() + "\n")
