@@ -120,10 +120,12 @@ void lc_set_threads(int n) {
 }
 
 /* ------------------------------------------------------------------ SIMD */
-/* The same two levels for the SIMD cap (set_simd / with simd(level):); -1: no override. */
+/* The SIMD cap is process-wide only (an atomic): kernels read lc_simd() inside parallel
+ * regions, on OpenMP worker threads, which could not see a calling thread's own value.
+ * Every path gives the same bits, so a cap another thread changes can change which path
+ * runs, never a result. */
 static LC_ATOMIC_INT g_simd_detected = -1;
 static LC_ATOMIC_INT g_simd_cap = LC_SIMD_AVX512_VNNI;
-static _Thread_local int t_simd_cap = -1;
 static int g_avxvnni = 0;
 
 static void detect_simd(void) {
@@ -155,13 +157,11 @@ int lc_simd_detected(void) {
 }
 int lc_simd(void) {
     int d = lc_simd_detected();
-    int cap = t_simd_cap >= 0 ? t_simd_cap : LC_ATOMIC_LOAD(g_simd_cap);
+    int cap = LC_ATOMIC_LOAD(g_simd_cap);
     return d < cap ? d : cap;
 }
-void lc_simd_cap(int level) {
-    LC_ATOMIC_STORE(g_simd_cap, level);
-    if (t_simd_cap >= 0) t_simd_cap = level;
-}
+void lc_simd_cap(int level) { LC_ATOMIC_STORE(g_simd_cap, level); }
+int lc_get_simd_cap(void) { return LC_ATOMIC_LOAD(g_simd_cap); }
 int lc_cpu_has_avxvnni(void) { lc_simd_detected(); return g_avxvnni; }
 
 /* ------------------------------------------------------------------ Python entry points */
@@ -182,24 +182,27 @@ static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     return PyLong_FromLong(t_threads ? t_threads : LC_ATOMIC_LOAD(g_threads));
 }
 
-/* The calling thread's own thread count and SIMD cap (`with threads(n):`, `with
- * simd(level):`): thread_override() -> (threads or 0, cap or -1); set_thread_override(t, c). */
+/* The calling thread's own thread count (`with threads(n):`; 0: none). */
 static PyObject *py_thread_override(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
-    return Py_BuildValue("(ii)", t_threads, t_simd_cap);
+    return PyLong_FromLong(t_threads);
 }
 
-static PyObject *py_set_thread_override(PyObject *self, PyObject *args) {
+static PyObject *py_set_thread_override(PyObject *self, PyObject *arg) {
     (void)self;
-    int n, cap;
-    if (!PyArg_ParseTuple(args, "ii", &n, &cap)) return NULL;
-    if (n < 0 || n > 4096 || cap < -1 || cap > LC_SIMD_AVX512_VNNI) {
-        PyErr_Format(lc_ArgumentError, "override: (%d, %d) is out of range", n, cap);
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > 4096) {
+        PyErr_Format(lc_ArgumentError, "n: thread count must be in [0, 4096], got %ld", n);
         return NULL;
     }
-    t_threads = n;
-    t_simd_cap = cap;
+    t_threads = (int)n;
     Py_RETURN_NONE;
+}
+
+static PyObject *py_simd_cap(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    return PyLong_FromLong(lc_get_simd_cap());
 }
 
 /* The widest team a kernel on this thread asked for since the last call, then reset:
@@ -281,9 +284,10 @@ static PyMethodDef methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Set the kernels' thread count."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "The kernels' thread count."},
     {"thread_override", py_thread_override, METH_NOARGS,
-     "This thread's own (threads, simd cap), 0 / -1 when it has none."},
-    {"set_thread_override", py_set_thread_override, METH_VARARGS,
-     "Set this thread's own (threads, simd cap); 0 / -1 for none."},
+     "This thread's own thread count (0: none, the process default applies)."},
+    {"set_thread_override", py_set_thread_override, METH_O,
+     "Set this thread's own thread count (0: none)."},
+    {"simd_cap", py_simd_cap, METH_NOARGS, "The process-wide SIMD cap."},
     {"team_probe", py_team_probe, METH_NOARGS,
      "Widest team a kernel on this thread asked for since the last call (then 0)."},
     {"set_simd_cap", py_set_simd_cap, METH_O, "Cap the SIMD level (0 forces scalar)."},

@@ -40,12 +40,12 @@ def threads(n: int):
     block, then restore.  The setting belongs to the calling thread: kernels that other
     Python threads run at the same time keep their own count."""
     n = check_int(n, "n", 1, 4096)
-    old_threads, old_cap = _C.thread_override()
-    _C.set_thread_override(n, old_cap)
+    old = _C.thread_override()
+    _C.set_thread_override(n)
     try:
         yield
     finally:
-        _C.set_thread_override(old_threads, _C.thread_override()[1])
+        _C.set_thread_override(old)
 
 
 def _level_number(level) -> int:
@@ -61,8 +61,9 @@ def set_simd(level) -> None:
     reference path everywhere.
 
     The effective level is the lower of the cap and what this CPU supports.  The
-    ``LITECOMP_SIMD`` environment variable sets the cap at import.  Inside a ``with
-    simd(...):`` block it also sets that block's cap, as set_num_threads does.
+    ``LITECOMP_SIMD`` environment variable sets the cap at import.  Unlike the thread
+    count the cap is process-wide (kernels read it on their worker threads); every level
+    gives the same bits, so it only ever changes speed.
     """
     _C.set_simd_cap(_level_number(level))
 
@@ -84,15 +85,14 @@ def available_simd() -> tuple:
 
 @contextlib.contextmanager
 def simd(level):
-    """``with litecomp.simd("scalar"):`` cap this thread's SIMD level inside the block, then
-    restore (like ``threads``, the cap belongs to the calling thread)."""
-    cap = _level_number(level)
-    old_threads, old_cap = _C.thread_override()
-    _C.set_thread_override(old_threads, cap)
+    """``with litecomp.simd("scalar"):`` cap the SIMD level inside the block, then restore
+    (process-wide, see ``set_simd``: a test and debugging knob for one thread at a time)."""
+    old = _C.simd_cap()
+    set_simd(level)
     try:
         yield
     finally:
-        _C.set_thread_override(_C.thread_override()[0], old_cap)
+        _C.set_simd_cap(old)
 
 
 def build_info() -> dict:

@@ -1,7 +1,8 @@
 """Kernels called from several Python threads at once (each releases the GIL) give the
-bits a serial call gives, and thread-count / SIMD settings never leak between threads:
-``with threads(n):`` and ``with simd(level):`` belong to the calling thread, and
-``set_num_threads`` / ``set_simd`` from another thread while a call runs cannot change it."""
+bits a serial call gives, and thread counts never leak between threads: ``with threads(n):``
+belongs to the calling thread, and ``set_num_threads`` / ``set_simd`` from another thread
+while a call runs cannot change its result (the SIMD cap is process-wide: it may change the
+path a call takes, never its bits)."""
 
 import random
 import threading
@@ -42,28 +43,28 @@ def test_settings_belong_to_the_calling_thread():
     inside, release = threading.Event(), threading.Event()
 
     def other():
-        with litecomp.threads(2), litecomp.simd("scalar"):
+        with litecomp.threads(2):
             inside.set()
             release.wait(10)
-            seen["threads"], seen["simd"] = litecomp.get_num_threads(), litecomp.get_simd()
+            seen["threads"] = litecomp.get_num_threads()
 
     th = threading.Thread(target=other)
     th.start()
     inside.wait(10)
-    assert litecomp.get_num_threads() == old and litecomp.get_simd() == SIMD_LEVELS[-1]
+    assert litecomp.get_num_threads() == old
     with litecomp.threads(3):
         litecomp.set_num_threads(4)              # inside a block: the block takes it too
         assert litecomp.get_num_threads() == 4
         release.set()
         th.join()
-    assert seen == {"threads": 2, "simd": "scalar"}   # the main thread's changes did not leak
+    assert seen == {"threads": 2}                # the main thread's changes did not leak
     assert litecomp.get_num_threads() == 4         # the process default that was set
     litecomp.set_num_threads(old)
 
 
 def test_concurrent_calls_equal_serial_under_setting_churn(serial):
-    """Four Python threads run every kernel under their own thread count and SIMD level
-    while a fifth keeps changing the process-wide defaults."""
+    """Four Python threads run every kernel under their own thread count while a fifth
+    keeps changing the process-wide thread count and SIMD cap."""
     errors, stop = [], threading.Event()
     old = litecomp.get_num_threads()
 
@@ -80,14 +81,14 @@ def test_concurrent_calls_equal_serial_under_setting_churn(serial):
             for _ in range(2):
                 r.shuffle(names)
                 for name in names:
-                    k, level = r.randint(1, 3), r.choice(SIMD_LEVELS)
-                    with litecomp.threads(k), litecomp.simd(level):
+                    k = r.randint(1, 3)
+                    with litecomp.threads(k):
+                        litecomp._C.team_probe()
                         got = as_bytes(CASES[name]())
                         assert litecomp.get_num_threads() == k
-                        assert litecomp.get_simd() == level
                         assert litecomp._C.team_probe() == k, name
                     if got != serial[name]:
-                        errors.append((wid, name, k, level))
+                        errors.append((wid, name, k))
         except Exception as exc:            # noqa: BLE001 - reported below
             errors.append((wid, repr(exc)))
 
