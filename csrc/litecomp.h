@@ -148,7 +148,7 @@ int lc_simd(void);          /* the level kernels should use now: min(detected, c
 int lc_simd_detected(void); /* what this CPU and OS support                          */
 void lc_simd_cap(int level);/* litecomp.set_simd / LITECOMP_SIMD (process-wide)      */
 int lc_get_simd_cap(void);
-int lc_cpu_has_avxvnni(void);
+int lc_cpu_has_avx_vnni(void);
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define LC_X86 1

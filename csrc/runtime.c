@@ -126,7 +126,7 @@ void lc_set_threads(int n) {
  * runs, never a result. */
 static LC_ATOMIC_INT g_simd_detected = -1;
 static LC_ATOMIC_INT g_simd_cap = LC_SIMD_AVX512_VNNI;
-static int g_avxvnni = 0;
+static int g_avx_vnni = 0;
 
 static void detect_simd(void) {
     int level = LC_SIMD_SCALAR;
@@ -138,10 +138,10 @@ static void detect_simd(void) {
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl"))
         level = LC_SIMD_AVX512;
-    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni"))
+    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni")) /* gcc's spelling */
         level = LC_SIMD_AVX512_VNNI;
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-    g_avxvnni = __builtin_cpu_supports("avxvnni");
+    g_avx_vnni = __builtin_cpu_supports("avxvnni");
 #endif
 #endif
     LC_ATOMIC_STORE(g_simd_detected, level);
@@ -162,7 +162,7 @@ int lc_simd(void) {
 }
 void lc_simd_cap(int level) { LC_ATOMIC_STORE(g_simd_cap, level); }
 int lc_get_simd_cap(void) { return LC_ATOMIC_LOAD(g_simd_cap); }
-int lc_cpu_has_avxvnni(void) { lc_simd_detected(); return g_avxvnni; }
+int lc_cpu_has_avx_vnni(void) { lc_simd_detected(); return g_avx_vnni; }
 
 /* ------------------------------------------------------------------ Python entry points */
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
@@ -252,7 +252,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
                          "omp_num_procs", procs,
                          "simd_detected", lc_simd_detected(),
                          "simd", lc_simd(),
-                         "avxvnni", lc_cpu_has_avxvnni() ? Py_True : Py_False,
+                         "avx_vnni", lc_cpu_has_avx_vnni() ? Py_True : Py_False,
                          "compiler", compiler,
                          "num_dtypes", (int)LC_NUM_DTYPES,
                          "parallel_min", (long long)LC_PARALLEL_MIN,

@@ -40,7 +40,7 @@ def make_cases(seed=0):
     mask = prune.l1_unstructured(w, 0.5)
     s = rng.standard_normal((64, 5003)).astype(np.float32)       # 320k logits
     t = rng.standard_normal((64, 5003)).astype(np.float32)
-    lin = litecomp.qmatmul.Int8Linear.from_float(w[:512])
+    lin = litecomp.quant.matmul.Int8Linear.from_float(w[:512])
     xa = rng.standard_normal((600, 640)).astype(np.float32)       # M*N*K = 196M
     return {
         "core.tensor_stats": lambda: litecomp.tensor_stats(x),
@@ -56,5 +56,5 @@ def make_cases(seed=0):
         "gguf.quantize": lambda: gguf.quantize(w.reshape(-1, 512), "Q4_K"),
         "codebook.nf4": lambda: Q.quantize_4bit(x, "nf4").data,
         "distill.loss": lambda: distill.loss("kl", s, t, temperature=2.0),
-        "qmatmul.int8": lambda: lin(xa),
+        "matmul.int8": lambda: lin(xa),
     }

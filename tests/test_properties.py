@@ -20,7 +20,7 @@ from litecomp.reference import core as rcore
 from litecomp.reference import distill as rdistill
 from litecomp.reference import gguf as rgguf
 from litecomp.reference import prune as rprune
-from litecomp.reference import qmatmul as rqm
+from litecomp.reference import matmul as rqm
 from litecomp.reference import quant as rquant
 from litecomp.reference import random as rrandom
 from conftest import SIMD_LEVELS
@@ -338,27 +338,27 @@ def test_distill_large_same_everywhere(s):
     same_everywhere(lambda: distill.loss("kl", s, t, temperature=2.0))
 
 
-# ------------------------------------------------------------------ qmatmul
+# ------------------------------------------------------------------ matmul
 @SMALL
 @given(st.integers(1, 9), st.integers(1, 20), st.integers(1, 40), st.integers(0, 2 ** 32),
        st.sampled_from(LAYOUTS))
-def test_qmatmul_equals_reference(m, n, k, seed, layout):
+def test_matmul_equals_reference(m, n, k, seed, layout):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    lin = litecomp.qmatmul.Int8Linear.from_float(w)
+    lin = litecomp.quant.matmul.Int8Linear.from_float(w)
     bits_equal(lin(lay_out(x, layout)), rqm.int8_linear(x, lin.qweight, lin.scales))
 
 
 @LARGE
 @given(st.integers(0, 2 ** 32))
-def test_qmatmul_large_same_everywhere(seed):
+def test_matmul_large_same_everywhere(seed):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((96, 256)).astype(np.float32)
     x = rng.standard_normal((40, 256)).astype(np.float32)    # M*N*K = 983k > threshold
-    lin = litecomp.qmatmul.Int8Linear.from_float(w)
+    lin = litecomp.quant.matmul.Int8Linear.from_float(w)
     bits_equal(same_everywhere(lambda: lin(x)), rqm.int8_linear(x, lin.qweight, lin.scales))
-    b = litecomp.qmatmul.BlockLinear.from_float(w, bits=4, group_size=32)
+    b = litecomp.quant.matmul.BlockLinear.from_float(w, bits=4, group_size=32)
     same_everywhere(lambda: b(x))
 
 
