@@ -40,7 +40,7 @@ def make_cases(seed=0):
     mask = prune.l1_unstructured(w, 0.5)
     s = rng.standard_normal((64, 5003)).astype(np.float32)       # 320k logits
     t = rng.standard_normal((64, 5003)).astype(np.float32)
-    lin = litecomp.quant.matmul.Int8Linear.from_float(w[:512])
+    lin = Q.prepare_linear(Q.quantize(w[:512], 8, axis=0))
     xa = rng.standard_normal((600, 640)).astype(np.float32)       # M*N*K = 196M
     return {
         "core.tensor_stats": lambda: litecomp.tensor_stats(x),

@@ -346,7 +346,7 @@ def test_matmul_equals_reference(m, n, k, seed, layout):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((n, k)).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)
-    lin = litecomp.quant.matmul.Int8Linear.from_float(w)
+    lin = Q.prepare_linear(Q.quantize(w, 8, axis=0))
     bits_equal(lin(lay_out(x, layout)), rqm.int8_linear(x, lin.qweight, lin.scales))
 
 
@@ -356,9 +356,9 @@ def test_matmul_large_same_everywhere(seed):
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((96, 256)).astype(np.float32)
     x = rng.standard_normal((40, 256)).astype(np.float32)    # M*N*K = 983k > threshold
-    lin = litecomp.quant.matmul.Int8Linear.from_float(w)
+    lin = Q.prepare_linear(Q.quantize(w, 8, axis=0))
     bits_equal(same_everywhere(lambda: lin(x)), rqm.int8_linear(x, lin.qweight, lin.scales))
-    b = litecomp.quant.matmul.BlockLinear.from_float(w, bits=4, group_size=32)
+    b = Q.prepare_linear(Q.quantize(w, 4, group_size=32))
     same_everywhere(lambda: b(x))
 
 
