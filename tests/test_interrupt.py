@@ -35,14 +35,18 @@ def _child(code, *args):
 def _interrupt_when(p, ready, timeout=120):
     """Wait until ready() is true (the child is in the middle of its work), then SIGINT."""
     end = time.monotonic() + timeout
-    while not ready():
-        if p.poll() is not None or time.monotonic() > end:
-            out, err = p.communicate()
-            pytest.fail(f"child ended before it could be interrupted: {out} {err[-800:]}")
-        time.sleep(0.005)
-    p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=timeout)
-    return out, err
+    try:
+        while not ready():
+            if p.poll() is not None or time.monotonic() > end:
+                out, err = p.communicate(timeout=timeout)
+                pytest.fail(f"child ended before it could be interrupted: {out} {err[-800:]}")
+            time.sleep(0.005)
+        p.send_signal(signal.SIGINT)
+        return p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:          # a failed test must not leave its child running
+            p.kill()
+            p.wait()
 
 
 def _started(p):
