@@ -131,7 +131,7 @@ def _stage(d, i) -> Stage:
     if method is None:
         raise ArgumentError(f"{where}: a stage needs a 'method' (one of "
                             f"{', '.join(METHODS)})")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ArgumentError(f"{where}: unknown method {method!r}; known: "
                             f"{', '.join(METHODS)}")
     spec = METHODS[method]
@@ -153,6 +153,8 @@ def load(path) -> list:
             text = f.read()
     except OSError as exc:
         raise ArgumentError(f"recipe: cannot read {path!r} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"recipe: {path!r} is not UTF-8 text ({exc})") from None
     if path.endswith((".yaml", ".yml")):
         try:
             import yaml
@@ -161,12 +163,12 @@ def load(path) -> list:
                                 "give the recipe as .json") from None
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, RecursionError) as exc:
             raise FormatError(f"recipe: {path!r} is not valid YAML ({exc})") from None
     else:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise FormatError(f"recipe: {path!r} is not valid JSON ({exc})") from None
     if isinstance(data, dict) and "stages" in data and "method" not in data:
         data = data["stages"]

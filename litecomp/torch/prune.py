@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from ..errors import ArgumentError, ShapeError
+from ..io.atomic import deferred_interrupt
 from ..prune.scores import ActivationStats
 
 
@@ -24,7 +25,10 @@ def apply_masks(module: nn.Module, masks: dict) -> nn.Module:
     """Prune ``module`` with litecomp masks ({"fc.weight": bool array}) through
     ``torch.nn.utils.prune.custom_from_mask``: the module gets ``weight_orig`` +
     ``weight_mask`` and a forward pre-hook, so fine-tuning keeps pruned weights at zero.
-    A parameter pruned before keeps its old mask too (torch combines them)."""
+    A parameter pruned before keeps its old mask too (torch combines them).  Every mask is
+    checked before the first is applied, and Ctrl-C is held off while they are, so the
+    module is never left pruned halfway."""
+    todo = []
     for name, mask in masks.items():
         owner, attr = _split(module, name)
         current = getattr(owner, attr, None)
@@ -34,8 +38,11 @@ def apply_masks(module: nn.Module, masks: dict) -> nn.Module:
         if tuple(m.shape) != tuple(current.shape):
             raise ShapeError(f"masks[{name!r}]: shape {m.shape} does not match the "
                              f"parameter's {tuple(current.shape)}")
-        t = torch.from_numpy(np.ascontiguousarray(m != 0)).to(current.device)
-        tprune.custom_from_mask(owner, attr, mask=t)
+        todo.append((owner, attr, torch.from_numpy(np.ascontiguousarray(m != 0)).to(
+            current.device)))
+    with deferred_interrupt():
+        for owner, attr, t in todo:
+            tprune.custom_from_mask(owner, attr, mask=t)
     return module
 
 
