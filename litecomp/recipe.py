@@ -28,7 +28,7 @@ from typing import Optional
 from .errors import ArgumentError, FormatError
 from .select import Selector, patterns
 
-__all__ = ["Method", "METHODS", "Stage", "stages", "load", "methods_of"]
+__all__ = ["Method", "METHODS", "Stage", "stages", "load", "methods_of", "require_data_free"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,25 @@ METHODS = {
     "fp4": Method("quant", ("block_size", "double_quant"), "bitsandbytes FP4, blockwise absmax"),
     "kmeans": Method("quant", ("bits", "axis", "sparse", "keep_zeros"),
                      "k-means weight sharing (2**bits values per tensor or channel)"),
+    # calibrated (litecomp.calib.apply_stage with Hessians, litecomp.torch.oneshot)
+    "gptq": Method("quant", ("bits", "group_size", "scheme", "act_order", "static_groups",
+                             "damp", "block_size"),
+                   "GPTQ: quantize column by column, error spread by the inverse Hessian",
+                   calibrated=True),
+    "sparsegpt": Method("prune", ("sparsity", "n", "m", "block_size", "damp", "bits",
+                                  "group_size", "scheme"),
+                        "SparseGPT: OBS pruning with weight updates; with bits, also quantize",
+                        calibrated=True),
+    "wanda": Method("prune", ("sparsity", "n", "m"),
+                    "Wanda: prune the lowest |w| * sqrt(mean x^2) per output row, or N:M",
+                    calibrated=True),
+    "awq": Method("quant", ("bits", "group_size", "scheme", "grid", "clip", "mappings"),
+                  "AWQ: per-input-channel scales from activations (folded into the preceding "
+                  "op), clipping search, then round-to-nearest", calibrated=True),
+    "smoothquant": Method("smooth", ("alpha", "mappings"),
+                          "SmoothQuant: move activation outliers into the weights (s = "
+                          "max|x|^a / max|w|^(1-a), folded into the preceding op)",
+                          calibrated=True),
 }
 
 _COMMON = ("method", "targets", "ignore")
@@ -74,6 +93,11 @@ class Stage:
     @property
     def family(self) -> str:
         return METHODS[self.method].family
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the method needs calibration data (Hessians or activations)."""
+        return METHODS[self.method].calibrated
 
     @property
     def selector(self) -> Selector:
@@ -171,6 +195,16 @@ def stages(recipe, *, family=None) -> list:
                     f"{s.where()}: method {s.method!r} is a {s.family} method, not {family}; "
                     f"{family} methods: {', '.join(methods_of(family))}")
     return out
+
+
+def require_data_free(plan, where="this workflow") -> None:
+    """ArgumentError for the first stage whose method needs calibration data."""
+    for s in plan:
+        if s.calibrated:
+            raise ArgumentError(
+                f"{s.where()}: method {s.method!r} needs calibration data, which {where} "
+                "does not have; run it with litecomp.calib.apply_stage(state_dict, stage, "
+                "hessians) (or `--hessians` on the command line) or litecomp.torch.oneshot")
 
 
 def methods_of(family) -> list:
