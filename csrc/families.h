@@ -11,4 +11,5 @@
     X(quant)           \
     X(gguf)            \
     X(codebook)        \
-    X(qmatmul)
+    X(qmatmul)         \
+    X(shrink)
