@@ -56,6 +56,19 @@ METHODS = {
     "fp4": Method("quant", ("block_size", "double_quant"), "bitsandbytes FP4, blockwise absmax"),
     "kmeans": Method("quant", ("bits", "axis", "sparse", "keep_zeros"),
                      "k-means weight sharing (2**bits values per tensor or channel)"),
+    # structured shrinking: litecomp.shrink.shrink_state_dict
+    "shrink_ffn": Method("shrink", ("sparsity", "amount", "criterion", "granularity",
+                                    "round_to"), "remove FFN units (litecomp.shrink.ffn)"),
+    "shrink_heads": Method("shrink", ("sparsity", "amount", "criterion", "granularity",
+                                      "round_to", "gqa", "attention"),
+                           "remove attention heads, GQA-aware (litecomp.shrink.heads)"),
+    "shrink_hidden": Method("shrink", ("sparsity", "amount", "criterion", "round_to"),
+                            "remove residual-stream channels (litecomp.shrink.hidden)"),
+    "shrink_vocab": Method("shrink", ("keep_ids", "token_ids", "vocab_size"),
+                           "keep only some vocabulary ids (litecomp.shrink.vocab)"),
+    "lowrank": Method("shrink", ("rank", "energy", "budget", "algorithm", "oversample",
+                                 "power_iters", "seed"),
+                      "factorize Linear weights by truncated SVD (litecomp.lowrank)"),
 }
 
 _COMMON = ("method", "targets", "ignore")

@@ -7,4 +7,5 @@ COMMANDS = [
     "inspect",
     "prune",
     "quantize",
+    "shrink",
 ]

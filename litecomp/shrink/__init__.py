@@ -26,7 +26,7 @@ exact; see docs/shrink.md).
 >>> r.state_dict["transformer_decoder.layers.0.linear1.weight"].shape
 (64, 64)
 >>> r.config["ffn"], r.kept["layers.0.ffn"][:4]
-(64, array([0, 2, 3, 4]))
+(64, array([ 1,  7,  9, 12]))
 """
 
 from dataclasses import dataclass, field
