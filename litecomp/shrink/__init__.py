@@ -72,7 +72,9 @@ def count_parameters(state_dict) -> int:
 
 
 def _inputs(state_dict, arch, config=None):
-    """(state dict, bound arch) from a state dict or a previous ShrinkResult."""
+    """(state dict, bound arch) from a state dict or a previous ShrinkResult (whose ``kept``
+    the next step carries on)."""
+    prior = state_dict.kept if isinstance(state_dict, ShrinkResult) else {}
     if isinstance(state_dict, ShrinkResult):
         arch = state_dict.arch if arch is None else arch
         state_dict = state_dict.state_dict
@@ -85,7 +87,7 @@ def _inputs(state_dict, arch, config=None):
         a = _arch.get(arch)
         if config is not None or a.config is None:
             a = a.bind(config if config is not None else a.config, _prefix(a, state_dict))
-    return state_dict, a
+    return state_dict, a, prior
 
 
 def _prefix(a, state_dict):
@@ -125,7 +127,7 @@ def _heads_of(a, attn, n):
 def sizes(state_dict, arch=None, *, config=None) -> dict:
     """The model's sizes: layers, vocab, hidden, ffn (per layer) and per attention block
     heads / kv_heads (per layer) and head_dim (None where the config lacks the head count)."""
-    sd, a = _inputs(state_dict, arch, config)
+    sd, a, _ = _inputs(state_dict, arch, config)
     n = a.num_layers(sd)
     if n == 0:
         raise ShapeError(f"state_dict: has no layer of {a.name} "
@@ -222,7 +224,9 @@ def _config(a, s, before, norm_scale=None):
     return cfg
 
 
-def _finish(sd, a, cut, kept, before, after, norm_scale=None, id_map=None):
+def _finish(sd, a, cut, kept, before, after, norm_scale=None, id_map=None, prior=()):
+    for k, v in dict(prior).items():
+        kept.setdefault(k, v)
     new_sd = cut.apply(sd)
     cfg = _config(a, after, before, norm_scale)
     return ShrinkResult(new_sd, cfg, kept, a.bind(cfg), cut, id_map)
@@ -258,7 +262,7 @@ def ffn(state_dict, arch=None, amount=0.5, *, criterion="l2", granularity="layer
     multiple of it.  targets / ignore: the layers (their prefixes, such as
     ``"model.layers.3"``) to shrink; default all.
     """
-    sd, a = _inputs(state_dict, arch, config)
+    sd, a, prior = _inputs(state_dict, arch, config)
     _check_common(criterion, round_to)
     before = sizes(sd, a)
     n = before["layers"]
@@ -275,7 +279,7 @@ def ffn(state_dict, arch=None, amount=0.5, *, criterion="l2", granularity="layer
         cut.keep_group(g, m)
         kept[g.name] = np.flatnonzero(m)
         after["ffn"][i] = int(m.sum())
-    return _finish(sd, a, cut, kept, before, after)
+    return _finish(sd, a, cut, kept, before, after, prior=prior)
 
 
 # ------------------------------------------------------------------ attention heads
@@ -305,7 +309,7 @@ def heads(state_dict, arch=None, amount=0.25, *, criterion="l2", granularity="la
     "self_attn" and "multihead_attn"); targets / ignore select blocks by module name
     (``"model.layers.0.self_attn"``).
     """
-    sd, a = _inputs(state_dict, arch, config)
+    sd, a, prior = _inputs(state_dict, arch, config)
     _check_common(criterion, round_to)
     if gqa not in GQA_MODES:
         raise ArgumentError(f"gqa: {gqa!r} is not one of {', '.join(GQA_MODES)}")
@@ -382,7 +386,7 @@ def heads(state_dict, arch=None, amount=0.25, *, criterion="l2", granularity="la
                 kept[kg.name] = np.arange(kg.n)
                 new_h[i] = int(qm.sum())
         after["attention"][attn.name].update(heads=new_h, kv_heads=new_kv)
-    return _finish(sd, a, cut, kept, before, after)
+    return _finish(sd, a, cut, kept, before, after, prior=prior)
 
 
 def _group_amount(amount, qs, gsize, granularity, name):
@@ -409,7 +413,7 @@ def hidden(state_dict, arch=None, amount=0.25, *, criterion="l2", round_to=1, gr
     For RMSNorm families the norms are rescaled (weight by sqrt(d/d'), eps by d/d') so the
     smaller model computes exactly what the masked one does; LayerNorm statistics over
     fewer channels cannot be kept and change (docs/shrink.md)."""
-    sd, a = _inputs(state_dict, arch, config)
+    sd, a, prior = _inputs(state_dict, arch, config)
     _check_common(criterion, round_to)
     before = sizes(sd, a)
     n = before["layers"]
@@ -425,7 +429,8 @@ def hidden(state_dict, arch=None, amount=0.25, *, criterion="l2", round_to=1, gr
     scale = None
     if a.norm == "rms" and d2 != d:
         scale = d / d2
-    res = _finish(sd, a, cut, {"hidden": np.flatnonzero(m)}, before, after, scale)
+    res = _finish(sd, a, cut, {"hidden": np.flatnonzero(m)}, before, after, scale,
+                  prior=prior)
     if scale is not None:
         f = np.sqrt(scale)
         for s in a.model_level([_arch.Slice(x, 0) for x in a.norms], n):

@@ -113,7 +113,7 @@ def vocab(state_dict, arch=None, keep_ids=None, *, config=None):
     """
     from . import _finish, _inputs, sizes
     from .groups import Cut, resolve
-    sd, a = _inputs(state_dict, arch, config)
+    sd, a, prior = _inputs(state_dict, arch, config)
     if keep_ids is None:
         raise ArgumentError("keep_ids: expected the ids to keep (e.g. shrink.top_ids(counts, "
                             "8192))")
@@ -127,7 +127,7 @@ def vocab(state_dict, arch=None, keep_ids=None, *, config=None):
     id_map = np.full(V, -1, np.int64)
     id_map[ids] = np.arange(ids.size)
     after = {**before, "vocab": int(ids.size)}
-    res = _finish(sd, a, cut, {"vocab": ids}, before, after, id_map=id_map)
+    res = _finish(sd, a, cut, {"vocab": ids}, before, after, id_map=id_map, prior=prior)
     for key, v in list(res.config.items()):
         if not key.endswith("_token_id") or v is None:
             continue

@@ -89,7 +89,7 @@ def run(state_dict, recipe, *, arch=None, config=None, grads=None, activations=N
     from . import ShrinkResult, _inputs, ffn, heads, hidden, sizes, vocab
     from ..prune.state import _amount
     plan = _stages(recipe, family="shrink")
-    sd, a = _inputs(state_dict, arch, config)
+    sd, a, _ = _inputs(state_dict, arch, config)
     res = ShrinkResult(sd, dict(a.config or {}), {}, a)
     for st in plan:
         o, where = st.options, st.where()
@@ -117,11 +117,9 @@ def run(state_dict, recipe, *, arch=None, config=None, grads=None, activations=N
             kw = {k: o[k] for k in ("rank", "energy", "budget", "algorithm", "oversample",
                                     "power_iters", "seed") if k in o}
             new_sd, rows = lowrank_state_dict(res.state_dict, **common, **kw)
-            step = ShrinkResult(new_sd, res.config, {}, res.arch)
+            step = ShrinkResult(new_sd, res.config, dict(res.kept), res.arch)
             step.lowrank = rows
         else:  # pragma: no cover - the recipe table and this runner disagree
             raise ArgumentError(f"{where}: method {st.method!r} has no shrink runner")
-        for k, v in res.kept.items():
-            step.kept.setdefault(k, v)
         res = step
     return res
