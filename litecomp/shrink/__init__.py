@@ -182,11 +182,11 @@ def _config(a, s, before, norm_scale=None):
     extra = {}
     decoder = a.name == "decoder_lm"
 
-    def put(word, value, per_layer=False):
+    def put(word, value, old, per_layer=False):
         key = a.keys.get(word)
         uniform = not per_layer or len(set(value)) <= 1
         scalar = value[0] if per_layer and value else value
-        changed = value != before.get(word)
+        changed = value != old
         if decoder:
             cfg[key] = scalar if uniform else list(value)
         elif key and word in loadable and uniform:
@@ -194,25 +194,35 @@ def _config(a, s, before, norm_scale=None):
                 cfg[key] = scalar
         elif changed:
             extra[word] = list(value) if per_layer else value
-    put("vocab", s["vocab"])
-    put("hidden", s["hidden"])
-    put("layers", s["layers"])
-    put("ffn", s["ffn"], True)
+    for word in ("vocab", "hidden", "layers"):
+        put(word, s[word], before[word])
+    put("ffn", s["ffn"], before["ffn"], True)
     for attn in a.attention:
         info = s["attention"][attn.name]
+        b = before["attention"][attn.name]
         if info["heads"] is None:
             continue
-        put(attn.heads_key, info["heads"], True)
+        put(attn.heads_key, info["heads"], b["heads"], True)
         if attn.kv_heads_key:
-            put(attn.kv_heads_key, info["kv_heads"], True)
-        b = before["attention"][attn.name]
+            put(attn.kv_heads_key, info["kv_heads"], b["kv_heads"], True)
         if info["head_dim"] and (decoder or a.keys.get("head_dim")):
             if (info["heads"] != b["heads"] or s["hidden"] != before["hidden"]
                     or a.keys["head_dim"] in cfg):
                 cfg[a.keys["head_dim"]] = info["head_dim"]
-        elif info["heads"] != b["heads"] and "heads" not in extra:
-            extra["heads"] = list(info["heads"])
+        elif info["heads"] != b["heads"]:
             extra["head_dim"] = info["head_dim"]
+    hk, nk = a.keys.get("hidden"), a.keys.get("heads")
+    if not decoder and hk in cfg and isinstance(cfg.get(nk), int) and cfg[nk] > 0 \
+            and cfg[hk] % cfg[nk]:
+        # transformers insists on hidden_size % num_attention_heads == 0 even where head_dim
+        # is explicit: keep the old sizes in config.json and the new ones for apply_shrink
+        old = a.config or {}
+        for word in ("hidden", "heads", "kv_heads"):
+            key = a.keys.get(word)
+            if key in cfg and cfg[key] != old.get(key):
+                extra[word] = [cfg[key]] * s["layers"] if word != "hidden" else cfg[key]
+                cfg[key] = old.get(key)
+        extra.setdefault("head_dim", s["attention"][a.attention[0].name]["head_dim"])
     if decoder:
         if cfg.get("cross_heads") == cfg.get("heads"):
             cfg.pop("cross_heads", None)
