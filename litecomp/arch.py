@@ -164,7 +164,11 @@ class Arch:
         return self.layer.format(p=self.prefix, i=i)
 
     def in_layer(self, s: Slice, i) -> Slice:
-        return replace(s, name=f"{self.layer_prefix(i)}.{s.name}")
+        key = (self.layer, self.prefix, i, s)
+        got = _IN_LAYER.get(key)
+        if got is None:  # a shrink step asks for every slice of every layer: keep them
+            got = _IN_LAYER[key] = replace(s, name=f"{self.layer_prefix(i)}.{s.name}")
+        return got
 
     def model_level(self, slices, n_layers) -> list:
         """Model-level slices with ``{p}`` filled and ``{layer}`` expanded per layer."""
@@ -191,6 +195,9 @@ class Arch:
             missing = sorted(set(range(max(found) + 1)) - found)
             raise ShapeError(f"state_dict: layers {missing} of {self.name} are missing")
         return n
+
+
+_IN_LAYER = {}  # (layer pattern, prefix, i, slice) -> the slice named inside layer i
 
 
 # ------------------------------------------------------------------ built-in families

@@ -16,6 +16,7 @@ lower flat index is pruned first, so a mask is the same for any thread count and
 level.  The C kernel (csrc/prune.c) is an O(n) radix selection on the float bits.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -243,8 +244,7 @@ def channel_norms(w, norm=None, axis=None, *, n=None, dim=None) -> np.ndarray:
     axis = check_axis(axis, k.array.ndim, "axis")
     kind, p = _norm_kind(norm)
     shape = k.array.shape
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
     out = np.empty(shape[axis], np.float64)
     _C.channel_norms(k.raw, k.code, outer, shape[axis], inner, kind, p, out)
     return out

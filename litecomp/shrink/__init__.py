@@ -349,6 +349,7 @@ def heads(state_dict, arch=None, amount=0.25, *, criterion="l2", granularity="la
         hd = info["head_dim"]
         new_h, new_kv = list(info["heads"]), list(info["kv_heads"])
         qs, kvs, units = [], [], []
+        norms = {}  # q, k and v are parts of one packed tensor in some families
         for i in chosen:
             where = f"{a.name} layer {i} {attn.name}"
             qg = make_group(sd, f"layers.{i}.{attn.name}.heads",
@@ -356,9 +357,10 @@ def heads(state_dict, arch=None, amount=0.25, *, criterion="l2", granularity="la
                             [a.in_layer(s, i) for s in attn.o], where, hd)
             kg = make_group(sd, f"layers.{i}.{attn.name}.kv_heads",
                             [a.in_layer(s, i) for s in attn.k + attn.v], [], where, hd)
-            qsc = unit_scores(sd, qg, criterion, grads=grads, activations=activations)
+            qsc = unit_scores(sd, qg, criterion, grads=grads, activations=activations,
+                              cache=norms)
             ksc = (np.zeros(kg.n) if criterion == "activation" else
-                   unit_scores(sd, kg, criterion, grads=grads))
+                   unit_scores(sd, kg, criterion, grads=grads, cache=norms))
             qs.append((qg, qsc))
             kvs.append((kg, ksc))
             g = qg.n // kg.n

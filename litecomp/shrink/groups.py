@@ -12,6 +12,13 @@ from ..prune import channel_norms, count_to_prune, l1_unstructured
 from ..prune.scores import ActivationStats, taylor
 
 CRITERIA = ("l1", "l2", "taylor", "activation")
+# the weight dtypes, as NumPy dtypes of native byte order (a set test: resolve runs per tensor)
+_WEIGHTS = frozenset(_dt.dtype_of(n) for n in _dt.WEIGHT_DTYPES)
+
+
+def _is_weight(t):
+    return isinstance(t, np.ndarray) and (t.dtype in _WEIGHTS or
+                                          _dt.name_of(t.dtype) in _dt.WEIGHT_DTYPES)
 
 
 @dataclass
@@ -50,7 +57,7 @@ def resolve(state_dict, slices, what, consume=()):
                 continue
             raise ShapeError(f"state_dict: has no {s.name!r}, which {what} needs (the state "
                              "dict does not match the architecture)")
-        if not isinstance(t, np.ndarray) or _dt.name_of(t.dtype) not in _dt.WEIGHT_DTYPES:
+        if not _is_weight(t):
             raise ShapeError(f"state_dict[{s.name!r}]: expected a float array, got "
                              f"{getattr(t, 'dtype', type(t).__name__)}")
         axis = s.axis + t.ndim if s.axis < 0 else s.axis
@@ -95,8 +102,22 @@ def _module_stat(activations, tensor_name):
     return None, None
 
 
-def unit_scores(state_dict, group, criterion, *, grads=None, activations=None):
-    """float64 score per unit of ``group`` (a lower score is removed first)."""
+def axis_norms(t, axis, order, cache=None, name=None):
+    """Norms of every index of ``t`` along ``axis`` (``prune.channel_norms``): computed over
+    the whole axis once, so the packed parts of one tensor (q|k|v) are one pass over its
+    bytes and a strided part is never copied.  ``cache`` keeps them by (name, axis, order)."""
+    key = (name, axis, order)
+    if cache is not None and key in cache:
+        return cache[key]
+    per = channel_norms(t, order, axis)
+    if cache is not None:
+        cache[key] = per
+    return per
+
+
+def unit_scores(state_dict, group, criterion, *, grads=None, activations=None, cache=None):
+    """float64 score per unit of ``group`` (a lower score is removed first).  ``cache``: a
+    dict shared by the groups of one step, so a tensor several groups cut is read once."""
     n, w = group.n, group.width
     if criterion == "activation":
         if not activations:
@@ -124,7 +145,11 @@ def unit_scores(state_dict, group, criterion, *, grads=None, activations=None):
     for p in group.parts:
         t = state_dict[p.name]
         v = p.view(t)
-        if criterion == "taylor":
+        if criterion != "taylor" and t.ndim > 1:
+            per = axis_norms(t, p.axis, 1 if criterion == "l1" else 2, cache, p.name)
+            per = per[p.offset:p.offset + p.length]
+            per = per * per if criterion == "l2" else per
+        elif criterion == "taylor":
             g = (grads or {}).get(p.name)
             if g is None:
                 raise ArgumentError(f"grads: criterion='taylor' needs the gradient of "
@@ -135,11 +160,8 @@ def unit_scores(state_dict, group, criterion, *, grads=None, activations=None):
                                  f"tensor's {t.shape}")
             per = channel_norms(taylor(v, p.view(g)), 1, p.axis) if v.ndim > 1 else \
                 np.abs(taylor(v, p.view(g))).astype(np.float64)
-        elif v.ndim == 1:
-            per = np.abs(v.astype(np.float64))
-            per = per * per if criterion == "l2" else per
         else:
-            per = channel_norms(v, 1 if criterion == "l1" else 2, p.axis)
+            per = np.abs(v.astype(np.float64))
             per = per * per if criterion == "l2" else per
         acc += per.reshape(n, w).sum(axis=1)
     return np.sqrt(acc) if criterion == "l2" else acc
@@ -244,8 +266,7 @@ class Cut:
                 out[name] = t
                 continue
             for axis in sorted(self.index[name]):
-                idx = self.axis_index(name, axis, t.shape[axis])
-                t = np.take(t, idx, axis=axis)
+                t = np.take(t, self.axis_index(name, axis, t.shape[axis]), axis=axis)
             out[name] = t
         return out
 
