@@ -31,7 +31,7 @@ A new architecture is one ``Arch(...)`` call (see docs/shrink.md) and, optionall
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Optional
+from typing import Callable, Optional
 
 from .errors import ArgumentError, ShapeError
 
@@ -120,7 +120,9 @@ class Arch:
     "layer" (LayerNorm) or "rms" (RMSNorm: removing hidden channels rescales the norms so the
     function stays exactly that of the masked model); ``prefixes`` are the roots ``{p}`` may
     stand for (``"model."`` for a CausalLM, ``""`` for the bare model); ``config`` the bound
-    config (``detect`` fills it)."""
+    config (``detect`` fills it).  ``implied(state_dict)`` may return sizes a
+    state dict cannot show but its shapes imply (the example decoder's head count);
+    ``complete`` adds them where the config lacks them and records them in ``assumed``."""
     name: str
     layer: str
     ffn: Coupling
@@ -135,6 +137,8 @@ class Arch:
     prefix: str = ""
     config: Optional[dict] = None
     defaults: dict = field(default_factory=dict)
+    implied: Optional[Callable] = field(default=None, repr=False, compare=False)
+    assumed: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "vocab", _slices(self.vocab))
@@ -150,6 +154,16 @@ class Arch:
                                 f"{type(config).__name__}")
         return replace(self, config=dict(config) if config is not None else self.config,
                        prefix=self.prefix if prefix is None else prefix)
+
+    def complete(self, state_dict) -> "Arch":
+        """This arch with the sizes ``implied`` finds for ``state_dict`` added where the
+        bound config has none (listed in ``.assumed``, so a caller can say so)."""
+        extra = self.implied(state_dict) if self.implied else None
+        cfg = self.config or {}
+        missing = {k: v for k, v in (extra or {}).items() if cfg.get(k) is None}
+        if not missing:
+            return self
+        return replace(self, config={**cfg, **missing}, assumed={**self.assumed, **missing})
 
     def get(self, word, default=None):
         """A size from the bound config by litecomp's word ("heads", "ffn", ...)."""
@@ -228,7 +242,15 @@ def _decoder_lm():
         vocab=("{p}embed.weight:0", "{p}fc.weight:0", "{p}fc.bias:0?"),
         keys={"vocab": "vocab", "hidden": "d_model", "ffn": "ffn", "heads": "heads",
               "cross_heads": "cross_heads", "head_dim": "head_dim", "layers": "layers"},
-        markers=("transformer_decoder.layers.0.self_attn.in_proj_weight",))
+        markers=("transformer_decoder.layers.0.self_attn.in_proj_weight",),
+        implied=_decoder_lm_heads)
+
+
+def _decoder_lm_heads(state_dict):
+    """The head count of litecomp's example decoders, which their shapes identify."""
+    from .examples import decoder_lm_sizes
+    sizes = decoder_lm_sizes(state_dict)
+    return {"heads": sizes["heads"]} if sizes else None
 
 
 def _llama():
@@ -362,7 +384,9 @@ def get(name) -> Arch:
 
 def detect(state_dict, config=None) -> Arch:
     """The registered architecture whose marker tensor the state dict has, bound to
-    ``config`` (a config.json dict; ``model_type`` decides when it names a known family)."""
+    ``config`` (a config.json dict; ``model_type`` decides when it names a known family) and
+    completed with the sizes its shapes imply (``Arch.complete``: the head count of
+    ``litecomp.examples.decoder_lm()`` / ``tiny_decoder_lm()``, 8 / 4)."""
     if not isinstance(state_dict, dict):
         raise ArgumentError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
     if config is not None and not isinstance(config, dict):
@@ -376,7 +400,7 @@ def detect(state_dict, config=None) -> Arch:
         seen.add(id(a))
         for p in a.prefixes:
             if any(p + m in state_dict for m in a.markers):
-                return a.bind(config, p)
+                return a.bind(config, p).complete(state_dict)
     shown = ", ".join(repr(k) for k in list(state_dict)[:3])
     raise ArgumentError(f"state_dict: matches no known architecture ({', '.join(BUILTIN)}); "
                         f"its first names are {shown}. Describe it with litecomp.arch.Arch "

@@ -45,8 +45,32 @@ def test_shrink_folder_output_and_recipe(model, tmp_path, capsys):
     assert (tmp_path / "o" / "model.safetensors").exists()
 
 
+def test_the_example_needs_no_head_count_and_chained_runs_read_the_written_config(
+        model, tmp_path, capsys):
+    out = tmp_path / "a.safetensors"
+    assert main(["shrink", str(model), str(out), "--heads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "note: 'heads' is not in a state dict" in text and "heads=4: using that" in text
+    assert json.loads((tmp_path / "a.config.json").read_text())["heads"] == 3
+    # a.safetensors is no longer the example's shape: a.config.json (written above) says 3
+    assert main(["shrink", str(out), str(tmp_path / "b.safetensors"), "--heads", "1"]) == 0
+    assert "note:" not in capsys.readouterr().out
+    assert json.loads((tmp_path / "b.config.json").read_text())["heads"] == 2
+
+
+def test_a_decoder_of_other_shapes_must_be_told_its_head_count(tmp_path, capsys):
+    path = tmp_path / "other.safetensors"
+    litecomp.save(litecomp.examples.decoder_lm(vocab=50, d_model=32, heads=2, layers=1,
+                                               ffn=64), str(path))
+    out = tmp_path / "x.safetensors"
+    assert main(["shrink", str(path), str(out), "--heads", "1"]) == 1
+    assert """give --config '{"heads": N}'""" in capsys.readouterr().err
+    assert not out.exists()
+    assert main(["shrink", str(path), str(out), "--heads", "1", "--config",
+                 '{"heads": 2}']) == 0
+
+
 @pytest.mark.parametrize("argv,match", [
-    (["--heads", "1"], "head count"),
     (["--vocab-from", "missing.npy"], "does not exist"),
     (["--ffn", "2.0"], "amount"),
     ([], "nothing to do"),

@@ -13,7 +13,8 @@ def add_arguments(p):
                                                  "model.safetensors + config.json)")
     p.add_argument("--config", metavar="FILE|JSON", default=None,
                    help="the model's config: a config.json path or inline JSON such as "
-                        "'{\"heads\": 8}' (default: config.json beside IN, if any)")
+                        "'{\"heads\": 8}' (default: IN's name + .config.json, as this "
+                        "command writes it, or config.json beside IN, if any)")
     p.add_argument("--arch", default=None, help="architecture name (default: detected)")
     p.add_argument("--ffn", type=_amount, default=None, metavar="AMOUNT",
                    help="FFN units to remove per layer: a fraction (0.25) or a count")
@@ -53,11 +54,15 @@ def _read_config(args):
     from ..errors import ArgumentError
     text = args.config
     if text is None:
-        folder = args.input if os.path.isdir(args.input) else os.path.dirname(args.input)
-        path = os.path.join(folder or ".", "config.json")
-        if not os.path.exists(path):
+        if os.path.isdir(args.input):
+            found = [os.path.join(args.input, "config.json")]
+        else:  # the name this command gives the config it writes, then the folder's
+            found = [os.path.splitext(args.input)[0] + ".config.json",
+                     os.path.join(os.path.dirname(args.input) or ".", "config.json")]
+        found = [f for f in found if os.path.exists(f)]
+        if not found:
             return None
-        text = path
+        text = found[0]
     if text.lstrip().startswith("{"):
         try:
             return json.loads(text)
@@ -157,7 +162,7 @@ def run(args):
     a = _arch.get(args.arch).bind(cfg) if args.arch else _arch.detect(sd, cfg)
     if args.arch:
         a = a.bind(cfg, next((p for p in a.prefixes if any(p + m in sd for m in a.markers)),
-                             a.prefix))
+                             a.prefix)).complete(sd)
     if args.recipe:
         if any(x is not None for x in (args.ffn, args.heads, args.hidden, args.vocab_from,
                                        args.rank)):
@@ -166,6 +171,17 @@ def run(args):
         plan = recipe.stages(args.recipe, family="shrink")
     else:
         plan = plan_of(args, a, sd)
+    if any(getattr(st, "method", None) == "shrink_heads" or
+           (isinstance(st, dict) and st.get("method") == "shrink_heads") for st in plan) \
+            and a.attention and a.get("heads") is None:
+        key = a.keys.get("heads", "heads")
+        raise ArgumentError(f"--config: how many heads {args.input}'s attention has is not "
+                            f"in a state dict; give --config '{{\"{key}\": N}}' (N: the heads "
+                            "the model was built with) or put a config.json beside it")
+    for word, value in a.assumed.items():
+        print(f"note: {word!r} is not in a state dict; {args.input} has the shapes of "
+              f"litecomp's example {a.name}, built with {word}={value}: using that (give "
+              f"--config '{{\"{word}\": N}}' if yours differs)")
     res = shrink_state_dict(sd, plan, arch=a)
     out = args.output
     folder = out.endswith(os.sep) or os.path.isdir(out)

@@ -86,7 +86,8 @@ def _inputs(state_dict, arch, config=None):
     else:
         a = _arch.get(arch)
         if config is not None or a.config is None:
-            a = a.bind(config if config is not None else a.config, _prefix(a, state_dict))
+            a = a.bind(config if config is not None else a.config,
+                       _prefix(a, state_dict)).complete(state_dict)
     return state_dict, a, prior
 
 
@@ -338,8 +339,10 @@ def heads(state_dict, arch=None, amount=0.25, *, criterion="l2", granularity="la
     for attn in blocks:
         info = before["attention"][attn.name]
         if info["heads"] is None:
+            key = a.keys.get("heads") or a.keys.get(attn.heads_key, attn.heads_key)
             raise ArgumentError(f"config: the head count of {a.name}'s {attn.name} is not in "
-                                f"a state dict; give config={{{attn.heads_key!r}: N}}")
+                                f"a state dict; give config={{{key!r}: N}}, N the number of "
+                                "heads the model was built with")
         mods = [f"{a.layer_prefix(i)}.{attn.name}" for i in range(n)]
         if targets is None and not ignore:
             chosen = list(range(n))
