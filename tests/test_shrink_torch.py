@@ -165,3 +165,22 @@ def test_lowrank_linear_and_apply_lowrank():
         torch.testing.assert_close(full(x), want, atol=1e-4, rtol=0)
     with pytest.raises(ArgumentError, match="factorizes no nn.Linear"):
         apply_lowrank(build(CFG, sd), sd)
+
+
+def test_activation_scores_of_decoder_heads_say_why_they_are_missing():
+    """activation_stats sees linear1 / linear2 (FFN scores work) but not out_proj, which
+    nn.MultiheadAttention applies without calling it: the error says so and what to use."""
+    from litecomp.torch import activation_stats
+    sd = model_sd()
+    m = DecoderLM(**CFG)
+    load_numpy_state_dict(m, sd)
+    stats = activation_stats(m, [torch.randint(0, 1000, (2, 8), generator=torch.Generator()
+                                               .manual_seed(0))])
+    assert "transformer_decoder.layers.0.self_attn.out_proj" not in stats
+    r = shrink.ffn(sd, "decoder_lm", 0.5, criterion="activation", activations=stats)
+    np.testing.assert_allclose(   # the kept units are the ones of largest mean |x| ... sum
+        np.sort(stats["transformer_decoder.layers.0.linear2"].norm)[-64:].sum(),
+        stats["transformer_decoder.layers.0.linear2"].norm[r.kept["layers.0.ffn"]].sum())
+    with pytest.raises(ArgumentError, match=r"self_attn.out_proj'.*without calling the module"
+                                            r".*criterion='l2'"):
+        shrink.heads(sd, "decoder_lm", 1, criterion="activation", activations=stats)
