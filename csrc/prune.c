@@ -850,20 +850,50 @@ static void channel_norms_chunk(const void *x, int code, int64_t outer, int64_t 
 #undef CN_F32
 #undef CN_LOOP
 
-static void channel_norms(const void *x, int code, int64_t outer, int64_t C, int64_t inner,
-                          int kind, double p, double *out) {
-    const int64_t chunk = inner == 1 ? CN_WIDE : CN_CHUNK;
-    int64_t nchunks = lc_nblocks(C, chunk);
-    int nt = lc_threads_for(outer * C * inner);
+/* One tensor of a channel_norms call; `first` numbers its first chunk among all jobs'. */
+typedef struct {
+    const void *x;
+    int code;
+    int64_t outer, C, inner, first;
+    double *out;
+} cn_job;
+
+static int64_t cn_chunk_of(const cn_job *j) { return j->inner == 1 ? CN_WIDE : CN_CHUNK; }
+
+/* The norms of every job in one parallel loop over all their chunks: a step that scores
+ * many small tensors wakes the thread team once, not once per tensor (on a busy machine a
+ * wake-up can cost a scheduler slice).  Chunks are independent, so neither the schedule nor
+ * the thread count changes a bit of the result. */
+static void channel_norms_jobs(cn_job *jobs, int64_t njobs, int kind, double p) {
+    int64_t total = 0, work = 0;
+    for (int64_t t = 0; t < njobs; t++) {
+        jobs[t].first = total;
+        total += lc_nblocks(jobs[t].C, cn_chunk_of(&jobs[t]));
+        work += jobs[t].outer * jobs[t].C * jobs[t].inner;
+    }
+    int nt = lc_threads_for(work);
     (void)nt; /* used by the OpenMP clauses only */
-    LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(static))
-    for (int64_t q = 0; q < nchunks; q++) {
-        int64_t c0 = q * chunk, w = C - c0 < chunk ? C - c0 : chunk;
+    LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1))
+    for (int64_t u = 0; u < total; u++) {
+        int64_t lo = 0, hi = njobs - 1; /* the job whose chunks hold u */
+        while (lo < hi) {
+            int64_t mid = (lo + hi + 1) / 2;
+            if (jobs[mid].first <= u) lo = mid; else hi = mid - 1;
+        }
+        const cn_job *j = &jobs[lo];
+        int64_t chunk = cn_chunk_of(j), c0 = (u - j->first) * chunk;
+        int64_t w = j->C - c0 < chunk ? j->C - c0 : chunk;
         double acc[CN_WIDE];
         for (int64_t c = 0; c < w; c++) acc[c] = norm_init(kind);
-        channel_norms_chunk(x, code, outer, C, inner, c0, w, kind, p, acc);
-        for (int64_t c = 0; c < w; c++) out[c0 + c] = norm_finish(acc[c], kind, p);
+        channel_norms_chunk(j->x, j->code, j->outer, j->C, j->inner, c0, w, kind, p, acc);
+        for (int64_t c = 0; c < w; c++) j->out[c0 + c] = norm_finish(acc[c], kind, p);
     }
+}
+
+static void channel_norms(const void *x, int code, int64_t outer, int64_t C, int64_t inner,
+                          int kind, double p, double *out) {
+    cn_job job = {x, code, outer, C, inner, 0, out};
+    channel_norms_jobs(&job, 1, kind, p);
 }
 #undef CN_WIDE
 #undef CN_CHUNK
@@ -1087,6 +1117,48 @@ static PyObject *py_channel_norms(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* channel_norms_list(jobs: list of (x, code, outer, C, inner, out f64[C]), kind, p) */
+static PyObject *py_channel_norms_list(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lo;
+    int kind;
+    double p;
+    if (!PyArg_ParseTuple(args, "O!id", &PyList_Type, &lo, &kind, &p)) return NULL;
+    if (kind < 0 || kind >= NORM_NKINDS) return lc_raise_status(LC_ERR_RANGE, "kind");
+    Py_ssize_t n = PyList_GET_SIZE(lo);
+    cn_job *jobs = malloc((size_t)(n ? n : 1) * sizeof *jobs);
+    if (!jobs) return PyErr_NoMemory();
+    for (Py_ssize_t t = 0; t < n; t++) {
+        PyObject *xo, *oo;
+        int code;
+        long long outer, C, inner;
+        PyArrayObject *x, *o;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(lo, t), "OiLLLO;jobs: expected (x, code, outer, "
+                              "C, inner, out) tuples", &xo, &code, &outer, &C, &inner, &oo) ||
+            lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) {
+            free(jobs);
+            return NULL;
+        }
+        if (!lc_is_float_code(code)) {
+            free(jobs);
+            return lc_raise_status(LC_ERR_DTYPE, "x");
+        }
+        if (outer < 0 || C < 0 || inner < 0 || outer * C * inner != PyArray_SIZE(x) ||
+            PyArray_SIZE(o) != C) {
+            free(jobs);
+            PyErr_SetString(lc_ShapeError, "x: geometry does not match its size");
+            return NULL;
+        }
+        cn_job j = {PyArray_DATA(x), code, outer, C, inner, 0, PyArray_DATA(o)};
+        jobs[t] = j;
+    }
+    LC_NOGIL_BEGIN
+    channel_norms_jobs(jobs, (int64_t)n, kind, p);
+    LC_NOGIL_END
+    free(jobs);
+    Py_RETURN_NONE;
+}
+
 /* block_norms(x [R, C], code, br, bc, kind, p, out f64[ceil(R/br), ceil(C/bc)]) */
 static PyObject *py_block_norms(PyObject *self, PyObject *args) {
     (void)self;
@@ -1195,6 +1267,9 @@ static PyMethodDef methods[] = {
      "nm_mask(scores, code, out, outer, L, inner, n, m, absolute): prune n of every m."},
     {"channel_norms", py_channel_norms, METH_VARARGS,
      "channel_norms(x, code, outer, C, inner, kind, p, out): per-channel norms."},
+    {"channel_norms_list", py_channel_norms_list, METH_VARARGS,
+     "channel_norms_list(jobs, kind, p): channel_norms of (x, code, outer, C, inner, out) "
+     "jobs in one parallel pass."},
     {"block_norms", py_block_norms, METH_VARARGS,
      "block_norms(x, code, br, bc, kind, p, out): norms of 2-D blocks."},
     {"accumulate_sumsq", py_accumulate_sumsq, METH_VARARGS,

@@ -250,6 +250,24 @@ def channel_norms(w, norm=None, axis=None, *, n=None, dim=None) -> np.ndarray:
     return out
 
 
+def channel_norms_each(items, norm) -> list:
+    """``[channel_norms(w, norm, axis) for w, axis in items]``, the same values, in one
+    parallel pass over all the arrays: many small tensors wake the thread team once, not
+    once each (what scoring a whole model's layers needs)."""
+    kind, p = _norm_kind(norm)
+    jobs, outs = [], []
+    for i, (w, axis) in enumerate(items):
+        k = as_kernel_input(w, f"items[{i}]")
+        axis = check_axis(axis, k.array.ndim, f"items[{i}] axis")
+        shape = k.array.shape
+        out = np.empty(shape[axis], np.float64)
+        jobs.append((k.raw, k.code, math.prod(shape[:axis]), shape[axis],
+                     math.prod(shape[axis + 1:]), out))
+        outs.append(out)
+    _C.channel_norms_list(jobs, kind, p)
+    return outs
+
+
 def _structured(w, amount, axis, mask, channel_scores):
     """Shared by ln/random_structured: prune the lowest-scoring channels along ``axis``
     among the channels the previous mask has not fully pruned."""

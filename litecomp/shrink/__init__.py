@@ -39,7 +39,7 @@ from ..errors import ArgumentError, ShapeError
 from ..prune import count_to_prune
 from ..select import select
 from ._vocab import token_counts, top_ids, vocab
-from .groups import Cut, check_criterion, choose, make_group, unit_scores
+from .groups import Cut, check_criterion, choose, make_group, prefetch_norms, unit_scores
 
 __all__ = ["ShrinkResult", "ffn", "heads", "hidden", "vocab", "token_counts", "top_ids",
            "sizes", "shrink_state_dict", "count_parameters"]
@@ -281,7 +281,8 @@ def ffn(state_dict, arch=None, amount=0.5, *, criterion="l2", granularity="layer
     groups = [make_group(sd, f"layers.{i}.ffn", [a.in_layer(s, i) for s in a.ffn.slices],
                          [a.in_layer(s, i) for s in a.ffn.consume], f"{a.name} layer {i} ffn")
               for i in chosen]
-    scores = [unit_scores(sd, g, criterion, grads=grads, activations=activations)
+    norms = prefetch_norms(sd, groups, criterion, {})
+    scores = [unit_scores(sd, g, criterion, grads=grads, activations=activations, cache=norms)
               for g in groups]
     masks = choose(scores, amount, granularity, round_to, "ffn units")
     cut, kept = Cut(), {}
@@ -352,14 +353,18 @@ def heads(state_dict, arch=None, amount=0.25, *, criterion="l2", granularity="la
         hd = info["head_dim"]
         new_h, new_kv = list(info["heads"]), list(info["kv_heads"])
         qs, kvs, units = [], [], []
-        norms = {}  # q, k and v are parts of one packed tensor in some families
+        pairs = []
         for i in chosen:
             where = f"{a.name} layer {i} {attn.name}"
-            qg = make_group(sd, f"layers.{i}.{attn.name}.heads",
-                            [a.in_layer(s, i) for s in attn.q + attn.o],
-                            [a.in_layer(s, i) for s in attn.o], where, hd)
-            kg = make_group(sd, f"layers.{i}.{attn.name}.kv_heads",
-                            [a.in_layer(s, i) for s in attn.k + attn.v], [], where, hd)
+            pairs.append((
+                make_group(sd, f"layers.{i}.{attn.name}.heads",
+                           [a.in_layer(s, i) for s in attn.q + attn.o],
+                           [a.in_layer(s, i) for s in attn.o], where, hd),
+                make_group(sd, f"layers.{i}.{attn.name}.kv_heads",
+                           [a.in_layer(s, i) for s in attn.k + attn.v], [], where, hd)))
+        # one pass over every tensor of the block (q, k and v may share a packed one)
+        norms = prefetch_norms(sd, [g for pair in pairs for g in pair], criterion, {})
+        for qg, kg in pairs:
             qsc = unit_scores(sd, qg, criterion, grads=grads, activations=activations,
                               cache=norms)
             ksc = (np.zeros(kg.n) if criterion == "activation" else
@@ -435,7 +440,8 @@ def hidden(state_dict, arch=None, amount=0.25, *, criterion="l2", round_to=1, gr
     slices = a.model_level(a.hidden.slices, n)
     consume = a.model_level(a.hidden.consume, n)
     g = make_group(sd, "hidden", slices, consume, f"{a.name} hidden channels")
-    sc = unit_scores(sd, g, criterion, grads=grads, activations=activations)
+    sc = unit_scores(sd, g, criterion, grads=grads, activations=activations,
+                     cache=prefetch_norms(sd, [g], criterion, {}))
     (m,) = choose([sc], amount, "layer", round_to, "hidden channels")
     cut = Cut()
     cut.keep_group(g, m)

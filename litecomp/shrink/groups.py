@@ -8,7 +8,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..arch import Slice
 from ..errors import ArgumentError, ShapeError
-from ..prune import channel_norms, count_to_prune, l1_unstructured
+from ..prune import channel_norms, channel_norms_each, count_to_prune, l1_unstructured
 from ..prune.scores import ActivationStats, taylor
 
 CRITERIA = ("l1", "l2", "taylor", "activation")
@@ -113,6 +113,24 @@ def axis_norms(t, axis, order, cache=None, name=None):
     if cache is not None:
         cache[key] = per
     return per
+
+
+def prefetch_norms(state_dict, groups, criterion, cache):
+    """Put into ``cache`` every axis norm the groups' "l1" / "l2" scores will ask for,
+    computed in one call (``prune.channel_norms_each``: one parallel pass over them all)."""
+    if criterion not in ("l1", "l2"):
+        return cache
+    order = 1 if criterion == "l1" else 2
+    want = {}
+    for g in groups:
+        for p in g.parts:
+            t = state_dict[p.name]
+            key = (p.name, p.axis, order)
+            if t.ndim > 1 and key not in cache:
+                want[key] = (t, p.axis)
+    for key, per in zip(want, channel_norms_each(list(want.values()), order)):
+        cache[key] = per
+    return cache
 
 
 def unit_scores(state_dict, group, criterion, *, grads=None, activations=None, cache=None):
