@@ -11,5 +11,5 @@
     X(quant)           \
     X(gguf)            \
     X(codebook)        \
-    X(qmatmul)         \
+    X(matmul)          \
     X(shrink)
