@@ -13,8 +13,8 @@ from litecomp import shrink  # noqa: E402
 from litecomp.errors import ArgumentError  # noqa: E402
 from litecomp.torch import apply_shrink, load_numpy_state_dict, to_numpy  # noqa: E402
 
-# float32 logits of ~1; the measured largest difference was below 3e-6 -> 1e-4
-ATOL = 1e-4
+# float32 logits of ~1; the measured largest difference was below 3e-6 -> 2e-5 (7x)
+ATOL = 2e-5
 SMALL = dict(vocab_size=64, num_hidden_layers=2)
 
 

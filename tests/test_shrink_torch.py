@@ -16,8 +16,8 @@ from litecomp.torch import (DecoderLM, LowRankLinear, apply_lowrank, apply_shrin
 from litecomp.torch.shrink import Attention  # noqa: E402
 
 CFG = {"vocab": 1000, "d_model": 64, "heads": 4, "layers": 2, "ffn": 128}
-# float32 logits of ~1e1; the measured largest difference was 0 to 4e-6 -> 1e-4 leaves room
-ATOL = 1e-4
+# float32 logits of ~1e1; the measured largest difference was 0 to 4e-6 -> 2e-5 (5x)
+ATOL = 2e-5
 
 
 def model_sd(seed=0):
@@ -105,7 +105,8 @@ def test_decoder_chain_per_layer_sizes_load_strict():
     sd = model_sd()
     r = shrink.heads(shrink.ffn(sd, "decoder_lm", 0.3, granularity="global", config=CFG),
                      None, 0.5, granularity="global")
-    assert isinstance(r.config["ffn"], list) or isinstance(r.config["heads"], list) or True
+    # global: 77 of the 256 units go, unevenly, so the decoder gets one FFN width per layer
+    assert r.config["ffn"] == [90, 89] and r.config["heads"] == 2
     m = build(r.config, r.state_dict)
     assert sum(p.numel() for p in m.parameters()) == shrink.count_parameters(r.state_dict)
 
