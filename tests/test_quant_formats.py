@@ -202,7 +202,9 @@ def test_kmeans_deterministic_and_zero_preserving():
     assert (y[w == 0] == 0).all() and (y[w != 0] != 0).all()
     assert len(np.unique(y)) <= 16
     assert Q.error_report("w", w, y).sqnr_db > 20
-    outs = same_for_all_paths(lambda: Q.codebook_quantize(w, 4).indices.tobytes())
+    big = rng.standard_normal((512, 520)).astype(np.float32)   # 266,240 > LC_PARALLEL_MIN
+    big[np.abs(big) < 0.6] = 0
+    outs = same_for_all_paths(lambda: Q.codebook_quantize(big, 4).indices.tobytes())
     assert len({o for _, o in outs}) == 1
     s = Q.codebook_quantize(w, 4, sparse=True)
     ys = s.dequantize()

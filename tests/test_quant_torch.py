@@ -193,8 +193,14 @@ def test_lsq_per_channel_grads_match_torch(axis):
     np.testing.assert_array_equal(dx, xt.grad.numpy())
     np.testing.assert_allclose(ds, st.grad.numpy(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(dz, zt.grad.numpy(), rtol=1e-4, atol=1e-6)
-    outs = same_for_all_paths(lambda: Q.fake_quantize_backward(
-        x, dy, s, z.astype(np.int32), 0, 255, axis=axis, learnable=True)[1].tobytes())
+    # the thread comparison on 300,000 elements, above LC_PARALLEL_MIN (2**18)
+    shape = (500, 600)
+    xb = (rng.standard_normal(shape) * 2).astype(np.float32)
+    dyb = rng.standard_normal(shape).astype(np.float32)
+    sb = rng.uniform(0.01, 0.03, shape[axis]).astype(np.float32)
+    zb = rng.integers(0, 20, shape[axis]).astype(np.int32)
+    outs = same_for_all_paths(lambda: b"".join(r.tobytes() for r in Q.fake_quantize_backward(
+        xb, dyb, sb, zb, 0, 255, axis=axis, learnable=True)))
     assert len({o for _, o in outs}) == 1
 
 
