@@ -137,7 +137,9 @@ def test_thread_counts_give_identical_results():
             want = L(x)
         for n in (2, 3, 8):
             with litecomp.threads(n):
+                litecomp._C.team_probe()
                 exact(L(x), want)
+                assert litecomp._C.team_probe() == n  # M*N*K = 4.2M: the threads split it
 
 
 # ------------------------------------------------------------------ 4/8-bit blocks
