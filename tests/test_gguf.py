@@ -85,7 +85,9 @@ def test_k_quants_dequantize_match_gguf(name):
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-@pytest.mark.parametrize("name,rmse", [("Q4_K", 0.09), ("Q6_K", 0.025)])
+# measured RMSE on DATA["normal"]: Q4_K 0.0710, Q6_K 0.0177 (Q4_1 0.0776, Q4_0 0.0864); the
+# bytes themselves are checked against llama.cpp's reference in test_gguf_kquant_reference.py
+@pytest.mark.parametrize("name,rmse", [("Q4_K", 0.073), ("Q6_K", 0.0182)])
 def test_k_quants_roundtrip(name, rmse):
     x = DATA["normal"]
     q = lg.quantize(x, name)
@@ -97,6 +99,7 @@ def test_k_quants_roundtrip(name, rmse):
     legacy = "Q4_0" if name == "Q4_K" else "Q8_0"
     if name == "Q4_K":
         assert err < np.sqrt(np.mean((lg.dequantize(lg.quantize(x, legacy), legacy) - x) ** 2))
+        assert err < np.sqrt(np.mean((lg.dequantize(lg.quantize(x, "Q4_1"), "Q4_1") - x) ** 2))
     zero = lg.quantize(np.zeros((1, 256), np.float32), name)
     assert not lg.dequantize(zero, name).any()
 
