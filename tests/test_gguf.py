@@ -189,8 +189,18 @@ def test_write_gguf_targets_ignore(tmp_path):
     r = gguf.GGUFReader(str(tmp_path / "t.gguf"))
     got = {t.name: t.tensor_type.name for t in r.tensors}
     assert got == kinds
-    assert lg.write_gguf(tmp_path / "s.gguf", sd, "Q8_0", min_elements=1,
-                         select=lambda n: n == "l2.weight")["l2.weight"] == "Q8_0"
+    # select= (the older spelling): only l2 quantized, the rest float32, in the file too
+    kinds = lg.write_gguf(tmp_path / "s.gguf", sd, "Q8_0", min_elements=1,
+                          select=lambda n: n == "l2.weight")
+    assert kinds == {"l0.weight": "F32", "l1.weight": "F32", "l2.weight": "Q8_0"}
+    r = gguf.GGUFReader(str(tmp_path / "s.gguf"))
+    stored = {t.name: t for t in r.tensors}
+    assert {n: t.tensor_type.name for n, t in stored.items()} == kinds
+    np.testing.assert_array_equal(np.asarray(stored["l0.weight"].data).reshape(8, 64),
+                                  sd["l0.weight"])
+    np.testing.assert_array_equal(
+        g_dequantize(np.asarray(stored["l2.weight"].data), T.Q8_0).reshape(8, 64),
+        g_dequantize(g_quantize(sd["l2.weight"], T.Q8_0), T.Q8_0))
     with pytest.raises(ArgumentError, match="match none"):
         lg.write_gguf(tmp_path / "n.gguf", sd, "Q8_0", targets="attn.*")
     assert not (tmp_path / "n.gguf").exists()
