@@ -38,6 +38,21 @@ def bf16_to_f32(quick):
                      "ml_dtypes' cast one")
 
 
+@case("bf16 -> f32, 64M elements, into a reused buffer", group="core")
+def bf16_to_f32_reused(quick):
+    n = _size(quick, 64 << 20)
+    x = litecomp.random.normal(n).astype(ml_dtypes.bfloat16)
+    out, out2 = np.empty(n, np.float32), np.empty(n, np.float32)
+    # both sides write into their own preallocated output (no page faults in the timing)
+    return Run(litecomp=lambda: litecomp.to_float32(x, out=out),
+               anchor=("numpy.copyto(out, x, casting='unsafe') (ml_dtypes)",
+                       lambda: (np.copyto(out2, x, casting="unsafe"), out2)[1]),
+               bytes=x.nbytes + out.nbytes,
+               check=lambda a, b: np.testing.assert_array_equal(a, b),
+               notes="both reuse an output buffer; litecomp uses all kernel threads, "
+                     "ml_dtypes' cast one")
+
+
 @case("tensor_stats, fc.weight 98631x512 f32", group="core")
 def stats(quick):
     shape = (1000, 512) if quick else (98631, 512)
