@@ -152,3 +152,20 @@ def test_gqa_errors_name_the_problem():
     _, sd, cfg, _ = make("llama")
     with pytest.raises(ArgumentError, match="breaks GQA"):
         shrink.heads(sd, None, 3, config=cfg)
+
+
+def test_numpy_state_dict_carries_the_models_config():
+    """A Hugging Face model's state dict through litecomp.torch.numpy_state_dict carries
+    model.config: the family and the GQA head counts come with it, untold."""
+    from litecomp.torch import numpy_state_dict
+    m, sd, cfg, _ = make("llama")
+    msd = numpy_state_dict(m)
+    assert msd.config["num_key_value_heads"] == 2 and msd.config["model_type"] == "llama"
+    assert np.shares_memory(msd["model.embed_tokens.weight"],
+                            to_numpy(m.model.embed_tokens.weight))        # views
+    r = shrink.heads(msd, None, 4)
+    assert (r.arch.name, r.config["num_attention_heads"], r.config["num_key_value_heads"]) == \
+        ("llama", 4, 1)
+    want = shrink.heads(sd, "llama", 4, config=cfg)
+    for k in want.kept:
+        np.testing.assert_array_equal(r.kept[k], want.kept[k])
