@@ -6,7 +6,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import litecomp  # noqa: E402
 from litecomp import lowrank, shrink  # noqa: E402
@@ -14,6 +13,7 @@ from litecomp.errors import ArgumentError  # noqa: E402
 from litecomp.torch import (DecoderLM, LowRankLinear, apply_lowrank, apply_shrink,  # noqa: E402
                             load_numpy_state_dict)
 from litecomp.torch.shrink import Attention  # noqa: E402
+from shrink_cases import KeptLayerNorm  # noqa: E402
 
 CFG = {"vocab": 1000, "d_model": 64, "heads": 4, "layers": 2, "ffn": 128}
 # float32 logits of ~1e1; the measured largest difference was 0 to 4e-6 -> 2e-5 (5x)
@@ -61,22 +61,6 @@ def test_decoder_shrunk_equals_masked(step):
     assert (orig - masked).abs().max() > 1e-2          # the removal matters
     torch.testing.assert_close(small, masked, atol=ATOL, rtol=0)
     assert shrink.count_parameters(r.state_dict) < shrink.count_parameters(sd)
-
-
-class KeptLayerNorm(nn.Module):
-    """LayerNorm over the kept channels only; removed channels output 0 (the masked model
-    of hidden-channel removal: plain LayerNorm would also average the zeros)."""
-
-    def __init__(self, ln, keep):
-        super().__init__()
-        self.ln, self.keep = ln, torch.as_tensor(keep)
-
-    def forward(self, x):
-        y = torch.zeros_like(x)
-        k = self.keep
-        y[..., k] = F.layer_norm(x[..., k], (len(k),), self.ln.weight[k], self.ln.bias[k],
-                                 self.ln.eps)
-        return y
 
 
 def test_decoder_hidden_equals_masked_with_kept_channel_norms():
@@ -245,3 +229,30 @@ def test_decoder_lm_config_and_numpy_state_dict():
     assert numpy_state_dict(small).config == small.config
     with pytest.raises(ArgumentError, match=r"'heads'.*is missing.*--config '\{\"heads\": N\}'"):
         shrink.heads(dict(msd), None, 1)
+
+
+def test_apply_shrink_and_apply_lowrank_leave_the_model_unchanged_on_error():
+    """A result that does not fit the model raises and leaves it as it was: same modules,
+    same parameter objects, same outputs."""
+    from litecomp.shrink import ShrinkResult
+    sd = model_sd()
+    r = shrink.heads(shrink.ffn(sd, "decoder_lm", 0.5, config=CFG), None, 1)
+    bad = dict(r.state_dict)
+    del bad["fc.bias"]               # every module is rebuilt, then the load would fail
+    m = build(CFG, sd)
+    want = run(m, X)
+    before = {k: (id(v), tuple(v.shape)) for k, v in m.state_dict(keep_vars=True).items()}
+    kinds = [type(x).__name__ for x in m.modules()]
+    with pytest.raises(litecomp.errors.ShapeError, match=r"no \['fc.bias'\].*nothing was changed"):
+        apply_shrink(m, ShrinkResult(bad, r.config, r.kept, r.arch))
+    assert {k: (id(v), tuple(v.shape)) for k, v in m.state_dict(keep_vars=True).items()} == before
+    assert [type(x).__name__ for x in m.modules()] == kinds
+    assert m.transformer_decoder.layers[0].linear1.out_features == 128
+    torch.testing.assert_close(run(m, X), want, atol=0, rtol=0)
+    lr, _ = lowrank.lowrank_state_dict(sd, targets=["*linear1.weight"], rank=8)
+    lr["fc.weight"] = lr["fc.weight"][:10]
+    with pytest.raises(litecomp.errors.ShapeError, match="'fc.weight' is .*nothing was changed"):
+        apply_lowrank(m, lr)
+    assert [type(x).__name__ for x in m.modules()] == kinds
+    torch.testing.assert_close(run(m, X), want, atol=0, rtol=0)
+    assert run(apply_shrink(m, r), X).shape == want.shape     # the real one still applies
