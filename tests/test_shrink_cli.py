@@ -54,8 +54,10 @@ def test_a_plain_state_dict_must_be_told_its_head_count(model, tmp_path, capsys)
     assert """'heads' is missing""" in err and """give --config '{"heads": N}'""" in err
     assert "nn.TransformerDecoder's state dict does not carry nhead" in err
     assert not out.exists() and not (tmp_path / "x.config.json").exists()
-    # FFN and vocabulary need no head count
+    # FFN and vocabulary need no head count; the written config says it lacks one
     assert main(["shrink", str(model), str(out), "--ffn", "0.5"]) == 0
+    assert "x.config.json has no 'heads'" in capsys.readouterr().out
+    assert "heads" not in json.loads((tmp_path / "x.config.json").read_text())
     assert main(["shrink", str(model), str(out), "--heads", "1", "--config",
                  '{"heads": 4}']) == 0
 
@@ -71,6 +73,7 @@ def test_the_demo_model_and_chained_runs_read_the_config_beside_them(tmp_path, c
     for src in ("model.pth", "model.safetensors"):
         assert main(["shrink", str(tmp_path / src), str(out), "--heads", "1"]) == 0
         assert json.loads((tmp_path / "a.config.json").read_text())["heads"] == 3
+        assert "note:" not in capsys.readouterr().out
     assert main(["shrink", str(out), str(tmp_path / "b.safetensors"), "--heads", "1"]) == 0
     assert json.loads((tmp_path / "b.config.json").read_text())["heads"] == 2
 

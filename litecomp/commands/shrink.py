@@ -203,4 +203,8 @@ def run(args):
           f"{format_bytes(os.path.getsize(model_path))}; config: {cfg_path}"
           + ("" if res.loadable else " (per-layer sizes: load with "
              "litecomp.torch.apply_shrink)"))
+    key = a.keys.get("heads")
+    if a.attention and key and res.arch.get("heads") is None:
+        print(f"note: {cfg_path} has no {key!r}: {args.input}'s head count was not given "
+              f"(--config '{{\"{key}\": N}}'); add it before building the model from it")
     return 0
