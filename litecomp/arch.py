@@ -46,9 +46,10 @@ class StateDict(dict):
     ``detect`` and the ``litecomp.shrink`` functions read ``.config`` when they are given no
     ``config=``.  Copies made with ``dict(...)`` or ``{**sd}`` are plain dicts again.
 
+    >>> import copy
     >>> sd = StateDict({"w": 1}, config={"heads": 4})
-    >>> sd.config, sd.copy().config, type(dict(sd)).__name__
-    ({'heads': 4}, {'heads': 4}, 'dict')
+    >>> sd.config, sd.copy().config, copy.deepcopy(sd).config, type(dict(sd)).__name__
+    ({'heads': 4}, {'heads': 4}, {'heads': 4}, 'dict')
     """
 
     def __init__(self, tensors=(), config=None):
@@ -62,6 +63,11 @@ class StateDict(dict):
 
     def __reduce__(self):  # pickles (and torch.save) as the plain dict it is
         return dict, (dict(self),)
+
+    def __deepcopy__(self, memo):
+        import copy
+        return StateDict({k: copy.deepcopy(v, memo) for k, v in self.items()},
+                         copy.deepcopy(self.config, memo))
 
 
 def config_of(state_dict):
