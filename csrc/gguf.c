@@ -1,5 +1,6 @@
 /* gguf.c: GGUF / ggml block formats -- Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 quantize and dequantize,
- * Q4_K and Q6_K dequantize and quantize.
+ * the dispatch over every format (the K-quants Q2_K..Q6_K live in gguf_k.c), and the Python
+ * entry points.
  *
  * Each format is one struct with a static size check and one plain scalar `*_ref` function
  * pair that is its definition, written to give the same bytes as ggml-quants.c and the
@@ -9,34 +10,28 @@
  * integer conversions go through int32 exactly as NumPy's astype does on x86, so even
  * degenerate blocks (subnormal scales whose inverse overflows) give gguf.quants' bytes.
  */
-#include "litecomp.h"
+#include "gguf.h"
 #include "quant.h"
 
 #include <stddef.h>
 
 #define QK 32   /* values per block of the legacy formats */
-#define QK_K 256 /* values per K-quant super-block */
 
 typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
 typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;
 typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;
 typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
 typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
-/* Q4_K: 8 sub-blocks of 32; 6-bit scales and mins packed in 12 bytes (see get_scale_min). */
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
-/* Q6_K: 16 sub-blocks of 16; low 4 bits in ql, high 2 bits in qh, int8 scales, fp16 d last. */
-typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; } block_q6_K;
 
 _Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
 _Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
 _Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
 _Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
 _Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
-_Static_assert(sizeof(block_q4_K) == 144, "Q4_K block is 144 bytes");
-_Static_assert(sizeof(block_q6_K) == 210, "Q6_K block is 210 bytes");
 
 /* ggml type ids (GGMLQuantizationType). */
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14 };
+enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q2_K = 10, T_Q3_K = 11,
+       T_Q4_K = 12, T_Q5_K = 13, T_Q6_K = 14 };
 
 static inline float h2f(uint16_t h) { return lc_f16_to_f32(h); }
 static inline uint16_t f2h(float f) { return lc_f32_to_f16(f); }
@@ -164,240 +159,6 @@ static void dequantize_q5_1_ref(const block_q5_1 *b, float *y) {
         int q1 = (b->qs[j] >> 4) | (int)((qh >> (j + QK / 2)) & 1u) << 4;
         y[j] = d * (float)q0 + m;
         y[j + QK / 2] = d * (float)q1 + m;
-    }
-}
-
-/* ------------------------------------------------------------------ Q4_K */
-/* Scales/mins of sub-block j: bytes 0-3 hold sc[0..3] (low 6 bits) and the top 2 bits of
- * sc[4..7]; bytes 4-7 the same for mins; bytes 8-11 the low 4 bits of sc[4..7] (low nibble)
- * and mins[4..7] (high nibble). */
-static inline void get_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
-static void dequantize_q4_K_ref(const block_q4_K *b, float *y) {
-    float d = h2f(b->d), dmin = h2f(b->dmin);
-    for (int j = 0; j < 8; j++) {
-        uint8_t sc, m;
-        get_scale_min(j, b->scales, &sc, &m);
-        float dl = d * (float)sc, ml = dmin * (float)m;
-        const uint8_t *q = b->qs + 32 * (j / 2);
-        int shift = 4 * (j % 2);
-        for (int l = 0; l < 32; l++) y[32 * j + l] = dl * (float)((q[l] >> shift) & 0x0f) - ml;
-    }
-}
-
-/* llama.cpp make_qkx2_quants: asymmetric 4-bit fit of a sub-block with weights, searching
- * the scale over nstep candidate ranges (rmin -1, rdelta 0.1, 20 steps), mins >= 0 form. */
-static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
-                              float *the_min, uint8_t *Laux) {
-    const float rmin = -1.0f, rdelta = 0.1f;
-    const int nstep = 20;
-    float min = x[0], max = x[0], sum_w = weights[0], sum_x = sum_w * x[0];
-    for (int i = 1; i < n; i++) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max == min) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        *the_min = -min;
-        return 0.0f;
-    }
-    float iscale = nmax / (max - min), scale = 1 / iscale, best_mad = 0;
-    for (int i = 0; i < n; i++) {
-        int l = (int)nearbyintf(iscale * (x[i] - min));
-        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
-        float diff = scale * L[i] + min - x[i];
-        diff = diff * diff;
-        best_mad += weights[i] * diff;
-    }
-    for (int is = 0; is <= nstep; is++) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; i++) {
-            int l = (int)nearbyintf(iscale * (x[i] - min));
-            l = l < 0 ? 0 : l > nmax ? nmax : l;
-            Laux[i] = (uint8_t)l;
-            float w = weights[i];
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
-        }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; }
-            float mad = 0;
-            for (int i = 0; i < n; i++) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = diff * diff;
-                mad += weights[i] * diff;
-            }
-            if (mad < best_mad) {
-                for (int i = 0; i < n; i++) L[i] = Laux[i];
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *the_min = -min;
-    return scale;
-}
-
-/* llama.cpp quantize_row_q4_K_ref. */
-static void quantize_q4_K_ref(const float *x, block_q4_K *b) {
-    uint8_t L[QK_K], Laux[32];
-    float weights[32], mins[8], scales[8];
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < 8; j++) {
-        float sum_x2 = 0;
-        for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
-        float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; l++) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux);
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
-    }
-    float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-    float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-    memset(b->scales, 0, sizeof b->scales);
-    for (int j = 0; j < 8; j++) {
-        int ls = (int)nearbyintf(inv_scale * scales[j]), lm = (int)nearbyintf(inv_min * mins[j]);
-        uint8_t sc = (uint8_t)(ls > 63 ? 63 : ls), m = (uint8_t)(lm > 63 ? 63 : lm);
-        if (j < 4) {
-            b->scales[j] = sc;
-            b->scales[j + 4] = m;
-        } else {
-            b->scales[j + 4] = (uint8_t)((sc & 0xf) | ((m & 0xf) << 4));
-            b->scales[j - 4] |= (uint8_t)((sc >> 4) << 6);
-            b->scales[j] |= (uint8_t)((m >> 4) << 6);
-        }
-    }
-    b->d = f2h(max_scale / 63.0f);
-    b->dmin = f2h(max_min / 63.0f);
-    for (int j = 0; j < 8; j++) {
-        uint8_t sc, m;
-        get_scale_min(j, b->scales, &sc, &m);
-        float d = h2f(b->d) * sc;
-        if (!d) continue;
-        float dm = h2f(b->dmin) * m;
-        for (int ii = 0; ii < 32; ii++) {
-            int l = (int)nearbyintf((x[32 * j + ii] + dm) / d);
-            L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
-        }
-    }
-    for (int j = 0; j < QK_K; j += 64)
-        for (int l = 0; l < 32; l++) b->qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
-}
-
-/* ------------------------------------------------------------------ Q6_K */
-static void dequantize_q6_K_ref(const block_q6_K *b, float *y) {
-    float d = h2f(b->d);
-    for (int e = 0; e < QK_K; e++) {
-        int h = e / 128, r = e % 128;
-        int lo = (b->ql[h * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
-        int hi = (b->qh[h * 32 + r % 32] >> (2 * (r / 32))) & 0x03;
-        float dl = d * (float)b->scales[e / 16];
-        y[e] = dl * (float)((lo | (hi << 4)) - 32);
-    }
-}
-
-/* llama.cpp make_qx_quants (rmse_type 1): symmetric fit with weights x^2, 9 candidate scales. */
-static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < 1e-15f) { /* GROUP_MAX_EPS */
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.0f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = (int)nearbyintf(iscale * x[i]);
-        l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
-        L[i] = (int8_t)(l + nmax);
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    for (int is = -9; is <= 9; is++) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; i++) {
-            int l = (int)nearbyintf(iscale * x[i]);
-            l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; i++) {
-                int l = (int)nearbyintf(iscale * x[i]);
-                L[i] = (int8_t)(nmax + (l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    return scale;
-}
-
-/* llama.cpp quantize_row_q6_K_ref. */
-static void quantize_q6_K_ref(const float *x, block_q6_K *b) {
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
-    float max_scale = 0, max_abs_scale = 0;
-    for (int ib = 0; ib < QK_K / 16; ib++) {
-        float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-        scales[ib] = scale;
-        float abs_scale = fabsf(scale);
-        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scale; }
-    }
-    memset(b, 0, sizeof *b);
-    if (max_abs_scale < 1e-15f) return; /* all zero: d = 0 and zero codes (ql/qh of 0 -> -32 * 0) */
-    float iscale = -128.0f / max_scale;
-    b->d = f2h(1 / iscale);
-    for (int ib = 0; ib < QK_K / 16; ib++) {
-        int s = (int)nearbyintf(iscale * scales[ib]);
-        b->scales[ib] = (int8_t)(s > 127 ? 127 : s);
-    }
-    for (int j = 0; j < QK_K / 16; j++) {
-        float d = h2f(b->d) * b->scales[j];
-        if (!d) continue;
-        for (int ii = 0; ii < 16; ii++) {
-            int l = (int)nearbyintf(x[16 * j + ii] / d);
-            l = l < -32 ? -32 : l > 31 ? 31 : l;
-            L[16 * j + ii] = (int8_t)(l + 32);
-        }
-    }
-    for (int j = 0; j < QK_K; j += 128) {
-        uint8_t *ql = b->ql + j / 2, *qh = b->qh + j / 4;
-        for (int l = 0; l < 32; l++) {
-            uint8_t q1 = (uint8_t)(L[j + l] & 0xf), q2 = (uint8_t)(L[j + l + 32] & 0xf);
-            uint8_t q3 = (uint8_t)(L[j + l + 64] & 0xf), q4 = (uint8_t)(L[j + l + 96] & 0xf);
-            ql[l] = (uint8_t)(q1 | (q3 << 4));
-            ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
-            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) |
-                              ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
-        }
     }
 }
 
@@ -591,7 +352,8 @@ LC_TARGET_AVX2 static int quantize_q4_0_avx2(const float *x, void *out) {
 /* ------------------------------------------------------------------ dispatch */
 typedef struct {
     int type, block, bytes;
-    void (*quantize)(const float *, void *);
+    void (*quantize)(const float *, void *);        /* the legacy formats */
+    void (*quantize_k)(const float *, const float *, void *); /* K-quants: x, weights or NULL */
     void (*dequantize)(const void *, float *);
     int (*quantize_avx512)(const float *, void *); /* optional, f32 input, 0 = non-finite */
     int (*quantize_avx2)(const float *, void *);   /* optional, likewise */
@@ -599,15 +361,19 @@ typedef struct {
 
 #define FMT(T, name, blk, simd, simd2)                                                 \
     {T, blk, (int)sizeof(block_##name), (void (*)(const float *, void *))quantize_##name##_ref, \
-     (void (*)(const void *, float *))dequantize_##name##_ref, simd, simd2}
+     NULL, (void (*)(const void *, float *))dequantize_##name##_ref, simd, simd2}
+#define KFMT(T, name) {T, QK_K, (int)sizeof(block_##name), NULL, lc_quantize_##name, \
+                       lc_dequantize_##name, NULL, NULL}
 static const gguf_format formats[] = {
     FMT(T_Q8_0, q8_0, QK, SIMD_Q(q8_0), SIMD2_Q(q8_0)),
     FMT(T_Q4_0, q4_0, QK, SIMD_Q(q4_0), SIMD2_Q(q4_0)),
     FMT(T_Q4_1, q4_1, QK, SIMD_Q(q4_1), NULL), FMT(T_Q5_0, q5_0, QK, SIMD_Q(q5_0), NULL),
-    FMT(T_Q5_1, q5_1, QK, SIMD_Q(q5_1), NULL), FMT(T_Q4_K, q4_K, QK_K, NULL, NULL),
-    FMT(T_Q6_K, q6_K, QK_K, NULL, NULL),
+    FMT(T_Q5_1, q5_1, QK, SIMD_Q(q5_1), NULL),
+    KFMT(T_Q2_K, q2_K), KFMT(T_Q3_K, q3_K), KFMT(T_Q4_K, q4_K), KFMT(T_Q5_K, q5_K),
+    KFMT(T_Q6_K, q6_K),
 };
 #undef FMT
+#undef KFMT
 
 static const gguf_format *find_format(int type) {
     for (size_t i = 0; i < sizeof formats / sizeof formats[0]; i++)
@@ -617,8 +383,10 @@ static const gguf_format *find_format(int type) {
 
 #define TASK_BLOCKS 256 /* blocks per parallel task */
 
+/* qw: importance weights of one row (row_blocks blocks long) for the K-quants, or NULL;
+ * block b of the tensor uses the weights of its place in its row. */
 static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const gguf_format *f,
-                               uint8_t *out) {
+                               const float *qw, int64_t row_blocks, uint8_t *out) {
     int64_t ntasks = lc_nblocks(nblocks, TASK_BLOCKS);
     int bad = 0;
     int (*simd)(const float *, void *) = NULL;
@@ -637,8 +405,15 @@ static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const g
             const float *src;
             if (code == LC_F32) src = (const float *)x + b * f->block;
             else { lc_to_f32(x, code, b * f->block, f->block, buf); src = buf; }
-            for (int j = 0; j < f->block; j++) bad |= !(fabsf(src[j]) < INFINITY);
-            f->quantize(src, out + b * f->bytes);
+            int ok = 1;
+            for (int j = 0; j < f->block; j++) ok &= fabsf(src[j]) < INFINITY;
+            bad |= !ok;
+            if (!ok) continue; /* the call fails; do not feed NaN to the fits */
+            if (f->quantize_k)
+                f->quantize_k(src, qw ? qw + (b % row_blocks) * f->block : NULL,
+                              out + b * f->bytes);
+            else
+                f->quantize(src, out + b * f->bytes);
         }
     }
     return bad ? LC_ERR_NONFINITE : LC_OK;
@@ -664,8 +439,10 @@ static const gguf_format *format_arg(int type) {
 static PyObject *py_gguf_quantize(PyObject *self, PyObject *args) {
     (void)self;
     PyArrayObject *x, *out;
+    PyObject *qw_obj = Py_None;
     int code, type;
-    if (!PyArg_ParseTuple(args, "O!iiO!", &PyArray_Type, &x, &code, &type, &PyArray_Type, &out))
+    if (!PyArg_ParseTuple(args, "O!iiO!|O", &PyArray_Type, &x, &code, &type, &PyArray_Type,
+                          &out, &qw_obj))
         return NULL;
     const gguf_format *f = format_arg(type);
     if (!f || lc_check_array(x, "x", code, 0) < 0 || lc_check_array(out, "out", LC_U8, 1) < 0)
@@ -677,11 +454,25 @@ static PyObject *py_gguf_quantize(PyObject *self, PyObject *args) {
                      "%lld bytes", (long long)n, f->block, (long long)(nb * f->bytes));
         return NULL;
     }
+    const float *qw = NULL;
+    int64_t row_blocks = 1;
+    PyArrayObject *qa;
+    if (lc_arg_optional_array(qw_obj, "imatrix", LC_F32, 0, &qa) < 0) return NULL;
+    if (qa) {
+        int64_t row = PyArray_NDIM(x) ? PyArray_DIM(x, PyArray_NDIM(x) - 1) : 1;
+        if (!f->quantize_k || PyArray_SIZE(qa) != row || row % f->block) {
+            PyErr_Format(lc_ShapeError, "imatrix: expected %lld float32 weights (one per "
+                         "column of x) for a K-quant format", (long long)row);
+            return NULL;
+        }
+        qw = PyArray_DATA(qa);
+        row_blocks = row / f->block;
+    }
     const void *p = PyArray_DATA(x);
     uint8_t *o = PyArray_DATA(out);
     lc_status st;
     LC_NOGIL_BEGIN
-    st = gguf_quantize(p, code, nb, f, o);
+    st = gguf_quantize(p, code, nb, f, qw, row_blocks, o);
     LC_NOGIL_END
     if (st != LC_OK) return lc_raise_status(st, "x");
     Py_RETURN_NONE;
@@ -721,7 +512,7 @@ static PyObject *py_gguf_block_info(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"gguf_quantize", py_gguf_quantize, METH_VARARGS,
-     "gguf_quantize(x, code, type, out): ggml blocks of a float array."},
+     "gguf_quantize(x, code, type, out[, imatrix]): ggml blocks of a float array."},
     {"gguf_dequantize", py_gguf_dequantize, METH_VARARGS,
      "gguf_dequantize(data, type, out): float32 values of ggml blocks."},
     {"gguf_block_info", py_gguf_block_info, METH_VARARGS,
