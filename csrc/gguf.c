@@ -353,7 +353,7 @@ LC_TARGET_AVX2 static int quantize_q4_0_avx2(const float *x, void *out) {
 typedef struct {
     int type, block, bytes;
     void (*quantize)(const float *, void *);        /* the legacy formats */
-    void (*quantize_k)(const float *, const float *, void *); /* K-quants: x, weights or NULL */
+    int kquant;                                     /* 1: lc_kquant_quantize */
     void (*dequantize)(const void *, float *);
     int (*quantize_avx512)(const float *, void *); /* optional, f32 input, 0 = non-finite */
     int (*quantize_avx2)(const float *, void *);   /* optional, likewise */
@@ -361,9 +361,9 @@ typedef struct {
 
 #define FMT(T, name, blk, simd, simd2)                                                 \
     {T, blk, (int)sizeof(block_##name), (void (*)(const float *, void *))quantize_##name##_ref, \
-     NULL, (void (*)(const void *, float *))dequantize_##name##_ref, simd, simd2}
-#define KFMT(T, name) {T, QK_K, (int)sizeof(block_##name), NULL, lc_quantize_##name, \
-                       lc_dequantize_##name, NULL, NULL}
+     0, (void (*)(const void *, float *))dequantize_##name##_ref, simd, simd2}
+#define KFMT(T, name) {T, QK_K, (int)sizeof(block_##name), NULL, 1, lc_dequantize_##name, \
+                       NULL, NULL}
 static const gguf_format formats[] = {
     FMT(T_Q8_0, q8_0, QK, SIMD_Q(q8_0), SIMD2_Q(q8_0)),
     FMT(T_Q4_0, q4_0, QK, SIMD_Q(q4_0), SIMD2_Q(q4_0)),
@@ -383,37 +383,58 @@ static const gguf_format *find_format(int type) {
 
 #define TASK_BLOCKS 256 /* blocks per parallel task */
 
-/* qw: importance weights of one row (row_blocks blocks long) for the K-quants, or NULL;
- * block b of the tensor uses the weights of its place in its row. */
+static int all_finite(const float *x, int64_t n) {
+    int ok = 1;
+    for (int64_t j = 0; j < n; j++) ok &= fabsf(x[j]) < INFINITY;
+    return ok;
+}
+
+/* K-quants in runs of up to LC_KQ_RUN blocks (their SIMD fits want 16 groups at a time).
+ * qw: importance weights of one row (row_blocks blocks long) or NULL; block b uses the
+ * weights of its place in its row. */
+static int kquant_task(const void *x, int code, int64_t b0, int64_t b1, const gguf_format *f,
+                       const float *qw, int64_t row_blocks, uint8_t *out, int simd) {
+    float buf[LC_KQ_RUN * QK_K];
+    const float *w[LC_KQ_RUN];
+    int bad = 0;
+    for (int64_t b = b0; b < b1; b += LC_KQ_RUN) {
+        int64_t nb = b1 - b < LC_KQ_RUN ? b1 - b : LC_KQ_RUN;
+        const float *src;
+        if (code == LC_F32) src = (const float *)x + b * QK_K;
+        else { lc_to_f32(x, code, b * QK_K, nb * QK_K, buf); src = buf; }
+        if (!all_finite(src, nb * QK_K)) { bad = 1; continue; } /* the call fails */
+        for (int64_t i = 0; i < nb; i++) w[i] = qw ? qw + ((b + i) % row_blocks) * QK_K : NULL;
+        lc_kquant_quantize(f->type, src, nb, w, out + b * f->bytes, simd);
+    }
+    return bad;
+}
+
 static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const gguf_format *f,
                                const float *qw, int64_t row_blocks, uint8_t *out) {
     int64_t ntasks = lc_nblocks(nblocks, TASK_BLOCKS);
-    int bad = 0;
+    int bad = 0, level = lc_simd();
     int (*simd)(const float *, void *) = NULL;
-    if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX512) simd = f->quantize_avx512;
-    else if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX2) simd = f->quantize_avx2;
-    LC_OMP(parallel for num_threads(lc_threads_for(nblocks * f->block)) schedule(dynamic, 16) reduction(|:bad))
+    if (code == LC_F32 && level >= LC_SIMD_AVX512) simd = f->quantize_avx512;
+    else if (code == LC_F32 && level >= LC_SIMD_AVX2) simd = f->quantize_avx2;
+    /* a K-quant block is ~100x the work of a legacy one: parallel from fewer blocks */
+    int64_t work = nblocks * f->block * (f->kquant ? 100 : 1);
+    LC_OMP(parallel for num_threads(lc_threads_for(work)) schedule(dynamic, 1) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
-        float buf[QK_K];
-        int64_t b1 = (t + 1) * TASK_BLOCKS < nblocks ? (t + 1) * TASK_BLOCKS : nblocks;
-        if (simd) {
-            for (int64_t b = t * TASK_BLOCKS; b < b1; b++)
+        float buf[QK];
+        int64_t b0 = t * TASK_BLOCKS, b1 = b0 + TASK_BLOCKS < nblocks ? b0 + TASK_BLOCKS : nblocks;
+        if (f->kquant) {
+            bad |= kquant_task(x, code, b0, b1, f, qw, row_blocks, out, level);
+        } else if (simd) {
+            for (int64_t b = b0; b < b1; b++)
                 bad |= !simd((const float *)x + b * f->block, out + b * f->bytes);
-            continue;
-        }
-        for (int64_t b = t * TASK_BLOCKS; b < b1; b++) {
-            const float *src;
-            if (code == LC_F32) src = (const float *)x + b * f->block;
-            else { lc_to_f32(x, code, b * f->block, f->block, buf); src = buf; }
-            int ok = 1;
-            for (int j = 0; j < f->block; j++) ok &= fabsf(src[j]) < INFINITY;
-            bad |= !ok;
-            if (!ok) continue; /* the call fails; do not feed NaN to the fits */
-            if (f->quantize_k)
-                f->quantize_k(src, qw ? qw + (b % row_blocks) * f->block : NULL,
-                              out + b * f->bytes);
-            else
+        } else {
+            for (int64_t b = b0; b < b1; b++) {
+                const float *src;
+                if (code == LC_F32) src = (const float *)x + b * f->block;
+                else { lc_to_f32(x, code, b * f->block, f->block, buf); src = buf; }
+                bad |= !all_finite(src, f->block);
                 f->quantize(src, out + b * f->bytes);
+            }
         }
     }
     return bad ? LC_ERR_NONFINITE : LC_OK;
@@ -460,7 +481,7 @@ static PyObject *py_gguf_quantize(PyObject *self, PyObject *args) {
     if (lc_arg_optional_array(qw_obj, "imatrix", LC_F32, 0, &qa) < 0) return NULL;
     if (qa) {
         int64_t row = PyArray_NDIM(x) ? PyArray_DIM(x, PyArray_NDIM(x) - 1) : 1;
-        if (!f->quantize_k || PyArray_SIZE(qa) != row || row % f->block) {
+        if (!f->kquant || PyArray_SIZE(qa) != row || row % f->block) {
             PyErr_Format(lc_ShapeError, "imatrix: expected %lld float32 weights (one per "
                          "column of x) for a K-quant format", (long long)row);
             return NULL;

@@ -24,11 +24,16 @@ typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qh[QK_K / 8]; uin
 /* Q6_K: 16 sub-blocks of 16; low 4 bits in ql, high 2 bits in qh, int8 scales, fp16 d last. */
 typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; } block_q6_K;
 
-void lc_quantize_q2_K(const float *x, const float *qw, void *out);
-void lc_quantize_q3_K(const float *x, const float *qw, void *out);
-void lc_quantize_q4_K(const float *x, const float *qw, void *out);
-void lc_quantize_q5_K(const float *x, const float *qw, void *out);
-void lc_quantize_q6_K(const float *x, const float *qw, void *out);
+#define LC_KQ_RUN 16 /* super-blocks quantized by one lc_kquant_quantize call, at most */
+
+/* 1 when `type` (a ggml type id) is a K-quant quantized here. */
+int lc_kquant_known(int type);
+
+/* Quantizes nb <= LC_KQ_RUN consecutive super-blocks x (256 finite floats each) of format
+ * `type` into out; qw[b] is block b's 256 importance weights or NULL -- all NULL or none.
+ * simd: the lc_simd() level to use (every level gives the same bytes). */
+void lc_kquant_quantize(int type, const float *x, int64_t nb, const float *const *qw,
+                        uint8_t *out, int simd);
 
 void lc_dequantize_q2_K(const void *in, float *y);
 void lc_dequantize_q3_K(const void *in, float *y);

@@ -38,10 +38,11 @@ static inline int nearest_int(float v) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
-/* Symmetric fit of n values to codes -nmax..nmax-1 with weights qw (x^2 without), trying 19
- * scales around nmax / max|x|; keeps the one with the largest (sum w x l)^2 / sum w l^2.
- * L gets code + nmax; returns the scale. */
-static float fit_symmetric(int n, int nmax, const float *x, int8_t *L, const float *qw) {
+/* Symmetric fit of n values to codes -nmax..nmax-1 with weights w, trying 19 scales around
+ * nmax / max|x|; keeps the one with the largest (sum w x l)^2 / sum w l^2 (ggml's
+ * make_qx_quants, rmse_type 1, whose default weights are x^2).  L gets code + nmax; returns
+ * the scale. */
+static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
         float ax = fabsf(x[i]);
@@ -54,10 +55,9 @@ static float fit_symmetric(int n, int nmax, const float *x, int8_t *L, const flo
     float iscale = -nmax / max, sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; i++) {
         int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
-        L[i] = (int8_t)(l + nmax);
-        float w = qw ? qw[i] : x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
+        L[i] = (uint8_t)(l + nmax);
+        sumlx += w[i] * x[i] * l;
+        suml2 += w[i] * l * l;
     }
     float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
@@ -66,13 +66,12 @@ static float fit_symmetric(int n, int nmax, const float *x, int8_t *L, const flo
         sumlx = suml2 = 0;
         for (int i = 0; i < n; i++) {
             int l = imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i])));
-            float w = qw ? qw[i] : x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
+            sumlx += w[i] * x[i] * l;
+            suml2 += w[i] * l * l;
         }
         if (suml2 > 0 && sumlx * sumlx > best * suml2) {
             for (int i = 0; i < n; i++)
-                L[i] = (int8_t)(nmax + imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i]))));
+                L[i] = (uint8_t)(nmax + imax(-nmax, imin(nmax - 1, nearest_int(iscale * x[i]))));
             scale = sumlx / suml2;
             best = scale * sumlx;
         }
@@ -82,14 +81,15 @@ static float fit_symmetric(int n, int nmax, const float *x, int8_t *L, const flo
 
 /* Q3_K's symmetric fit (weights x^2): start from nmax / max|x|, then up to 5 passes that
  * move single codes while that raises (sum w x l)^2 / sum w l^2. */
-static float fit_symmetric_refine(int n, int nmax, const float *x, int8_t *L) {
+static float fit_symmetric_refine(int n, int nmax, const float *x, uint8_t *Lout) {
+    int8_t L[32];
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
         float ax = fabsf(x[i]);
         if (ax > amax) { amax = ax; max = x[i]; }
     }
     if (amax < EPS) {
-        for (int i = 0; i < n; i++) L[i] = 0;
+        for (int i = 0; i < n; i++) Lout[i] = 0;
         return 0.0f;
     }
     float iscale = -nmax / max, sumlx = 0, suml2 = 0;
@@ -121,7 +121,7 @@ static float fit_symmetric_refine(int n, int nmax, const float *x, int8_t *L) {
         }
         if (!changed) break;
     }
-    for (int i = 0; i < n; i++) L[i] = (int8_t)(L[i] + nmax);
+    for (int i = 0; i < n; i++) Lout[i] = (uint8_t)(L[i] + nmax);
     return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
 }
 
@@ -305,17 +305,91 @@ static void requantize_affine32(const float *x, const uint8_t *scales, uint16_t 
     }
 }
 
+/* ------------------------------------------------------------------ the groups' fits */
+/* A format quantizes a super-block in three steps: the fit weights of its 256 values, the
+ * fit of each group (sub-block) -- where nearly all the time goes --, and the scalar finish
+ * (the super-block scales, the codes again from the rounded scales, the packing).  The fits
+ * of many groups are independent, so the SIMD paths (gguf_lanes.h) run 16 groups side by
+ * side, one per lane, each lane doing the scalar operations in the scalar order. */
+enum { FIT_AFFINE, FIT_SYMMETRIC, FIT_REFINE };
+
+typedef struct {
+    int n, nmax, kind;
+    float rmin, rdelta; /* FIT_AFFINE: the candidate ranges searched */
+    int nstep, use_mad;
+} fit_spec;
+
+static void fit_one(const fit_spec *s, const float *x, const float *w, uint8_t *L, float *scale,
+                    float *min) {
+    if (s->kind == FIT_AFFINE)
+        *scale = fit_affine(s->n, s->nmax, x, w, L, min, s->rmin, s->rdelta, s->nstep, s->use_mad);
+    else if (s->kind == FIT_SYMMETRIC)
+        *scale = fit_symmetric(s->n, s->nmax, x, w, L);
+    else
+        *scale = fit_symmetric_refine(s->n, s->nmax, x, L);
+}
+
+#define NL 16 /* groups fitted side by side */
+#ifdef LC_X86
+#define LANES(name) name##_avx512
+#define LANES_TARGET LC_TARGET_AVX512
+#include "gguf_lanes.h"
+#undef LANES
+#undef LANES_TARGET
+#endif
+
+static void fit_groups(const fit_spec *s, int64_t ng, const float *x, const float *w, uint8_t *L,
+                       float *scale, float *min, int simd) {
+    int64_t g = 0;
+#ifdef LC_X86
+    /* (AVX2 runs the scalar fits: the compiler's split of these 16-lane vectors into ymm
+     * halves came out slower than scalar code) */
+    if (simd >= LC_SIMD_AVX512) {
+        for (; g + NL <= ng; g += NL) {
+            const int64_t o = g * s->n;
+            fit_lanes_avx512(s, x + o, w ? w + o : NULL, L + o, scale + g, min + g);
+        }
+    }
+#else
+    (void)simd;
+#endif
+    for (; g < ng; g++)
+        fit_one(s, x + g * s->n, w ? w + g * s->n : NULL, L + g * s->n, scale + g, min + g);
+}
+
 /* ------------------------------------------------------------------ Q2_K */
-void lc_quantize_q2_K(const float *x, const float *qw, void *out) {
+static const fit_spec Q2_REF = {16, 3, FIT_AFFINE, -0.5f, 0.1f, 15, 1};
+static const fit_spec Q2_IMP = {16, 3, FIT_AFFINE, -0.9f, 0.05f, 36, 0};
+
+/* weights qw * sqrt(sigma2 + x^2), sigma2 = factor * mean x^2 of the super-block */
+static void weights_sigma(const float *x, const float *qw, float factor, float *w) {
+    float sigma2 = factor * sum_squares(x, QK_K) / QK_K;
+    for (int l = 0; l < QK_K; l++) w[l] = qw[l] * sqrtf(sigma2 + x[l] * x[l]);
+}
+
+static void weights_q2(const float *x, const float *qw, float *w) {
+    if (qw) {
+        weights_sigma(x, qw, 1.0f, w);
+    } else {
+        for (int l = 0; l < QK_K; l++) w[l] = fabsf(x[l]);
+    }
+}
+
+/* the weights' sum of each group of n, from 0 in order */
+static void group_sums(const float *w, int n, float *sw) {
+    for (int j = 0; j < QK_K / n; j++) {
+        float s = 0;
+        for (int l = 0; l < n; l++) s += w[n * j + l];
+        sw[j] = s;
+    }
+}
+
+static void finish_q2(const float *x, const float *qw, const float *w, const float *scales,
+                      const float *mins, uint8_t *L, void *out) {
     block_q2_K *y = out;
-    uint8_t L[QK_K];
-    float mins[QK_K / 16], scales[QK_K / 16], weight[16];
     if (!qw) {
         float max_scale = 0, max_min = 0;
         for (int j = 0; j < QK_K / 16; j++) {
-            for (int l = 0; l < 16; l++) weight[l] = fabsf(x[16 * j + l]);
-            scales[j] = fit_affine(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], -0.5f, 0.1f,
-                                   15, 1);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -338,15 +412,7 @@ void lc_quantize_q2_K(const float *x, const float *qw, void *out) {
     } else {
         float sw[QK_K / 16];
         uint8_t Ls[QK_K / 16], Lm[QK_K / 16];
-        float sigma2 = sum_squares(x, QK_K) / QK_K;
-        for (int j = 0; j < QK_K / 16; j++) {
-            sw[j] = 0;
-            for (int l = 0; l < 16; l++)
-                weight[l] = qw[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
-            for (int l = 0; l < 16; l++) sw[j] += weight[l];
-            scales[j] = fit_affine(16, 3, x + 16 * j, weight, L + 16 * j, &mins[j], -0.9f, 0.05f,
-                                   36, 0);
-        }
+        group_sums(w, 16, sw);
         y->d = f2h(fit_positive(QK_K / 16, 15, scales, Ls, sw));
         y->dmin = f2h(fit_positive(QK_K / 16, 15, mins, Lm, sw));
         for (int j = 0; j < QK_K / 16; j++) y->scales[j] = (uint8_t)(Ls[j] | (Lm[j] << 4));
@@ -362,17 +428,10 @@ void lc_quantize_q2_K(const float *x, const float *qw, void *out) {
     pack_2bit(L, y->qs);
 }
 
-void lc_dequantize_q2_K(const void *in, float *y) {
-    const block_q2_K *b = in;
-    float d = h2f(b->d), dmin = h2f(b->dmin);
-    for (int e = 0; e < QK_K; e++) {
-        uint8_t sc = b->scales[e / 16];
-        int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-        y[e] = d * (sc & 0xF) * q - dmin * (sc >> 4);
-    }
-}
-
 /* ------------------------------------------------------------------ Q3_K */
+static const fit_spec Q3_REF = {16, 4, FIT_REFINE, 0, 0, 0, 0};
+static const fit_spec Q3_IMP = {16, 4, FIT_SYMMETRIC, 0, 0, 0, 0};
+
 /* Q3_K's 16 6-bit scales: low 4 bits of scale j in byte j % 8 (j < 8: low nibble, else
  * high), its top 2 bits in byte 8 + j % 4 at bit 2 * (j / 4). */
 static void put_scale_q3(int j, int l, uint8_t *s) {
@@ -387,15 +446,18 @@ static inline int get_scale_q3(int j, const uint8_t *s) {
     return (int8_t)((sc | (((s[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
 }
 
-void lc_quantize_q3_K(const float *x, const float *qw, void *out) {
+static void weights_q3(const float *x, const float *qw, float *w) {
+    if (qw) weights_sigma(x, qw, 2.0f, w);
+}
+
+static void finish_q3(const float *x, const float *qw, const float *w, const float *scales,
+                      const float *mins, uint8_t *L, void *out) {
+    (void)mins;
     block_q3_K *y = out;
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
     memset(y->scales, 0, 12);
     if (!qw) {
         float max_scale = 0, amax = 0;
         for (int j = 0; j < QK_K / 16; j++) {
-            scales[j] = fit_symmetric_refine(16, 4, x + 16 * j, L + 16 * j);
             float a = fabsf(scales[j]);
             if (a > amax) { amax = a; max_scale = scales[j]; }
         }
@@ -411,18 +473,10 @@ void lc_quantize_q3_K(const float *x, const float *qw, void *out) {
             y->d = f2h(0.0f);
         }
     } else {
-        float weight[16], sw[QK_K / 16];
-        int8_t Ls[QK_K / 16];
-        float sigma2 = 2 * sum_squares(x, QK_K) / QK_K;
-        for (int j = 0; j < QK_K / 16; j++) {
-            for (int l = 0; l < 16; l++)
-                weight[l] = qw[16 * j + l] * sqrtf(sigma2 + x[16 * j + l] * x[16 * j + l]);
-            float sumw = 0;
-            for (int l = 0; l < 16; l++) sumw += weight[l];
-            sw[j] = sumw;
-            scales[j] = fit_symmetric(16, 4, x + 16 * j, L + 16 * j, weight);
-        }
-        float d_block = fit_symmetric(QK_K / 16, 32, scales, Ls, sw);
+        float sw[QK_K / 16];
+        uint8_t Ls[QK_K / 16];
+        group_sums(w, 16, sw);
+        float d_block = fit_symmetric(QK_K / 16, 32, scales, sw, Ls);
         for (int j = 0; j < QK_K / 16; j++) put_scale_q3(j, Ls[j], y->scales);
         y->d = f2h(d_block);
     }
@@ -430,51 +484,45 @@ void lc_quantize_q3_K(const float *x, const float *qw, void *out) {
         float d = h2f(y->d) * get_scale_q3(j, y->scales);
         if (!d) continue;
         for (int ii = 0; ii < 16; ii++)
-            L[16 * j + ii] = (int8_t)(imax(-4, imin(3, nearest_int(x[16 * j + ii] / d))) + 4);
+            L[16 * j + ii] = (uint8_t)(imax(-4, imin(3, nearest_int(x[16 * j + ii] / d))) + 4);
     }
     /* the high bit of element j goes to hmask[j % 32], bit j / 32 */
     memset(y->hmask, 0, QK_K / 8);
-    uint8_t U[QK_K];
     for (int j = 0; j < QK_K; j++) {
-        int l = L[j];
-        if (l > 3) {
+        if (L[j] > 3) {
             y->hmask[j % 32] |= (uint8_t)(1u << (j / 32));
-            l -= 4;
+            L[j] = (uint8_t)(L[j] - 4);
         }
-        U[j] = (uint8_t)l;
     }
-    pack_2bit(U, y->qs);
-}
-
-void lc_dequantize_q3_K(const void *in, float *y) {
-    const block_q3_K *b = in;
-    float d_all = h2f(b->d);
-    for (int e = 0; e < QK_K; e++) {
-        float dl = d_all * get_scale_q3(e / 16, b->scales);
-        int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
-        int hi = (b->hmask[e % 32] >> (e / 32)) & 1;
-        y[e] = dl * (q - (hi ? 0 : 4));
-    }
+    pack_2bit(L, y->qs);
 }
 
 /* ------------------------------------------------------------------ Q4_K / Q5_K */
-/* The sub-block scales and mins of Q4_K and Q5_K (nmax 15 or 31): without importance
- * weights each sub-block is fitted with weights av_x + |x| and the 6-bit scale codes are
- * rounded against the largest; with them, weights qw * sqrt(sigma2 + x^2) and a fitted
- * 6-bit code set (fit_positive). */
-static void scales_q45(const float *x, const float *qw, int nmax, uint8_t *L, uint8_t *packed,
-                       uint16_t *d16, uint16_t *dmin16) {
-    float weights[32], mins[QK_K / 32], scales[QK_K / 32];
+static const fit_spec Q4_REF = {32, 15, FIT_AFFINE, -1.0f, 0.1f, 20, 0};
+static const fit_spec Q5_REF = {32, 31, FIT_AFFINE, -0.5f, 0.1f, 15, 0};
+static const fit_spec Q4_IMP = {32, 15, FIT_AFFINE, -0.9f, 0.05f, 36, 0};
+static const fit_spec Q5_IMP = {32, 31, FIT_AFFINE, -0.9f, 0.05f, 36, 0};
+
+/* without importance weights: av_x + |x|, av_x the RMS of the value's group of 32 */
+static void weights_q45(const float *x, const float *qw, float *w) {
+    if (qw) {
+        weights_sigma(x, qw, 2.0f, w);
+        return;
+    }
+    for (int j = 0; j < QK_K / 32; j++) {
+        float av_x = sqrtf(sum_squares(x + 32 * j, 32) / 32);
+        for (int l = 0; l < 32; l++) w[32 * j + l] = av_x + fabsf(x[32 * j + l]);
+    }
+}
+
+/* The 6-bit scale and min codes: rounded against the largest without importance weights,
+ * fitted (fit_positive) with them. */
+static void scales_q45(const float *qw, const float *w, const float *scales, const float *mins,
+                       int nmax, uint8_t *packed, uint16_t *d16, uint16_t *dmin16) {
     memset(packed, 0, 12);
     if (!qw) {
         float max_scale = 0, max_min = 0;
-        float rmin = nmax == 15 ? -1.0f : -0.5f;
-        int nstep = nmax == 15 ? 20 : 15;
         for (int j = 0; j < QK_K / 32; j++) {
-            float av_x = sqrtf(sum_squares(x + 32 * j, 32) / 32);
-            for (int l = 0; l < 32; l++) weights[l] = av_x + fabsf(x[32 * j + l]);
-            scales[j] = fit_affine(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], rmin,
-                                   0.1f, nstep, 0);
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -490,37 +538,147 @@ static void scales_q45(const float *x, const float *qw, int nmax, uint8_t *L, ui
     } else {
         float sw[QK_K / 32];
         uint8_t Ls[QK_K / 32], Lm[QK_K / 32];
-        float sigma2 = 2 * sum_squares(x, QK_K) / QK_K;
-        for (int j = 0; j < QK_K / 32; j++) {
-            for (int l = 0; l < 32; l++)
-                weights[l] = qw[32 * j + l] * sqrtf(sigma2 + x[32 * j + l] * x[32 * j + l]);
-            float sumw = 0;
-            for (int l = 0; l < 32; l++) sumw += weights[l];
-            sw[j] = sumw;
-            scales[j] = fit_affine(32, nmax, x + 32 * j, weights, L + 32 * j, &mins[j], -0.9f,
-                                   0.05f, 36, 0);
-        }
+        group_sums(w, 32, sw);
         float d_block = fit_positive(QK_K / 32, 63, scales, Ls, sw);
         float m_block = fit_positive(QK_K / 32, 63, mins, Lm, sw);
         /* (ggml clips the codes to 63 here for Q5_K only; they differ only for a negative
          * fitted scale, whose code wraps) */
-        for (int j = 0; j < QK_K / 32; j++) {
-            int clip = nmax == 31;
+        int clip = nmax == 31;
+        for (int j = 0; j < QK_K / 32; j++)
             put_scale_min(j, clip && Ls[j] > 63 ? 63 : Ls[j], clip && Lm[j] > 63 ? 63 : Lm[j],
                           packed);
-        }
         *d16 = f2h(d_block);
         *dmin16 = f2h(m_block);
     }
-    requantize_affine32(x, packed, *d16, *dmin16, nmax, L);
 }
 
-void lc_quantize_q4_K(const float *x, const float *qw, void *out) {
+static void finish_q4(const float *x, const float *qw, const float *w, const float *scales,
+                      const float *mins, uint8_t *L, void *out) {
     block_q4_K *y = out;
-    uint8_t L[QK_K];
-    scales_q45(x, qw, 15, L, y->scales, &y->d, &y->dmin);
+    scales_q45(qw, w, scales, mins, 15, y->scales, &y->d, &y->dmin);
+    requantize_affine32(x, y->scales, y->d, y->dmin, 15, L);
     for (int j = 0; j < QK_K; j += 64)
         for (int l = 0; l < 32; l++) y->qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
+}
+
+static void finish_q5(const float *x, const float *qw, const float *w, const float *scales,
+                      const float *mins, uint8_t *L, void *out) {
+    block_q5_K *y = out;
+    scales_q45(qw, w, scales, mins, 31, y->scales, &y->d, &y->dmin);
+    requantize_affine32(x, y->scales, y->d, y->dmin, 31, L);
+    /* low nibbles as Q4_K; bit 4 of element n + j (n a multiple of 64) in qh[j], bit
+     * n / 32, and of element n + j + 32 in bit n / 32 + 1 */
+    memset(y->qh, 0, QK_K / 8);
+    for (int n = 0; n < QK_K; n += 64) {
+        for (int j = 0; j < 32; j++) {
+            int l1 = L[n + j], l2 = L[n + j + 32];
+            if (l1 > 15) { l1 -= 16; y->qh[j] |= (uint8_t)(1u << (n / 32)); }
+            if (l2 > 15) { l2 -= 16; y->qh[j] |= (uint8_t)(2u << (n / 32)); }
+            y->qs[n / 2 + j] = (uint8_t)(l1 | (l2 << 4));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ Q6_K */
+static const fit_spec Q6_FIT = {16, 32, FIT_SYMMETRIC, 0, 0, 0, 0};
+
+static void weights_q6(const float *x, const float *qw, float *w) {
+    for (int l = 0; l < QK_K; l++) w[l] = qw ? qw[l] : x[l] * x[l];
+}
+
+static void finish_q6(const float *x, const float *qw, const float *w, const float *scales,
+                      const float *mins, uint8_t *L, void *out) {
+    (void)qw, (void)w, (void)mins;
+    block_q6_K *y = out;
+    float max_scale = 0, max_abs = 0;
+    for (int ib = 0; ib < QK_K / 16; ib++) {
+        float a = fabsf(scales[ib]);
+        if (a > max_abs) { max_abs = a; max_scale = scales[ib]; }
+    }
+    memset(y, 0, sizeof *y);
+    if (max_abs < EPS) return; /* d = 0, every code 0 */
+    float iscale = -128.0f / max_scale;
+    y->d = f2h(1 / iscale);
+    for (int ib = 0; ib < QK_K / 16; ib++)
+        y->scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
+    for (int j = 0; j < QK_K / 16; j++) {
+        float d = h2f(y->d) * y->scales[j];
+        if (!d) continue;
+        for (int ii = 0; ii < 16; ii++)
+            L[16 * j + ii] = (uint8_t)(imax(-32, imin(31, nearest_int(x[16 * j + ii] / d))) + 32);
+    }
+    for (int j = 0; j < QK_K; j += 128) {
+        uint8_t *ql = y->ql + j / 2, *qh = y->qh + j / 4;
+        for (int l = 0; l < 32; l++) {
+            uint8_t q1 = (uint8_t)(L[j + l] & 0xf), q2 = (uint8_t)(L[j + l + 32] & 0xf);
+            uint8_t q3 = (uint8_t)(L[j + l + 64] & 0xf), q4 = (uint8_t)(L[j + l + 96] & 0xf);
+            ql[l] = (uint8_t)(q1 | (q3 << 4));
+            ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
+            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) |
+                              ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ the run */
+typedef struct {
+    int type, bytes;
+    const fit_spec *ref, *imp; /* the fits without / with importance weights */
+    void (*weights)(const float *x, const float *qw, float *w);
+    void (*finish)(const float *x, const float *qw, const float *w, const float *scales,
+                   const float *mins, uint8_t *L, void *out);
+} kformat;
+
+static const kformat KFORMATS[] = {
+    {10, sizeof(block_q2_K), &Q2_REF, &Q2_IMP, weights_q2, finish_q2},
+    {11, sizeof(block_q3_K), &Q3_REF, &Q3_IMP, weights_q3, finish_q3},
+    {12, sizeof(block_q4_K), &Q4_REF, &Q4_IMP, weights_q45, finish_q4},
+    {13, sizeof(block_q5_K), &Q5_REF, &Q5_IMP, weights_q45, finish_q5},
+    {14, sizeof(block_q6_K), &Q6_FIT, &Q6_FIT, weights_q6, finish_q6},
+};
+
+int lc_kquant_known(int type) {
+    for (size_t i = 0; i < sizeof KFORMATS / sizeof KFORMATS[0]; i++)
+        if (KFORMATS[i].type == type) return 1;
+    return 0;
+}
+
+void lc_kquant_quantize(int type, const float *x, int64_t nb, const float *const *qw,
+                        uint8_t *out, int simd) {
+    const kformat *f = NULL;
+    for (size_t i = 0; i < sizeof KFORMATS / sizeof KFORMATS[0]; i++)
+        if (KFORMATS[i].type == type) f = &KFORMATS[i];
+    float w[LC_KQ_RUN * QK_K], scales[LC_KQ_RUN * 16], mins[LC_KQ_RUN * 16];
+    uint8_t L[LC_KQ_RUN * QK_K];
+    /* ggml picks the weighted variant per call; a run is all one or all the other */
+    const fit_spec *s = qw[0] ? f->imp : f->ref;
+    for (int64_t b = 0; b < nb; b++) f->weights(x + b * QK_K, qw[b], w + b * QK_K);
+    int per = QK_K / s->n;
+    int with_w = f->weights != weights_q3 || qw[0];
+    fit_groups(s, nb * per, x, with_w ? w : NULL, L, scales, mins, simd);
+    for (int64_t b = 0; b < nb; b++)
+        f->finish(x + b * QK_K, qw[b], w + b * QK_K, scales + b * per, mins + b * per,
+                  L + b * QK_K, out + b * f->bytes);
+}
+void lc_dequantize_q2_K(const void *in, float *y) {
+    const block_q2_K *b = in;
+    float d = h2f(b->d), dmin = h2f(b->dmin);
+    for (int e = 0; e < QK_K; e++) {
+        uint8_t sc = b->scales[e / 16];
+        int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        y[e] = d * (sc & 0xF) * q - dmin * (sc >> 4);
+    }
+}
+
+void lc_dequantize_q3_K(const void *in, float *y) {
+    const block_q3_K *b = in;
+    float d_all = h2f(b->d);
+    for (int e = 0; e < QK_K; e++) {
+        float dl = d_all * get_scale_q3(e / 16, b->scales);
+        int q = (b->qs[(e / 128) * 32 + e % 32] >> (2 * ((e % 128) / 32))) & 3;
+        int hi = (b->hmask[e % 32] >> (e / 32)) & 1;
+        y[e] = dl * (q - (hi ? 0 : 4));
+    }
 }
 
 void lc_dequantize_q4_K(const void *in, float *y) {
@@ -536,23 +694,6 @@ void lc_dequantize_q4_K(const void *in, float *y) {
     }
 }
 
-void lc_quantize_q5_K(const float *x, const float *qw, void *out) {
-    block_q5_K *y = out;
-    uint8_t L[QK_K];
-    scales_q45(x, qw, 31, L, y->scales, &y->d, &y->dmin);
-    /* low nibbles as Q4_K; bit 4 of element n + j (n a multiple of 64) in qh[j], bit
-     * n / 32, and of element n + j + 32 in bit n / 32 + 1 */
-    memset(y->qh, 0, QK_K / 8);
-    for (int n = 0; n < QK_K; n += 64) {
-        for (int j = 0; j < 32; j++) {
-            int l1 = L[n + j], l2 = L[n + j + 32];
-            if (l1 > 15) { l1 -= 16; y->qh[j] |= (uint8_t)(1u << (n / 32)); }
-            if (l2 > 15) { l2 -= 16; y->qh[j] |= (uint8_t)(2u << (n / 32)); }
-            y->qs[n / 2 + j] = (uint8_t)(l1 | (l2 << 4));
-        }
-    }
-}
-
 void lc_dequantize_q5_K(const void *in, float *y) {
     const block_q5_K *b = in;
     float d = h2f(b->d), dmin = h2f(b->dmin);
@@ -565,41 +706,6 @@ void lc_dequantize_q5_K(const void *in, float *y) {
         for (int l = 0; l < 32; l++) {
             int hi = (b->qh[l] >> j) & 1;
             y[32 * j + l] = dl * (((q[l] >> shift) & 0x0f) + (hi ? 16 : 0)) - ml;
-        }
-    }
-}
-
-/* ------------------------------------------------------------------ Q6_K */
-void lc_quantize_q6_K(const float *x, const float *qw, void *out) {
-    block_q6_K *y = out;
-    int8_t L[QK_K];
-    float scales[QK_K / 16], max_scale = 0, max_abs = 0;
-    for (int ib = 0; ib < QK_K / 16; ib++) {
-        scales[ib] = fit_symmetric(16, 32, x + 16 * ib, L + 16 * ib, qw ? qw + 16 * ib : NULL);
-        float a = fabsf(scales[ib]);
-        if (a > max_abs) { max_abs = a; max_scale = scales[ib]; }
-    }
-    memset(y, 0, sizeof *y);
-    if (max_abs < EPS) return; /* d = 0, every code 0 */
-    float iscale = -128.0f / max_scale;
-    y->d = f2h(1 / iscale);
-    for (int ib = 0; ib < QK_K / 16; ib++)
-        y->scales[ib] = (int8_t)imin(127, nearest_int(iscale * scales[ib]));
-    for (int j = 0; j < QK_K / 16; j++) {
-        float d = h2f(y->d) * y->scales[j];
-        if (!d) continue;
-        for (int ii = 0; ii < 16; ii++)
-            L[16 * j + ii] = (int8_t)(imax(-32, imin(31, nearest_int(x[16 * j + ii] / d))) + 32);
-    }
-    for (int j = 0; j < QK_K; j += 128) {
-        uint8_t *ql = y->ql + j / 2, *qh = y->qh + j / 4;
-        for (int l = 0; l < 32; l++) {
-            uint8_t q1 = (uint8_t)(L[j + l] & 0xf), q2 = (uint8_t)(L[j + l + 32] & 0xf);
-            uint8_t q3 = (uint8_t)(L[j + l + 64] & 0xf), q4 = (uint8_t)(L[j + l + 96] & 0xf);
-            ql[l] = (uint8_t)(q1 | (q3 << 4));
-            ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
-            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) |
-                              ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
         }
     }
 }

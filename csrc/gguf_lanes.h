@@ -1,0 +1,203 @@
+/* gguf_lanes.h: the K-quant group fits of gguf_k.c, 16 groups side by side -- lane k of
+ * every vector is group k -- for the SIMD paths.  Included by gguf_k.c once per path with
+ * LANES(name) (the function's name for that path) and LANES_TARGET (its target attribute);
+ * written with the compiler's vector extensions, one 16-float vector per value (one zmm
+ * register on AVX-512, two ymm on AVX2).
+ *
+ * Each lane runs fit_affine / fit_symmetric / fit_symmetric_refine's operations in their
+ * order: the same IEEE float operations on the same values, no fused multiply-add
+ * (-ffp-contract=off), branches turned into selects whose unselected side is discarded.
+ * So the results equal the scalar fits bit for bit; the tests check it on every path. */
+
+#ifndef LC_GGUF_LANES_TYPES
+#define LC_GGUF_LANES_TYPES
+typedef float vf __attribute__((vector_size(64)));
+typedef int32_t vi __attribute__((vector_size(64)));
+/* lane-wise: m ? a : b for a mask m of -1 / 0 lanes (what vector comparisons give) */
+#define VSEL(m, a, b) ((vf)(((m) & (vi)(a)) | (~(m) & (vi)(b))))
+#define VSELI(m, a, b) (((m) & (a)) | (~(m) & (b)))
+#define VF(c) ((vf){0} + (float)(c))
+#define VI(c) ((vi){0} + (int32_t)(c))
+#define VABS(a) ((vf)((vi)(a) & 0x7fffffff))
+#define VTOF(i) __builtin_convertvector((i), vf)
+/* ggml's nearest_int, lane-wise (see gguf_k.c) */
+#define VNEAREST(v) ((((vi)((v) + 12582912.0f)) & 0x007fffff) - 0x00400000)
+#define VCLAMP(v, lo, hi) VSELI((v) < VI(lo), VI(lo), VSELI((v) > VI(hi), VI(hi), (v)))
+#endif
+
+/* group k's element i -> lane k of t[i] */
+LANES_TARGET static inline void LANES(transpose)(int n, const float *x, vf *t) {
+    for (int i = 0; i < n; i++) {
+        vf v;
+        for (int k = 0; k < NL; k++) v[k] = x[k * n + i];
+        t[i] = v;
+    }
+}
+
+LANES_TARGET static inline void LANES(store_codes)(int n, const vi *t, vi zero, uint8_t *L) {
+    for (int i = 0; i < n; i++) {
+        vi v = VSELI(zero, VI(0), t[i]);
+        for (int k = 0; k < NL; k++) L[k * n + i] = (uint8_t)v[k];
+    }
+}
+
+LANES_TARGET static void LANES(fit_affine_lanes)(const fit_spec *s, const float *x,
+                                                 const float *w, uint8_t *L, float *scale_out,
+                                                 float *min_out) {
+    const int n = s->n, nmax = s->nmax, mad = s->use_mad;
+    vf xt[32] = {0}, wt[32] = {0};
+    vi Lt[32], La[32];
+    LANES(transpose)(n, x, xt);
+    LANES(transpose)(n, w, wt);
+    vf mn = xt[0], mx = xt[0], sum_w = wt[0], sum_x = sum_w * xt[0];
+    for (int i = 1; i < n; i++) {
+        mn = VSEL(xt[i] < mn, xt[i], mn);
+        mx = VSEL(xt[i] > mx, xt[i], mx);
+        sum_w += wt[i];
+        sum_x += wt[i] * xt[i];
+    }
+    mn = VSEL(mn > 0.0f, VF(0), mn);
+    vi flat = mx == mn;
+    vf flat_min = -mn;
+    vf iscale = VF(nmax) / (mx - mn), scale = VF(1) / iscale, best = VF(0);
+    for (int i = 0; i < n; i++) {
+        vi l = VCLAMP(VNEAREST(iscale * (xt[i] - mn)), 0, nmax);
+        Lt[i] = l;
+        vf diff = scale * VTOF(l) + mn - xt[i];
+        diff = mad ? VABS(diff) : diff * diff;
+        best += wt[i] * diff;
+    }
+    for (int is = 0; is <= s->nstep; is++) {
+        iscale = VF(s->rmin + s->rdelta * is + nmax) / (mx - mn);
+        vf sum_l = VF(0), sum_l2 = VF(0), sum_xl = VF(0), err = VF(0);
+        for (int i = 0; i < n; i++) {
+            vi l = VCLAMP(VNEAREST(iscale * (xt[i] - mn)), 0, nmax);
+            La[i] = l;
+            vf lf = VTOF(l), wl = wt[i] * lf;
+            sum_l += wl;
+            sum_l2 += wl * lf;
+            sum_xl += wl * xt[i];
+        }
+        vf D = sum_w * sum_l2 - sum_l * sum_l;
+        vf a = (sum_w * sum_xl - sum_x * sum_l) / D;
+        vf b = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+        vi neg = b > 0.0f;
+        vf ts = VSEL(neg, sum_xl / sum_l2, a), tm = VSEL(neg, VF(0), b);
+        for (int i = 0; i < n; i++) {
+            vf diff = ts * VTOF(La[i]) + tm - xt[i];
+            diff = mad ? VABS(diff) : diff * diff;
+            err += wt[i] * diff;
+        }
+        vi up = (D > 0.0f) & (err < best);
+        best = VSEL(up, err, best);
+        scale = VSEL(up, ts, scale);
+        mn = VSEL(up, tm, mn);
+        for (int i = 0; i < n; i++) Lt[i] = VSELI(up, La[i], Lt[i]);
+    }
+    vf sc = VSEL(flat, VF(0), scale), m = VSEL(flat, flat_min, -mn);
+    for (int k = 0; k < NL; k++) { scale_out[k] = sc[k]; min_out[k] = m[k]; }
+    LANES(store_codes)(n, Lt, flat, L);
+}
+
+/* the first largest |x| of each lane and the x it came from */
+LANES_TARGET static inline void LANES(absmax)(int n, const vf *xt, vf *amax, vf *max) {
+    vf am = VF(0), m = VF(0);
+    for (int i = 0; i < n; i++) {
+        vf a = VABS(xt[i]);
+        vi up = a > am;
+        am = VSEL(up, a, am);
+        m = VSEL(up, xt[i], m);
+    }
+    *amax = am;
+    *max = m;
+}
+
+LANES_TARGET static void LANES(fit_symmetric_lanes)(const fit_spec *s, const float *x,
+                                                    const float *w, uint8_t *L,
+                                                    float *scale_out) {
+    const int n = s->n, nmax = s->nmax;
+    vf xt[32] = {0}, wt[32] = {0}, amax, max;
+    vi Lt[32], La[32];
+    LANES(transpose)(n, x, xt);
+    LANES(transpose)(n, w, wt);
+    LANES(absmax)(n, xt, &amax, &max);
+    vf iscale = VF(-nmax) / max, sumlx = VF(0), suml2 = VF(0);
+    for (int i = 0; i < n; i++) {
+        vi l = VCLAMP(VNEAREST(iscale * xt[i]), -nmax, nmax - 1);
+        vf lf = VTOF(l);
+        Lt[i] = l + nmax;
+        sumlx += wt[i] * xt[i] * lf;
+        suml2 += wt[i] * lf * lf;
+    }
+    vf scale = VSEL(suml2 != 0.0f, sumlx / suml2, VF(0)), best = scale * sumlx;
+    for (int is = -9; is <= 9; is++) {
+        if (is == 0) continue;
+        iscale = VF(-(nmax + 0.1f * is)) / max;
+        sumlx = suml2 = VF(0);
+        for (int i = 0; i < n; i++) {
+            vi l = VCLAMP(VNEAREST(iscale * xt[i]), -nmax, nmax - 1);
+            vf lf = VTOF(l);
+            La[i] = l + nmax;
+            sumlx += wt[i] * xt[i] * lf;
+            suml2 += wt[i] * lf * lf;
+        }
+        vi up = (suml2 > 0.0f) & (sumlx * sumlx > best * suml2);
+        scale = VSEL(up, sumlx / suml2, scale);
+        best = VSEL(up, scale * sumlx, best);
+        for (int i = 0; i < n; i++) Lt[i] = VSELI(up, La[i], Lt[i]);
+    }
+    vi zero = amax < EPS;
+    vf sc = VSEL(zero, VF(0), scale);
+    for (int k = 0; k < NL; k++) scale_out[k] = sc[k];
+    LANES(store_codes)(n, Lt, zero, L);
+}
+
+LANES_TARGET static void LANES(fit_refine_lanes)(const fit_spec *s, const float *x, uint8_t *L,
+                                                 float *scale_out) {
+    const int n = s->n, nmax = s->nmax;
+    vf xt[32] = {0}, amax, max;
+    vi Lt[32];
+    LANES(transpose)(n, x, xt);
+    LANES(absmax)(n, xt, &amax, &max);
+    vf iscale = VF(-nmax) / max, sumlx = VF(0), suml2 = VF(0);
+    for (int i = 0; i < n; i++) {
+        vi l = VCLAMP(VNEAREST(iscale * xt[i]), -nmax, nmax - 1);
+        vf lf = VTOF(l), w = xt[i] * xt[i];
+        Lt[i] = l;
+        sumlx += w * xt[i] * lf;
+        suml2 += w * lf * lf;
+    }
+    /* up to five passes, stopping when no lane changed: a pass that changes nothing in a
+     * lane leaves nothing for the next, so a lane's result is the scalar one whatever its
+     * neighbours do */
+    for (int itry = 0; itry < 5; itry++) {
+        vi changed = VI(0);
+        for (int i = 0; i < n; i++) {
+            vf xi = xt[i], w = xi * xi, li = VTOF(Lt[i]);
+            vf slx = sumlx - w * xi * li, sl2 = suml2 - w * li * li;
+            vi nl = VCLAMP(VNEAREST(xi * sl2 / slx), -nmax, nmax - 1);
+            vf nf = VTOF(nl), slx2 = slx + w * xi * nf, sl22 = sl2 + w * nf * nf;
+            vi ok = (slx > 0.0f) & (nl != Lt[i]) & (sl22 > 0.0f) &
+                    (slx2 * slx2 * suml2 > sumlx * sumlx * sl22);
+            Lt[i] = VSELI(ok, nl, Lt[i]);
+            sumlx = VSEL(ok, slx2, sumlx);
+            suml2 = VSEL(ok, sl22, suml2);
+            changed |= ok;
+        }
+        int any = 0;
+        for (int k = 0; k < NL; k++) any |= changed[k];
+        if (!any) break;
+    }
+    vi zero = amax < EPS;
+    vf sc = VSEL(zero, VF(0), VSEL(suml2 > 0.0f, sumlx / suml2, VF(0)));
+    for (int k = 0; k < NL; k++) scale_out[k] = sc[k];
+    for (int i = 0; i < n; i++) Lt[i] += nmax;
+    LANES(store_codes)(n, Lt, zero, L);
+}
+
+LANES_TARGET static void LANES(fit_lanes)(const fit_spec *s, const float *x, const float *w,
+                                          uint8_t *L, float *scale, float *min) {
+    if (s->kind == FIT_AFFINE) LANES(fit_affine_lanes)(s, x, w, L, scale, min);
+    else if (s->kind == FIT_SYMMETRIC) LANES(fit_symmetric_lanes)(s, x, w, L, scale);
+    else LANES(fit_refine_lanes)(s, x, L, scale);
+}
