@@ -4,7 +4,8 @@ NAME = "quantize"
 HELP = "quantize a checkpoint (litecomp packed format, GGUF, or NF4) and report the error"
 
 FORMATS = ("litecomp", "gguf:Q8_0", "gguf:Q4_0", "gguf:Q4_1", "gguf:Q5_0", "gguf:Q5_1",
-           "gguf:Q4_K", "gguf:Q6_K", "nf4", "fp4", "kmeans")
+           "gguf:Q2_K", "gguf:Q3_K", "gguf:Q4_K", "gguf:Q5_K", "gguf:Q6_K", "nf4", "fp4",
+           "kmeans")
 
 
 def add_arguments(p):

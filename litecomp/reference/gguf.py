@@ -481,12 +481,13 @@ def quantize_k(x, name, imatrix=None):
     if imatrix is not None:
         qw = np.broadcast_to(np.asarray(imatrix, F).reshape(-1, QK_K),
                              (X.shape[0] // (cols // QK_K), cols // QK_K, QK_K)).reshape(-1, QK_K)
-    if name == "Q2_K":
-        out = _q2_K(X, qw)
-    elif name == "Q3_K":
-        out = _q3_K(X, qw)
-    elif name in ("Q4_K", "Q5_K"):
-        out = _q45_K(X, qw, 15 if name == "Q4_K" else 31)
-    else:
-        out = _q6_K(X, qw)
+    with np.errstate(all="ignore"):  # degenerate inputs overflow exactly as the C code does
+        if name == "Q2_K":
+            out = _q2_K(X, qw)
+        elif name == "Q3_K":
+            out = _q3_K(X, qw)
+        elif name in ("Q4_K", "Q5_K"):
+            out = _q45_K(X, qw, 15 if name == "Q4_K" else 31)
+        else:
+            out = _q6_K(X, qw)
     return out.reshape(x.shape[:-1] + (cols // QK_K * KSIZES[name],))
