@@ -345,7 +345,7 @@ static void fit_groups(const fit_spec *s, int64_t ng, const float *x, const floa
     /* (AVX2 runs the scalar fits: the compiler's split of these 16-lane vectors into ymm
      * halves came out slower than scalar code) */
     if (simd >= LC_SIMD_AVX512) {
-        for (; g + NL <= ng; g += NL) {
+        for (; g + 2 * NL <= ng; g += 2 * NL) {
             const int64_t o = g * s->n;
             fit_lanes_avx512(s, x + o, w ? w + o : NULL, L + o, scale + g, min + g);
         }

@@ -11,8 +11,8 @@
 
 #ifndef LC_GGUF_LANES_TYPES
 #define LC_GGUF_LANES_TYPES
-typedef float vf __attribute__((vector_size(64)));
-typedef int32_t vi __attribute__((vector_size(64)));
+typedef float vf __attribute__((vector_size(4 * NL)));
+typedef int32_t vi __attribute__((vector_size(4 * NL)));
 /* lane-wise: m ? a : b for a mask m of -1 / 0 lanes (what vector comparisons give) */
 #define VSEL(m, a, b) ((vf)(((m) & (vi)(a)) | (~(m) & (vi)(b))))
 #define VSELI(m, a, b) (((m) & (a)) | (~(m) & (b)))
@@ -41,62 +41,91 @@ LANES_TARGET static inline void LANES(store_codes)(int n, const vi *t, vi zero, 
     }
 }
 
+/* H sets of NL lanes at once: the sums are chains of dependent adds, so two independent
+ * sets keep the adder busy while one waits */
+#define H 2
 LANES_TARGET static void LANES(fit_affine_lanes)(const fit_spec *s, const float *x,
                                                  const float *w, uint8_t *L, float *scale_out,
                                                  float *min_out) {
     const int n = s->n, nmax = s->nmax, mad = s->use_mad;
-    vf xt[32] = {0}, wt[32] = {0};
-    vi Lt[32], La[32];
-    LANES(transpose)(n, x, xt);
-    LANES(transpose)(n, w, wt);
-    vf mn = xt[0], mx = xt[0], sum_w = wt[0], sum_x = sum_w * xt[0];
-    for (int i = 1; i < n; i++) {
-        mn = VSEL(xt[i] < mn, xt[i], mn);
-        mx = VSEL(xt[i] > mx, xt[i], mx);
-        sum_w += wt[i];
-        sum_x += wt[i] * xt[i];
+    vf xt[H][32] = {{{0}}}, wt[H][32] = {{{0}}};
+    vi Lt[H][32], La[H][32];
+    vf mn[H], mx[H], sum_w[H], sum_x[H], flat_min[H], iscale[H], scale[H], best[H];
+    vi flat[H];
+    for (int h = 0; h < H; h++) {
+        LANES(transpose)(n, x + h * NL * n, xt[h]);
+        LANES(transpose)(n, w + h * NL * n, wt[h]);
+        mn[h] = mx[h] = xt[h][0];
+        sum_w[h] = wt[h][0];
+        sum_x[h] = sum_w[h] * xt[h][0];
     }
-    mn = VSEL(mn > 0.0f, VF(0), mn);
-    vi flat = mx == mn;
-    vf flat_min = -mn;
-    vf iscale = VF(nmax) / (mx - mn), scale = VF(1) / iscale, best = VF(0);
-    for (int i = 0; i < n; i++) {
-        vi l = VCLAMP(VNEAREST(iscale * (xt[i] - mn)), 0, nmax);
-        Lt[i] = l;
-        vf diff = scale * VTOF(l) + mn - xt[i];
-        diff = mad ? VABS(diff) : diff * diff;
-        best += wt[i] * diff;
-    }
-    for (int is = 0; is <= s->nstep; is++) {
-        iscale = VF(s->rmin + s->rdelta * is + nmax) / (mx - mn);
-        vf sum_l = VF(0), sum_l2 = VF(0), sum_xl = VF(0), err = VF(0);
-        for (int i = 0; i < n; i++) {
-            vi l = VCLAMP(VNEAREST(iscale * (xt[i] - mn)), 0, nmax);
-            La[i] = l;
-            vf lf = VTOF(l), wl = wt[i] * lf;
-            sum_l += wl;
-            sum_l2 += wl * lf;
-            sum_xl += wl * xt[i];
+    for (int i = 1; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            mn[h] = VSEL(xt[h][i] < mn[h], xt[h][i], mn[h]);
+            mx[h] = VSEL(xt[h][i] > mx[h], xt[h][i], mx[h]);
+            sum_w[h] += wt[h][i];
+            sum_x[h] += wt[h][i] * xt[h][i];
         }
-        vf D = sum_w * sum_l2 - sum_l * sum_l;
-        vf a = (sum_w * sum_xl - sum_x * sum_l) / D;
-        vf b = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-        vi neg = b > 0.0f;
-        vf ts = VSEL(neg, sum_xl / sum_l2, a), tm = VSEL(neg, VF(0), b);
-        for (int i = 0; i < n; i++) {
-            vf diff = ts * VTOF(La[i]) + tm - xt[i];
+    for (int h = 0; h < H; h++) {
+        mn[h] = VSEL(mn[h] > 0.0f, VF(0), mn[h]);
+        flat[h] = mx[h] == mn[h];
+        flat_min[h] = -mn[h];
+        iscale[h] = VF(nmax) / (mx[h] - mn[h]);
+        scale[h] = VF(1) / iscale[h];
+        best[h] = VF(0);
+    }
+    for (int i = 0; i < n; i++)
+        for (int h = 0; h < H; h++) {
+            vi l = VCLAMP(VNEAREST(iscale[h] * (xt[h][i] - mn[h])), 0, nmax);
+            Lt[h][i] = l;
+            vf diff = scale[h] * VTOF(l) + mn[h] - xt[h][i];
             diff = mad ? VABS(diff) : diff * diff;
-            err += wt[i] * diff;
+            best[h] += wt[h][i] * diff;
         }
-        vi up = (D > 0.0f) & (err < best);
-        best = VSEL(up, err, best);
-        scale = VSEL(up, ts, scale);
-        mn = VSEL(up, tm, mn);
-        for (int i = 0; i < n; i++) Lt[i] = VSELI(up, La[i], Lt[i]);
+    for (int is = 0; is <= s->nstep; is++) {
+        vf sum_l[H], sum_l2[H], sum_xl[H], err[H], ts[H], tm[H];
+        vi up[H];
+        for (int h = 0; h < H; h++) {
+            iscale[h] = VF(s->rmin + s->rdelta * is + nmax) / (mx[h] - mn[h]);
+            sum_l[h] = sum_l2[h] = sum_xl[h] = err[h] = VF(0);
+        }
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < H; h++) {
+                vi l = VCLAMP(VNEAREST(iscale[h] * (xt[h][i] - mn[h])), 0, nmax);
+                La[h][i] = l;
+                vf lf = VTOF(l), wl = wt[h][i] * lf;
+                sum_l[h] += wl;
+                sum_l2[h] += wl * lf;
+                sum_xl[h] += wl * xt[h][i];
+            }
+        for (int h = 0; h < H; h++) {
+            vf D = sum_w[h] * sum_l2[h] - sum_l[h] * sum_l[h];
+            vf a = (sum_w[h] * sum_xl[h] - sum_x[h] * sum_l[h]) / D;
+            vf b = (sum_l2[h] * sum_x[h] - sum_l[h] * sum_xl[h]) / D;
+            vi neg = b > 0.0f;
+            ts[h] = VSEL(neg, sum_xl[h] / sum_l2[h], a);
+            tm[h] = VSEL(neg, VF(0), b);
+            up[h] = D > 0.0f;
+        }
+        for (int i = 0; i < n; i++)
+            for (int h = 0; h < H; h++) {
+                vf diff = ts[h] * VTOF(La[h][i]) + tm[h] - xt[h][i];
+                diff = mad ? VABS(diff) : diff * diff;
+                err[h] += wt[h][i] * diff;
+            }
+        for (int h = 0; h < H; h++) {
+            up[h] = up[h] & (err[h] < best[h]);
+            best[h] = VSEL(up[h], err[h], best[h]);
+            scale[h] = VSEL(up[h], ts[h], scale[h]);
+            mn[h] = VSEL(up[h], tm[h], mn[h]);
+            for (int i = 0; i < n; i++) Lt[h][i] = VSELI(up[h], La[h][i], Lt[h][i]);
+        }
     }
-    vf sc = VSEL(flat, VF(0), scale), m = VSEL(flat, flat_min, -mn);
-    for (int k = 0; k < NL; k++) { scale_out[k] = sc[k]; min_out[k] = m[k]; }
-    LANES(store_codes)(n, Lt, flat, L);
+    for (int h = 0; h < H; h++) {
+        vf sc = VSEL(flat[h], VF(0), scale[h]), m = VSEL(flat[h], flat_min[h], -mn[h]);
+        for (int k = 0; k < NL; k++) { scale_out[h * NL + k] = sc[k]; min_out[h * NL + k] = m[k]; }
+        LANES(store_codes)(n, Lt[h], flat[h], L + h * NL * n);
+    }
 }
 
 /* the first largest |x| of each lane and the x it came from */
@@ -195,9 +224,19 @@ LANES_TARGET static void LANES(fit_refine_lanes)(const fit_spec *s, const float 
     LANES(store_codes)(n, Lt, zero, L);
 }
 
+/* H * NL groups */
 LANES_TARGET static void LANES(fit_lanes)(const fit_spec *s, const float *x, const float *w,
                                           uint8_t *L, float *scale, float *min) {
-    if (s->kind == FIT_AFFINE) LANES(fit_affine_lanes)(s, x, w, L, scale, min);
-    else if (s->kind == FIT_SYMMETRIC) LANES(fit_symmetric_lanes)(s, x, w, L, scale);
-    else LANES(fit_refine_lanes)(s, x, L, scale);
+    if (s->kind == FIT_AFFINE) {
+        LANES(fit_affine_lanes)(s, x, w, L, scale, min);
+        return;
+    }
+    for (int h = 0; h < H; h++) {
+        const int64_t o = (int64_t)h * NL * s->n;
+        if (s->kind == FIT_SYMMETRIC)
+            LANES(fit_symmetric_lanes)(s, x + o, w + o, L + o, scale + h * NL);
+        else
+            LANES(fit_refine_lanes)(s, x + o, L + o, scale + h * NL);
+    }
 }
+#undef H

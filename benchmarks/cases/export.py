@@ -1,0 +1,46 @@
+"""Export: K-quant quantization beside the NumPy port of llama.cpp's reference quantizer
+(gguf-py has no K-quant quantizer: there is no other Python implementation), and the
+streaming compress command's peak memory."""
+
+import numpy as np
+
+import litecomp
+from litecomp.quant import gguf as lg
+from litecomp.reference import gguf as ref
+
+from ..harness import Run, case
+
+
+def _weight(quick):
+    shape = (64, 512) if quick else (2048, 2048)  # 4M values: a 7B model's k_proj is 16M
+    return litecomp.random.normal(shape, 0.0, 0.02, seed=5)
+
+
+def _kquant(qtype, quick, imatrix=False):
+    w = _weight(quick)
+    im = (np.random.default_rng(1).uniform(0, 4, w.shape[1]).astype(np.float32)
+          if imatrix else None)
+    out = np.empty((w.shape[0], w.shape[1] // 256 * lg.FORMATS[qtype][2]), np.uint8)
+    return Run(litecomp=lambda: lg.quantize(w, qtype, imatrix=im, out=out),
+               anchor=(f"NumPy port of llama.cpp quantize_row_{qtype.lower()}"
+                       f"{'_impl' if imatrix else '_ref'} (litecomp.reference.gguf)",
+                       lambda: ref.quantize_k(w, qtype, imatrix=im)),
+               bytes=w.nbytes + out.nbytes,
+               check=lambda a, b: np.testing.assert_array_equal(a, b),
+               notes="same bytes; the port is vectorised over groups, one array op per "
+                     "element position (the C order); litecomp writes a reused buffer")
+
+
+@case("GGUF Q4_K quantize, 2048x2048 f32", group="export", repeats=1)
+def q4_k(quick):
+    return _kquant("Q4_K", quick)
+
+
+@case("GGUF Q4_K quantize with an importance matrix, 2048x2048", group="export", repeats=1)
+def q4_k_imatrix(quick):
+    return _kquant("Q4_K", quick, imatrix=True)
+
+
+@case("GGUF Q6_K quantize, 2048x2048 f32", group="export", repeats=1)
+def q6_k(quick):
+    return _kquant("Q6_K", quick)
