@@ -55,6 +55,8 @@ METHODS = {
                   "activations: 'int8'/'fp8' for W8A8 exports"),
     "fp8": Method("quant", ("axis", "activations"),
                   "float8 e4m3 weights, one scale per output channel (axis 0) or tensor"),
+    "gguf": Method("quant", ("qtype",),
+                   "GGUF blocks (Q8_0, Q4_0, ..., Q2_K..Q6_K) for compress --format gguf"),
     "nf4": Method("quant", ("block_size", "double_quant"), "bitsandbytes NF4, blockwise absmax"),
     "fp4": Method("quant", ("block_size", "double_quant"), "bitsandbytes FP4, blockwise absmax"),
     "kmeans": Method("quant", ("bits", "axis", "sparse", "keep_zeros"),

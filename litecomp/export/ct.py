@@ -274,7 +274,7 @@ def quantization_config(modules, ignore=()):
 
 
 def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_scales=None,
-                       max_shard_size="5GB", progress=None):
+                       max_shard_size="5GB", progress=None, on_quantized=None):
     """Write ``state_dict`` as a compressed-tensors folder ``out_dir`` that transformers'
     ``from_pretrained`` (with the compressed-tensors package) and vLLM load.
 
@@ -286,7 +286,9 @@ def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_s
     tokenizer files are copied too).  ``input_scales``: {module: float} static activation
     scales (per tensor) for the stages with activations.  Every check runs before anything is
     written; the folder appears only when complete (a temporary sibling renamed into place).
-    Returns {module: format} of the quantized modules.
+    ``progress(name, (dtype, shape))`` is called after each tensor, ``on_quantized(name,
+    stage, weight, quantized, stored bytes)`` after each quantized one.  Returns {module:
+    format} of the quantized modules.
     """
     from ..recipe import stages
     cfg = load_config(config)
@@ -314,8 +316,11 @@ def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_s
                 if prefix in modules:
                     stage, fmt, _w, act = modules[prefix]
                     q = quantize_for(a, stage, dtype)
-                    for k, v in encode_tensor(prefix, q, dtype, fmt).items():
+                    enc = encode_tensor(prefix, q, dtype, fmt)
+                    for k, v in enc.items():
                         wr.add(k, v)
+                    if on_quantized is not None:
+                        on_quantized(name, stage, a, q, sum(v.nbytes for v in enc.values()))
                     if act is not None and input_scales is not None:
                         s = np.asarray([input_scales[prefix]], np.float32)
                         wr.add(f"{prefix}.input_scale",

@@ -288,7 +288,7 @@ def gguf_file(path, arch, fill, tensors, progress=None):
 
 
 def gguf(state_dict, path, *, config=None, qtype="Q8_0", tokenizer=None, imatrix=None,
-         name=None, progress=None):
+         name=None, quantize=None, progress=None, on_tensor=None):
     """Write a complete GGUF model file that llama.cpp loads.
 
     ``state_dict``: a Hugging Face LLaMA-style state dict (model.embed_tokens.weight,
@@ -300,7 +300,10 @@ def gguf(state_dict, path, *, config=None, qtype="Q8_0", tokenizer=None, imatrix
     a tokenizer.json (or the folder holding one; the config folder's is used by default),
     else ``no_vocab``.  ``imatrix``: importance weights for the K-quants, a GGUF imatrix
     file or {name: weights} (GGUF or source names).  Everything is checked before the file
-    is started; it appears only when complete.  Returns {GGUF name: stored type}.
+    is started; it appears only when complete.  ``quantize``: the source names to store as
+    ``qtype`` (default every 2-D weight; the others stay F32).  ``progress(gguf name,
+    bytes)`` and ``on_tensor(source name, array, stored array, stored type)`` are called
+    after each tensor.  Returns {GGUF name: stored type}.
     """
     if qtype not in QTYPES:
         raise ArgumentError(f"qtype: {qtype!r} is not one of {', '.join(QTYPES)}")
@@ -326,7 +329,10 @@ def gguf(state_dict, path, *, config=None, qtype="Q8_0", tokenizer=None, imatrix
         dt, shape = infos[src]
         if _dt.name_of(np.dtype(dt)) not in _dt.WEIGHT_DTYPES:
             raise ArgumentError(f"state_dict: {src!r} has dtype {dt}, not a float weight")
-        plan.append((src, gname, tuple(shape), _stored_type(gname, shape, qtype)))
+        kind = _stored_type(gname, shape, qtype)
+        if quantize is not None and src not in quantize and len(shape) >= 2:
+            kind = "F32"
+        plan.append((src, gname, tuple(shape), kind))
     if arch == "llama":
         for src, gname, shape, _k in plan:
             n = heads if gname.endswith("attn_q.weight") or gname.endswith("attn_q.bias") else kv
@@ -364,6 +370,8 @@ def gguf(state_dict, path, *, config=None, qtype="Q8_0", tokenizer=None, imatrix
             if arch == "llama" and re.search(r"attn_[qk]\.(weight|bias)$", gname):
                 a = permute_qk(a, heads if ".attn_q." in gname else kv)
             out = _convert(np.asarray(a), kind, ims.get(gname))
+            if on_tensor is not None:
+                on_tensor(src, a, out, kind)
             if kind == "BF16":
                 out = out.view(np.uint16)
             return out

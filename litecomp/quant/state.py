@@ -127,6 +127,9 @@ def quantize_state_dict(state_dict, recipe, *, min_ndim=2):
 def quantize_stage(a, stage):
     """One tensor by a quantization stage (methods rtn, fp8, nf4, fp4, kmeans)."""
     o = {k: v for k, v in stage.options.items() if k != "activations"}  # export metadata
+    if stage.method == "gguf":
+        raise ArgumentError(f"{stage.where()}: gguf stages are stored by litecomp.export.gguf "
+                            "(litecomp compress --format gguf), not in a state dict")
     if stage.method == "fp8":
         from .fp8 import quantize_fp8
         return quantize_fp8(a, **o)
