@@ -118,6 +118,14 @@ class _View:
 
     def __init__(self, ck, infos, plan, runners, rows):
         self.ck, self.infos, self.plan, self.runners, self.rows = ck, infos, plan, runners, rows
+        self._last = None
+
+    def release(self):
+        """Consumers read tensors one after the other: the previous one's mapped pages
+        leave this process (litecomp.io.Checkpoint.release)."""
+        if self._last is not None and hasattr(self.ck, "release"):
+            self.ck.release(*self._last)
+        self._last = None
 
     def __iter__(self):
         return iter(self.infos)
@@ -132,7 +140,9 @@ class _View:
         return self.infos[name]
 
     def upto(self, name, last):
+        self.release()
         a = self.ck[name]
+        self._last = (name, a)
         for stage, names in self.plan:
             if stage.index >= last:
                 break
@@ -142,6 +152,8 @@ class _View:
 
     def __getitem__(self, name):
         a = self.upto(name, math.inf)
+        if self._last is not None and a is not self._last[1]:
+            self.release()  # the stages made a copy: the mapped input is not needed again
         row = self.rows[name]
         row.methods += [s.method for s, names in self.plan
                         if s.family in VALUE_FAMILIES and name in names]
@@ -238,6 +250,7 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
         bar = _Progress(infos, progress)
         _WRITERS[format](view, out, quant, rows, bar, config=config, tokenizer=tokenizer,
                          imatrix=imatrix, max_shard_size=max_shard_size)
+        view.release()
     finally:
         ck.close()
     result = list(rows.values())

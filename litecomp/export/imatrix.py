@@ -10,7 +10,8 @@ collected for Wanda serve here too.
 >>> from litecomp.prune.scores import ActivationStats
 >>> st = ActivationStats(4); st.update(np.array([[1.0, 2, 0, 1], [3, 0, 0, 1]], np.float32))
 >>> p = os.path.join(tempfile.mkdtemp(), "imatrix.gguf")
->>> save(p, {"blk.0.attn_q.weight": st}, datasets=["calib.txt"])
+>>> save(p, {"blk.0.attn_q.weight": st}, datasets=["calib.txt"]) == p
+True
 >>> load(p)["blk.0.attn_q.weight"].tolist()
 [5.0, 2.0, 0.0, 1.0]
 """
