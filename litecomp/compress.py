@@ -62,12 +62,13 @@ class PruneRunner:
             from .prune.state import _stage_masks
             self.global_masks[stage.index] = _stage_masks(stage, {n: read(n) for n in names})
 
-    def run(self, stage, name, a):
+    def run(self, stage, name, a, inplace=False):
         from .prune import apply
         from .prune.state import _stage_masks
         masks = self.global_masks.get(stage.index) if hasattr(self, "global_masks") else None
         mask = masks[name] if masks is not None else _stage_masks(stage, {name: a})[name]
-        return apply(a, mask)
+        ok = inplace and a.flags.writeable and a.flags.c_contiguous
+        return apply(a, mask, out=a if ok else None)
 
 
 class QuantRunner:
@@ -116,8 +117,9 @@ class _View:
     """The input with the value stages applied on access, one tensor at a time; records
     each tensor's sparsity and methods in the report rows."""
 
-    def __init__(self, ck, infos, plan, runners, rows):
+    def __init__(self, ck, infos, plan, runners, rows, inplace):
         self.ck, self.infos, self.plan, self.runners, self.rows = ck, infos, plan, runners, rows
+        self.inplace = inplace  # values are private copy-on-write maps: change them there
         self._last = None
 
     def release(self):
@@ -147,7 +149,7 @@ class _View:
             if stage.index >= last:
                 break
             if stage.family in VALUE_FAMILIES and name in names:
-                a = self.runners[stage.family].run(stage, name, a)
+                a = self.runners[stage.family].run(stage, name, a, self.inplace)
         return a
 
     def __getitem__(self, name):
@@ -226,7 +228,11 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
     if format == "gguf" and len({s.options.get("qtype", "Q8_0") for s in plan_stages
                                  if s.family == "quant"}) > 1:
         raise ArgumentError("recipe: one GGUF file takes one qtype here; give one gguf stage")
-    ck = io.open(source) if not hasattr(source, "items") else _DictSource(source)
+    import mmap
+    # copy-on-write maps: a stage may change a tensor in place, and only the pages it
+    # writes become this process's memory
+    ck = io.Checkpoint(source, access=mmap.ACCESS_COPY) if not hasattr(source, "items") \
+        else _DictSource(source)
     try:
         infos = _infos(ck)
         cands = _candidates(infos)
@@ -243,7 +249,7 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
                     quant.setdefault(n, s)
         rows = {n: Row(n, bytes_before=int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
                 for n, (dt, shape) in infos.items()}
-        view = _View(ck, infos, plan, runners, rows)
+        view = _View(ck, infos, plan, runners, rows, not isinstance(ck, _DictSource))
         for s, names in plan:
             if s.family in VALUE_FAMILIES and hasattr(runners[s.family], "prepare"):
                 runners[s.family].prepare(s, sorted(names), lambda n, s=s: view.upto(n, s.index))

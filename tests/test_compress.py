@@ -167,7 +167,7 @@ STREAM = textwrap.dedent("""
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux VmHWM")
 def test_streaming_peak_memory_and_result(tmp_path):
     """A small version of the 6 GB check: 48 tensors, 96 MiB in all, the largest 16 MiB;
-    the compress process's peak RSS above its start stays under 3.5x the largest tensor
+    the compress process's peak RSS above its start stays under 3x the largest tensor
     (input read from a memory map, output streamed), and the file equals the in-memory
     result."""
     rng = np.random.default_rng(0)
@@ -181,9 +181,9 @@ def test_streaming_peak_memory_and_result(tmp_path):
                        timeout=600)
     assert p.returncode == 0, p.stderr
     base, peak = map(int, p.stdout.split())
-    # measured: 2.1x the largest tensor (the float copy pruning makes, and its codes)
-    print("PEAKX", (peak - base) / largest)
-    assert peak - base < 3.5 * largest, (peak - base) / largest
+    # measured 2.46x the largest tensor: the pruned tensor (pruned in place in its private
+    # map), its dequantized copy for the report's SQNR, the mask and the codes
+    assert peak - base < 3.0 * largest, (peak - base) / largest
     sd = litecomp.load(tmp_path / "big.safetensors")
     pruned, _ = litecomp.prune.prune_state_dict(sd, {"method": "magnitude", "sparsity": 0.5})
     small, _ = litecomp.quant.quantize_state_dict(pruned, {"method": "rtn", "bits": 4,
