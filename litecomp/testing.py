@@ -85,7 +85,7 @@ class Comparison:
                  "inf" if math.isinf(r["sqnr_db"]) else f"{r['sqnr_db']:.2f}",
                  f"{r['max_abs']:.3g}", f"{r['cosine']:.6f}"] for r in rows]
         return render_table(["tensor", "shape", "sparsity a", "sparsity b", "SQNR dB",
-                             "max |a-b|", "cosine"], body)
+                             "max |a-b|", "cosine"], body, align=["<", "<"] + [">"] * 5)
 
     def __str__(self):
         return self.table()
@@ -128,7 +128,7 @@ def assert_sparsity(state_dict, expected, *, targets=None, ignore=None, tol=0.01
     if bad:
         table = render_table(["tensor", "shape", "sparsity"],
                              [[n, _shape(sd[n]), f"{s:.4f}"] for n, (s, _) in zip(names, zeros)
-                              if n in bad])
+                              if n in bad], align=["<", "<", ">"])
         what = "of each tensor" if per_tensor else f"{total:.4f}"
         raise AssertionError(f"sparsity {what} is not {expected:.4f} +- {tol:.4f} over "
                              f"{len(bad)} tensor(s)\n{table}")
