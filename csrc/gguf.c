@@ -418,6 +418,7 @@ static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const g
     else if (code == LC_F32 && level >= LC_SIMD_AVX2) simd = f->quantize_avx2;
     /* a K-quant block is ~100x the work of a legacy one: parallel from fewer blocks */
     int64_t work = nblocks * f->block * (f->kquant ? 100 : 1);
+    (void)work; /* unused in a serial build */
     LC_OMP(parallel for num_threads(lc_threads_for(work)) schedule(dynamic, 1) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
         float buf[QK];

@@ -38,16 +38,23 @@ static inline int nearest_int(float v) {
     return (i & 0x007fffff) - 0x00400000;
 }
 
+/* The first value of largest magnitude (sign kept) of n values, and that magnitude. */
+static inline float first_absmax(int n, const float *x, float *max) {
+    float amax = 0, m = 0;
+    for (int i = 0; i < n; i++) {
+        float ax = fabsf(x[i]);
+        if (ax > amax) { amax = ax; m = x[i]; }
+    }
+    *max = m;
+    return amax;
+}
+
 /* Symmetric fit of n values to codes -nmax..nmax-1 with weights w, trying 19 scales around
  * nmax / max|x|; keeps the one with the largest (sum w x l)^2 / sum w l^2 (ggml's
  * make_qx_quants, rmse_type 1, whose default weights are x^2).  L gets code + nmax; returns
  * the scale. */
 static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
+    float max, amax = first_absmax(n, x, &max);
     if (amax < EPS) {
         for (int i = 0; i < n; i++) L[i] = 0;
         return 0.0f;
@@ -83,11 +90,7 @@ static float fit_symmetric(int n, int nmax, const float *x, const float *w, uint
  * move single codes while that raises (sum w x l)^2 / sum w l^2. */
 static float fit_symmetric_refine(int n, int nmax, const float *x, uint8_t *Lout) {
     int8_t L[32];
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
+    float max, amax = first_absmax(n, x, &max);
     if (amax < EPS) {
         for (int i = 0; i < n; i++) Lout[i] = 0;
         return 0.0f;

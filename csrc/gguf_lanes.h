@@ -141,6 +141,21 @@ LANES_TARGET static inline void LANES(absmax)(int n, const vf *xt, vf *amax, vf 
     *max = m;
 }
 
+/* codes + nmax of each lane for scale 1 / iscale, and sum w x l, sum w l^2 in element order */
+LANES_TARGET static inline void LANES(sym_sums)(int n, int nmax, const vf *xt, const vf *wt,
+                                                vf iscale, vi *L, vf *sumlx, vf *suml2) {
+    vf a = VF(0), b = VF(0);
+    for (int i = 0; i < n; i++) {
+        vi l = VCLAMP(VNEAREST(iscale * xt[i]), -nmax, nmax - 1);
+        vf lf = VTOF(l);
+        L[i] = l + nmax;
+        a += wt[i] * xt[i] * lf;
+        b += wt[i] * lf * lf;
+    }
+    *sumlx = a;
+    *suml2 = b;
+}
+
 LANES_TARGET static void LANES(fit_symmetric_lanes)(const fit_spec *s, const float *x,
                                                     const float *w, uint8_t *L,
                                                     float *scale_out) {
@@ -150,26 +165,12 @@ LANES_TARGET static void LANES(fit_symmetric_lanes)(const fit_spec *s, const flo
     LANES(transpose)(n, x, xt);
     LANES(transpose)(n, w, wt);
     LANES(absmax)(n, xt, &amax, &max);
-    vf iscale = VF(-nmax) / max, sumlx = VF(0), suml2 = VF(0);
-    for (int i = 0; i < n; i++) {
-        vi l = VCLAMP(VNEAREST(iscale * xt[i]), -nmax, nmax - 1);
-        vf lf = VTOF(l);
-        Lt[i] = l + nmax;
-        sumlx += wt[i] * xt[i] * lf;
-        suml2 += wt[i] * lf * lf;
-    }
+    vf sumlx, suml2;
+    LANES(sym_sums)(n, nmax, xt, wt, VF(-nmax) / max, Lt, &sumlx, &suml2);
     vf scale = VSEL(suml2 != 0.0f, sumlx / suml2, VF(0)), best = scale * sumlx;
     for (int is = -9; is <= 9; is++) {
         if (is == 0) continue;
-        iscale = VF(-(nmax + 0.1f * is)) / max;
-        sumlx = suml2 = VF(0);
-        for (int i = 0; i < n; i++) {
-            vi l = VCLAMP(VNEAREST(iscale * xt[i]), -nmax, nmax - 1);
-            vf lf = VTOF(l);
-            La[i] = l + nmax;
-            sumlx += wt[i] * xt[i] * lf;
-            suml2 += wt[i] * lf * lf;
-        }
+        LANES(sym_sums)(n, nmax, xt, wt, VF(-(nmax + 0.1f * is)) / max, La, &sumlx, &suml2);
         vi up = (suml2 > 0.0f) & (sumlx * sumlx > best * suml2);
         scale = VSEL(up, sumlx / suml2, scale);
         best = VSEL(up, scale * sumlx, best);

@@ -51,19 +51,25 @@ def load_config(config):
     config.json or a .json path; None stays None."""
     if config is None or isinstance(config, dict):
         return None if config is None else dict(config)
-    path = os.fspath(config)
-    if os.path.isdir(path):
-        path = os.path.join(path, "config.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError as exc:
-        raise ArgumentError(f"config: cannot read {path!r} ({exc.strerror})") from None
-    except json.JSONDecodeError as exc:
-        raise FormatError(f"config: {path!r} is not valid JSON ({exc})") from None
+    path, data = read_json(config, "config.json", "config")
     if not isinstance(data, dict):
         raise FormatError(f"config: {path!r} does not hold a JSON object")
     return data
+
+
+def read_json(path, default_name, what):
+    """(path, parsed JSON) of a file, or of ``default_name`` in a folder; ArgumentError
+    when it cannot be read, FormatError when it does not parse."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, default_name)
+    try:
+        with open(path, encoding="utf-8") as f:
+            return path, json.load(f)
+    except OSError as exc:
+        raise ArgumentError(f"{what}: cannot read {path!r} ({exc.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise FormatError(f"{what}: {path!r} is not valid JSON ({exc})") from None
 
 
 def _config_folder(config):

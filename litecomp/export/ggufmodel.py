@@ -10,7 +10,6 @@ infos come from shapes alone, so the header is written first and each tensor is 
 converted and written in turn (peak memory about two tensors).
 """
 
-import json
 import os
 import re
 
@@ -19,7 +18,7 @@ import numpy as np
 from .. import dtypes as _dt
 from ..errors import ArgumentError, FormatError, ShapeError
 from ..quant import gguf as _q
-from .ct import _infos, load_config
+from .ct import _infos, load_config, read_json
 
 __all__ = ["gguf", "gguf_file", "QTYPES", "llama_names"]
 
@@ -160,16 +159,7 @@ def tokenizer_keys(tokenizer, cfg, vocab_size):
     ``no_vocab``.  A file that does not parse raises FormatError."""
     if tokenizer is None:
         return [("string", "tokenizer.ggml.model", "no_vocab")]
-    path = os.fspath(tokenizer)
-    if os.path.isdir(path):
-        path = os.path.join(path, "tokenizer.json")
-    try:
-        with open(path, encoding="utf-8") as f:
-            tj = json.load(f)
-    except OSError as exc:
-        raise ArgumentError(f"tokenizer: cannot read {path!r} ({exc.strerror})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"tokenizer: {path!r} is not valid JSON ({exc})") from None
+    path, tj = read_json(tokenizer, "tokenizer.json", "tokenizer")
     model = tj.get("model") if isinstance(tj, dict) else None
     if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
         raise FormatError(f"tokenizer: {path!r} has no model.vocab (not a Hugging Face "
