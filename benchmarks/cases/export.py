@@ -44,3 +44,40 @@ def q4_k_imatrix(quick):
 @case("GGUF Q6_K quantize, 2048x2048 f32", group="export", repeats=1)
 def q6_k(quick):
     return _kquant("Q6_K", quick)
+
+
+@case("compress int4 (rtn g128), example model file -> file: streaming vs in memory",
+      group="export", repeats=1)
+def compress_streaming(quick):
+    import atexit
+    import os
+    import shutil
+    import tempfile
+    from litecomp.compress import compress
+    folder = tempfile.mkdtemp(prefix="litecomp-bench-")
+    atexit.register(shutil.rmtree, folder, True)  # three model-sized files
+    sd = litecomp.examples.tiny_decoder_lm() if quick else litecomp.examples.decoder_lm()
+    src = litecomp.save(sd, os.path.join(folder, "m.safetensors"))
+    nbytes = sum(v.nbytes for v in sd.values())
+    del sd
+    stage = {"method": "rtn", "bits": 4, "group_size": 64 if quick else 128}
+
+    def streaming():
+        compress(src, os.path.join(folder, "a.safetensors"), stage)
+        return litecomp.load(os.path.join(folder, "a.safetensors"))
+
+    def in_memory():
+        small, _ = litecomp.quant.quantize_state_dict(litecomp.load(src, mmap=False), stage)
+        litecomp.save(small, os.path.join(folder, "b.safetensors"))
+        return litecomp.load(os.path.join(folder, "b.safetensors"))
+
+    def check(a, b):
+        assert sorted(a) == sorted(b)
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    return Run(litecomp=streaming, anchor=("load + quantize_state_dict + save (in memory)",
+                                           in_memory),
+               bytes=nbytes, check=check,
+               notes="same file; the point is the peak memory column: the streaming run "
+                     "holds about two tensors, the in-memory one the whole model and its "
+                     "quantized copy (both include loading the result for the check)")
