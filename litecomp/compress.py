@@ -49,6 +49,9 @@ class Row:
     bytes_before: int = 0
     bytes_after: int = 0
     sqnr_db: float = math.inf
+    max_abs_err: float = 0.0
+    cosine: float = 1.0
+    numel: int = 0
 
 
 # ------------------------------------------------------------------ family runners
@@ -204,14 +207,15 @@ class _Progress:
 # ------------------------------------------------------------------ compress
 def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=None,
              imatrix=None, hessians=None, max_shard_size=None, progress=False,
-             report_path=None):
+             report_path=None, key=None):
     """Run ``recipe`` over the checkpoint ``source`` (a path; a dict works too) and write
     ``out`` in ``format`` (one of FORMATS).  Returns the report rows (``Row``); with
     ``report_path`` (the command uses ``<out>.report.json``) they are saved as JSON.
 
     ``config`` / ``tokenizer``: the Hugging Face config (and tokenizer.json) for the
     compressed-tensors and GGUF formats; ``imatrix``: importance weights for GGUF K-quants;
-    ``hessians``: saved Hessians (a safetensors file) for calibrated stages.
+    ``hessians``: saved Hessians (a safetensors file) for calibrated stages; ``key``: the
+    nested entry of a torch checkpoint that holds the state dict.
     """
     from . import io
     if format not in FORMATS:
@@ -231,7 +235,8 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
     import mmap
     # copy-on-write maps: a stage may change a tensor in place, and only the pages it
     # writes become this process's memory
-    ck = io.Checkpoint(source, access=mmap.ACCESS_COPY) if not hasattr(source, "items") \
+    ck = io.Checkpoint(source, key=key, access=mmap.ACCESS_COPY) \
+        if not hasattr(source, "items") \
         else _DictSource(source)
     try:
         infos = _infos(ck)
@@ -247,7 +252,8 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
             if s.family == "quant":
                 for n in sorted(names):
                     quant.setdefault(n, s)
-        rows = {n: Row(n, bytes_before=int(np.prod(shape, dtype=np.int64)) * dt.itemsize)
+        rows = {n: Row(n, bytes_before=int(np.prod(shape, dtype=np.int64)) * dt.itemsize,
+                       numel=int(np.prod(shape, dtype=np.int64)))
                 for n, (dt, shape) in infos.items()}
         view = _View(ck, infos, plan, runners, rows, not isinstance(ck, _DictSource))
         for s, names in plan:
@@ -292,7 +298,7 @@ def _record(row, stage, original, q, nbytes):
                        f"gguf:{stage.options.get('qtype', 'Q8_0')}")
     deq = q if isinstance(q, np.ndarray) else q.dequantize()
     e = error_report(row.name, original, deq)
-    row.sqnr_db = e.sqnr_db
+    row.sqnr_db, row.max_abs_err, row.cosine = e.sqnr_db, e.max_abs_err, e.cosine
     row.bits = 8.0 * nbytes / max(1, original.size)
     row.bytes_after = int(nbytes)
 

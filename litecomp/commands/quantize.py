@@ -42,10 +42,10 @@ def run(args):
     if args.block_size is not None and args.format not in ("nf4", "fp4"):
         raise ArgumentError(f"--block-size: only nf4 and fp4 take a block size, not "
                             f"{args.format} (use --group-size)")
-    sd = io.load(args.input, key=args.key)
-    before = os.path.getsize(args.input) if os.path.isfile(args.input) else \
-        sum(v.nbytes for v in sd.values())
+    from .prune import _size
+    before = _size(args.input)
     if args.format.startswith("gguf:"):
+        sd = io.load(args.input, key=args.key)
         from ..quant import gguf
         kinds = gguf.write_gguf(args.output, sd, args.format[5:],
                                 select=Selector(targets, ignore))
@@ -65,8 +65,14 @@ def run(args):
             elif not args.per_tensor:
                 stage["axis"] = 0
         stage.update({k: v for k, v in (("targets", targets), ("ignore", ignore)) if v})
-        out, report = state.quantize_state_dict(sd, stage)
-        io.save(out, args.output)
+        if str(args.output).endswith(".safetensors"):
+            # one tensor at a time, in and out (litecomp.compress)
+            from ..compress import compress
+            report = [r for r in compress(args.input, args.output, stage, key=args.key)
+                      if r.methods]
+        else:
+            out, report = state.quantize_state_dict(io.load(args.input, key=args.key), stage)
+            io.save(out, args.output)
         nq = len(report)
     after = os.path.getsize(args.output)
     if report and not args.quiet:
