@@ -11,4 +11,4 @@
     X(quant)           \
     X(gguf)            \
     X(codebook)        \
-    X(qmatmul)
+    X(matmul)

@@ -14,13 +14,8 @@
  * gets a scale (and for the affine formats a min) fitted by a small search, and the
  * sub-block scales are themselves quantized to 4, 6 or 8 bits against one fp16 super-scale.
  */
+#include "litecomp.h"
 #include "gguf.h"
-
-_Static_assert(sizeof(block_q2_K) == 84, "Q2_K block is 84 bytes");
-_Static_assert(sizeof(block_q3_K) == 110, "Q3_K block is 110 bytes");
-_Static_assert(sizeof(block_q4_K) == 144, "Q4_K block is 144 bytes");
-_Static_assert(sizeof(block_q5_K) == 176, "Q5_K block is 176 bytes");
-_Static_assert(sizeof(block_q6_K) == 210, "Q6_K block is 210 bytes");
 
 #define EPS 1e-15f /* a group whose largest |x| is below this is all zero */
 
@@ -633,18 +628,12 @@ typedef struct {
 } kformat;
 
 static const kformat KFORMATS[] = {
-    {10, sizeof(block_q2_K), &Q2_REF, &Q2_IMP, weights_q2, finish_q2},
-    {11, sizeof(block_q3_K), &Q3_REF, &Q3_IMP, weights_q3, finish_q3},
-    {12, sizeof(block_q4_K), &Q4_REF, &Q4_IMP, weights_q45, finish_q4},
-    {13, sizeof(block_q5_K), &Q5_REF, &Q5_IMP, weights_q45, finish_q5},
-    {14, sizeof(block_q6_K), &Q6_FIT, &Q6_FIT, weights_q6, finish_q6},
+    {LC_GGUF_Q2_K, sizeof(block_q2_K), &Q2_REF, &Q2_IMP, weights_q2, finish_q2},
+    {LC_GGUF_Q3_K, sizeof(block_q3_K), &Q3_REF, &Q3_IMP, weights_q3, finish_q3},
+    {LC_GGUF_Q4_K, sizeof(block_q4_K), &Q4_REF, &Q4_IMP, weights_q45, finish_q4},
+    {LC_GGUF_Q5_K, sizeof(block_q5_K), &Q5_REF, &Q5_IMP, weights_q45, finish_q5},
+    {LC_GGUF_Q6_K, sizeof(block_q6_K), &Q6_FIT, &Q6_FIT, weights_q6, finish_q6},
 };
-
-int lc_kquant_known(int type) {
-    for (size_t i = 0; i < sizeof KFORMATS / sizeof KFORMATS[0]; i++)
-        if (KFORMATS[i].type == type) return 1;
-    return 0;
-}
 
 void lc_kquant_quantize(int type, const float *x, int64_t nb, const float *const *qw,
                         uint8_t *out, int simd) {

@@ -136,7 +136,7 @@ typedef enum {
 int lc_simd(void);          /* the level kernels should use now: min(detected, cap) */
 int lc_simd_detected(void); /* what this CPU and OS support                          */
 void lc_simd_cap(int level);/* litecomp.set_simd / LITECOMP_SIMD                     */
-int lc_cpu_has_avxvnni(void);
+int lc_cpu_has_avx_vnni(void);
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define LC_X86 1

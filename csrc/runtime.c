@@ -99,7 +99,7 @@ void lc_set_threads(int n) { g_threads = n < 1 ? 1 : n; }
 /* ------------------------------------------------------------------ SIMD */
 static int g_simd_detected = -1;
 static int g_simd_cap = LC_SIMD_AVX512_VNNI;
-static int g_avxvnni = 0;
+static int g_avx_vnni = 0;
 
 static void detect_simd(void) {
     int level = LC_SIMD_SCALAR;
@@ -111,10 +111,10 @@ static void detect_simd(void) {
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl"))
         level = LC_SIMD_AVX512;
-    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni"))
+    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni")) /* gcc's spelling */
         level = LC_SIMD_AVX512_VNNI;
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-    g_avxvnni = __builtin_cpu_supports("avxvnni");
+    g_avx_vnni = __builtin_cpu_supports("avxvnni");
 #endif
 #endif
     g_simd_detected = level;
@@ -129,7 +129,7 @@ int lc_simd(void) {
     return d < g_simd_cap ? d : g_simd_cap;
 }
 void lc_simd_cap(int level) { g_simd_cap = level; }
-int lc_cpu_has_avxvnni(void) { lc_simd_detected(); return g_avxvnni; }
+int lc_cpu_has_avx_vnni(void) { lc_simd_detected(); return g_avx_vnni; }
 
 /* ------------------------------------------------------------------ Python entry points */
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
@@ -184,7 +184,7 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
                          "omp_num_procs", procs,
                          "simd_detected", lc_simd_detected(),
                          "simd", lc_simd(),
-                         "avxvnni", lc_cpu_has_avxvnni() ? Py_True : Py_False,
+                         "avx_vnni", lc_cpu_has_avx_vnni() ? Py_True : Py_False,
                          "compiler", compiler,
                          "num_dtypes", (int)LC_NUM_DTYPES,
 #ifdef LC_X86

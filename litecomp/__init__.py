@@ -16,7 +16,6 @@ from ._runtime import (  # noqa: E402
     set_num_threads, set_simd, simd, threads,
 )
 from . import errors, dtypes, core, random, examples  # noqa: E402
-from . import qmatmul  # noqa: E402
 from .core import tensor_stats, to_float32, TensorStats  # noqa: E402
 from . import distill  # noqa: E402
 from . import prune, sparse  # noqa: E402
@@ -32,7 +31,7 @@ from . import export, compress  # noqa: E402
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads", "threads",
     "set_simd", "get_simd", "simd", "detected_simd", "available_simd",
-    "errors", "dtypes", "core", "random", "examples", "qmatmul",
+    "errors", "dtypes", "core", "random", "examples",
     "distill",
     "tensor_stats", "to_float32", "TensorStats",
     "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",
@@ -41,3 +40,12 @@ __all__ = [
     "prune", "sparse",
     "quant", "export", "compress",
 ]
+
+
+def __getattr__(name):
+    # litecomp.qmatmul moved to litecomp.quant.matmul; the old module is imported (and warns)
+    # only when someone asks for it, so `import litecomp` stays silent.
+    if name == "qmatmul":
+        import importlib
+        return importlib.import_module(".qmatmul", __name__)
+    raise AttributeError(f"module 'litecomp' has no attribute {name!r}")

@@ -91,23 +91,36 @@ def simd(level):
         set_simd(old)
 
 
+class _BuildInfo(dict):
+    """build_info()'s dict; the old key "avxvnni" still reads "avx_vnni" (with a warning)."""
+
+    def __missing__(self, key):
+        if key == "avxvnni":
+            import warnings
+            warnings.warn('build_info()["avxvnni"] is now spelled "avx_vnni"',
+                          DeprecationWarning, stacklevel=2)
+            return self["avx_vnni"]
+        raise KeyError(key)
+
+
 def build_info() -> dict:
-    """How this litecomp was built and what it will use on this machine."""
+    """How this litecomp was built and what it will use on this machine.  ``avx_vnni``: the
+    CPU has AVX-VNNI (256-bit VNNI, which only the quantized matmul kernels use)."""
     c = _C.build_info()
-    return {
+    return _BuildInfo({
         "version": __version__,
         "openmp": c["openmp"],
         "openmp_version": c["openmp_version"],
         "simd": SIMD_LEVELS[c["simd"]],
         "simd_detected": SIMD_LEVELS[c["simd_detected"]],
-        "avxvnni": c["avxvnni"],
+        "avx_vnni": c["avx_vnni"],
         "num_threads": get_num_threads(),
         "available_cores": available_cores(),
         "compiler": c["compiler"],
         "python": platform.python_version(),
         "numpy": __import__("numpy").__version__,
         "platform": f"{sys.platform}-{platform.machine()}",
-    }
+    })
 
 
 def _init_from_env() -> None:

@@ -35,7 +35,6 @@ def run(args):
     from .._table import format_bytes, render_table
     from ..errors import ArgumentError
     from ..quant import state
-    from ..select import Selector
     from . import renamed_option
     from .prune import selection
     targets, ignore = selection(args)
@@ -47,8 +46,8 @@ def run(args):
     if args.format.startswith("gguf:"):
         sd = io.load(args.input, key=args.key)
         from ..quant import gguf
-        kinds = gguf.write_gguf(args.output, sd, args.format[5:],
-                                select=Selector(targets, ignore))
+        kinds = gguf.write_gguf(args.output, sd, args.format[5:], targets=targets,
+                                ignore=ignore)
         report = None
         nq = sum(k != "F32" for k in kinds.values())
     else:

@@ -27,23 +27,33 @@ TORCH_QDTYPES = {"qint8": (-128, 127, True, 8), "quint8": (0, 255, False, 8),
                  "quint4x2": (0, 15, False, 4)}
 
 
+# The codes csrc/quant.c takes, from its code tables.
+#: View modes: which scale an element uses ("tensor", "channel" along an axis, or "group":
+#: runs of group_size contiguous elements).
+VIEW = _C.quant_views
+#: Rounding rules: "round_then_add" clamp(rint(x / s) + zp) (litecomp, torch quint4x2),
+#: "add_then_round" clamp(rint(x / s + zp)) (torch per channel), "fma_then_round" (torch per
+#: tensor, fbgemm's fused multiply-add).
+ROUNDING = _C.quant_roundings
+
+
 # ------------------------------------------------------------------ views and params
 def _view(shape, axis, group):
-    """(A, C, B, mode) of the kernel view: mode 0 tensor, 1 channel ``axis``, 2 runs of
+    """(A, C, B, mode) of the kernel view: per tensor, per channel ``axis``, or runs of
     ``group`` contiguous elements (groups along the last axis)."""
     n = int(np.prod(shape, dtype=np.int64))
     if group is not None:
-        return n // group, 1, group, 2
+        return n // group, 1, group, VIEW["group"]
     if axis is None:
-        return 1, 1, n, 0
+        return 1, 1, n, VIEW["tensor"]
     a = int(np.prod(shape[:axis], dtype=np.int64))
     b = int(np.prod(shape[axis + 1:], dtype=np.int64))
-    return a, shape[axis], b, 1
+    return a, shape[axis], b, VIEW["channel"]
 
 
 def _nslots(view):
     a, c, _b, mode = view
-    return 1 if mode == 0 else c if mode == 1 else a
+    return 1 if mode == VIEW["tensor"] else c if mode == VIEW["channel"] else a
 
 
 def minmax(k, view):
@@ -252,7 +262,7 @@ def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None,
             raise ShapeError(f"qparams: expected {_nslots(view)} scales and zero points, got "
                              f"{s.size} and {zp.size}")
     codes = np.empty(a.shape, np.uint8)
-    _C.quant_affine(k.raw, k.code, *view, s, zp, 0, qmax, codes)
+    _C.quant_affine(k.raw, k.code, *view, s, zp, 0, qmax, codes, ROUNDING["round_then_add"])
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
     codes = codes.reshape(rows, a.shape[-1])
     packed = codes if bits == 8 else pack_codes(codes, bits)
@@ -283,15 +293,16 @@ def _f32_input(x):
 
 # How torch rounds (see csrc/quant.c): per tensor through fbgemm's fused x * inv + zp, per
 # channel x * inv + zp unfused, quint4x2 nearbyint(x * inv) + zp.
-_ROUND_AFTER_ZP = {("tensor", "qint8"): 2, ("tensor", "quint8"): 2, ("channel", "qint8"): 1,
-                   ("channel", "quint8"): 1}
+_TORCH_ROUNDING = {("tensor", "qint8"): "fma_then_round", ("tensor", "quint8"): "fma_then_round",
+                   ("channel", "qint8"): "add_then_round", ("channel", "quint8"): "add_then_round"}
 
 
 def _torch_codes(k, view, scales, zps, name):
     qmin, qmax, signed, bits = TORCH_QDTYPES[name]
     out = np.empty(k.array.shape, np.int8 if signed else np.uint8)
-    variant = _ROUND_AFTER_ZP.get(("tensor" if view[3] == 0 else "channel", name), 0)
-    _C.quant_affine(k.raw, k.code, *view, scales, zps, qmin, qmax, out, variant)
+    per = "tensor" if view[3] == VIEW["tensor"] else "channel"
+    rounding = ROUNDING[_TORCH_ROUNDING.get((per, name), "round_then_add")]
+    _C.quant_affine(k.raw, k.code, *view, scales, zps, qmin, qmax, out, rounding)
     if bits == 4:
         return pack_codes(out.reshape(1, -1), 4).reshape(-1)
     return out
