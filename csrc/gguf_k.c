@@ -673,33 +673,31 @@ void lc_dequantize_q3_K(const void *in, float *y) {
     }
 }
 
-void lc_dequantize_q4_K(const void *in, float *y) {
-    const block_q4_K *b = in;
-    float d = h2f(b->d), dmin = h2f(b->dmin);
+/* Q4_K and Q5_K: code (low nibble, plus 16 when qh has its bit) * d * sc - dmin * m */
+static void dequantize_affine32(uint16_t d16, uint16_t dmin16, const uint8_t *scales,
+                                const uint8_t *qs, const uint8_t *qh, float *y) {
+    float d = h2f(d16), dmin = h2f(dmin16);
     for (int j = 0; j < QK_K / 32; j++) {
         uint8_t sc, m;
-        get_scale_min(j, b->scales, &sc, &m);
+        get_scale_min(j, scales, &sc, &m);
         float dl = d * sc, ml = dmin * m;
-        const uint8_t *q = b->qs + 32 * (j / 2);
+        const uint8_t *q = qs + 32 * (j / 2);
         int shift = 4 * (j % 2);
-        for (int l = 0; l < 32; l++) y[32 * j + l] = dl * ((q[l] >> shift) & 0x0f) - ml;
+        for (int l = 0; l < 32; l++) {
+            int hi = qh ? (qh[l] >> j) & 1 : 0;
+            y[32 * j + l] = dl * (((q[l] >> shift) & 0x0f) + (hi ? 16 : 0)) - ml;
+        }
     }
+}
+
+void lc_dequantize_q4_K(const void *in, float *y) {
+    const block_q4_K *b = in;
+    dequantize_affine32(b->d, b->dmin, b->scales, b->qs, NULL, y);
 }
 
 void lc_dequantize_q5_K(const void *in, float *y) {
     const block_q5_K *b = in;
-    float d = h2f(b->d), dmin = h2f(b->dmin);
-    for (int j = 0; j < QK_K / 32; j++) {
-        uint8_t sc, m;
-        get_scale_min(j, b->scales, &sc, &m);
-        float dl = d * sc, ml = dmin * m;
-        const uint8_t *q = b->qs + 32 * (j / 2);
-        int shift = 4 * (j % 2);
-        for (int l = 0; l < 32; l++) {
-            int hi = (b->qh[l] >> j) & 1;
-            y[32 * j + l] = dl * (((q[l] >> shift) & 0x0f) + (hi ? 16 : 0)) - ml;
-        }
-    }
+    dequantize_affine32(b->d, b->dmin, b->scales, b->qs, b->qh, y);
 }
 
 void lc_dequantize_q6_K(const void *in, float *y) {
