@@ -11,4 +11,5 @@
     X(quant)           \
     X(gguf)            \
     X(codebook)        \
-    X(matmul)
+    X(matmul)          \
+    X(calib)

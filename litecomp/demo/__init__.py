@@ -24,6 +24,7 @@ STEPS = [
     "save_reload",
     "prune",
     "quantize",
+    "calibrated",
     "distill",
 ]
 

@@ -28,11 +28,12 @@ from . import scores, schedule
 from .report import SparsityReport, sparsity
 from .sensitivity import sensitivity, SensitivityTable
 from .state import prune_state_dict
+from .sparsegpt import sparsegpt
 
 __all__ = [
     "l1_unstructured", "random_unstructured", "ln_structured", "random_structured",
     "global_unstructured", "per_row", "nm", "block", "apply", "bake", "sparsity",
-    "SparsityReport", "prune_state_dict", "sensitivity", "SensitivityTable", "scores", "schedule", "count_to_prune",
+    "SparsityReport", "prune_state_dict", "sensitivity", "SensitivityTable", "scores", "schedule", "count_to_prune", "sparsegpt",
 ]
 
 _SCORE_DTYPES = _dt.WEIGHT_DTYPES + ("uint64",)

@@ -98,3 +98,4 @@ from .quant import FakeQuantize  # noqa: E402,F401  (quantization-aware training
 from .distill import DistillationLoss, distillation_loss_torch  # noqa: E402,F401
 from .prune import activation_stats, apply_masks, masks_from_module  # noqa: E402,F401
 from .qlinear import QuantLinear, quantize_model  # noqa: E402,F401
+from .oneshot import OneshotResult, oneshot  # noqa: E402,F401
