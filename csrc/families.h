@@ -12,4 +12,5 @@
     X(gguf)            \
     X(codebook)        \
     X(matmul)          \
-    X(calib)
+    X(calib)           \
+    X(shrink)

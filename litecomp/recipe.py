@@ -80,6 +80,19 @@ METHODS = {
                           "SmoothQuant: move activation outliers into the weights (s = "
                           "max|x|^a / max|w|^(1-a), folded into the preceding op)",
                           calibrated=True),
+    # structured shrinking: litecomp.shrink.shrink_state_dict
+    "shrink_ffn": Method("shrink", ("sparsity", "amount", "criterion", "granularity",
+                                    "round_to"), "remove FFN units (litecomp.shrink.ffn)"),
+    "shrink_heads": Method("shrink", ("sparsity", "amount", "criterion", "granularity",
+                                      "round_to", "gqa", "attention"),
+                           "remove attention heads, GQA-aware (litecomp.shrink.heads)"),
+    "shrink_hidden": Method("shrink", ("sparsity", "amount", "criterion", "round_to"),
+                            "remove residual-stream channels (litecomp.shrink.hidden)"),
+    "shrink_vocab": Method("shrink", ("keep_ids", "token_ids", "vocab_size"),
+                           "keep only some vocabulary ids (litecomp.shrink.vocab)"),
+    "lowrank": Method("shrink", ("rank", "energy", "budget", "algorithm", "oversample",
+                                 "power_iters", "seed"),
+                      "factorize Linear weights by truncated SVD (litecomp.lowrank)"),
 }
 
 _COMMON = ("method", "targets", "ignore")

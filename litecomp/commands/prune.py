@@ -148,7 +148,8 @@ def run(args):
         plan = recipe.stages(args.recipe, family="prune")
     else:
         plan = stage_of(args)
-    if not args.sparse and _streamable(args.input, args.output):
+    calibrated = any(s.calibrated for s in recipe.stages(plan, family="prune"))
+    if not args.sparse and not calibrated and _streamable(args.input, args.output):
         # one tensor at a time, in and out (litecomp.compress)
         from ..compress import compress
         from ..prune.report import SparsityReport

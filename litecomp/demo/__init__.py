@@ -25,6 +25,7 @@ STEPS = [
     "prune",
     "quantize",
     "calibrated",
+    "shrink",
     "distill",
 ]
 
