@@ -116,10 +116,20 @@ def scheme_of(stage, input_scales=None):
              "strategy": "channel" if axis == 0 else "tensor", "group_size": None,
              "dynamic": False, "actorder": None, "observer": "minmax"}
         return "float-quantized", w, _act_args(act or None, input_scales, where, fp8=True)
-    if stage.method != "rtn":
+    if stage.method not in ("rtn", "gptq", "awq"):
         raise ArgumentError(f"{where}: method {stage.method!r} has no compressed-tensors "
-                            "format (rtn and fp8 do; pruning stages ship dense)")
-    bits = o.get("bits", 8)
+                            "format (rtn, gptq, awq and fp8 do; pruning stages ship dense)")
+    actorder = None
+    if stage.method == "gptq" and o.get("act_order"):
+        if not o.get("static_groups"):
+            raise ArgumentError(f"{where}: gptq with act_order stores its codes in the "
+                                "activation order; for compressed-tensors add "
+                                "static_groups=True (the groups stay on the original "
+                                "columns: compressed-tensors' actorder 'static')")
+        actorder = "static"
+    bits = o.get("bits", 4 if stage.method in ("gptq", "awq") else 8)
+    if stage.method in ("gptq", "awq"):
+        o = {"group_size": 128, **o}
     scheme = o.get("scheme", "symmetric")
     group, axis = o.get("group_size"), o.get("axis")
     if group is not None:
@@ -141,7 +151,7 @@ def scheme_of(stage, input_scales=None):
         raise ArgumentError(f"{where}.activations: quantized activations go with 8-bit "
                             f"weights (W8A8) here, not {bits}-bit")
     w = {"num_bits": bits, "type": "int", "symmetric": scheme == "symmetric",
-         "strategy": strategy, "group_size": group, "dynamic": False, "actorder": None,
+         "strategy": strategy, "group_size": group, "dynamic": False, "actorder": actorder,
          "observer": "minmax"}
     if bits < 8:
         fmt = "pack-quantized"
@@ -280,7 +290,8 @@ def quantization_config(modules, ignore=()):
 
 
 def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_scales=None,
-                       max_shard_size="5GB", progress=None, on_quantized=None):
+                       max_shard_size="5GB", progress=None, on_quantized=None,
+                       quantizer=None):
     """Write ``state_dict`` as a compressed-tensors folder ``out_dir`` that transformers'
     ``from_pretrained`` (with the compressed-tensors package) and vLLM load.
 
@@ -294,7 +305,9 @@ def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_s
     written; the folder appears only when complete (a temporary sibling renamed into place).
     ``progress(name, (dtype, shape))`` is called after each tensor, ``on_quantized(name,
     stage, weight, quantized, stored bytes)`` after each quantized one.  Returns {module:
-    format} of the quantized modules.
+    format} of the quantized modules.  ``quantizer(name, weight, stage, scale dtype) ->
+    QTensor`` replaces round-to-nearest (``litecomp.compress`` passes GPTQ / AWQ codes; a
+    QTensor's float32 scales are stored rounded to the model dtype).
     """
     from ..recipe import stages
     cfg = load_config(config)
@@ -321,7 +334,8 @@ def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_s
                 a = state_dict[name]
                 if prefix in modules:
                     stage, fmt, _w, act = modules[prefix]
-                    q = quantize_for(a, stage, dtype)
+                    q = quantize_for(a, stage, dtype) if quantizer is None else \
+                        quantizer(name, a, stage, dtype)
                     enc = encode_tensor(prefix, q, dtype, fmt)
                     for k, v in enc.items():
                         wr.add(k, v)
