@@ -44,12 +44,12 @@ def llama(tmp_path_factory):
     return folder, model
 
 
-def load(folder, run_compressed):
+def load(folder, run_compressed, dtype=torch.bfloat16):
     from transformers import AutoModelForCausalLM, CompressedTensorsConfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return AutoModelForCausalLM.from_pretrained(
-            folder, dtype=torch.bfloat16,
+            folder, dtype=dtype,
             quantization_config=CompressedTensorsConfig(run_compressed=run_compressed)).eval()
 
 
@@ -96,3 +96,78 @@ def test_from_pretrained_logits_match_fake_quantized(llama, tmp_path):
             # O(1) logits); bound at 2x that
             assert torch.max(torch.abs(got - want)).item() <= 1e-2
     assert torch.max(torch.abs(want)).item() > 0.1
+
+
+ONESHOT = [{"method": "awq", "bits": 4, "group_size": 64, "targets": ["re:.*mlp\\.(gate|up)_proj"]},
+           {"method": "sparsegpt", "sparsity": 0.5, "targets": ["re:.*mlp\\.down_proj"]},
+           {"method": "gptq", "bits": 4, "group_size": 64,
+            "targets": ["re:.*(self_attn\\..*|mlp\\.down)_proj"]}]
+
+
+@pytest.fixture(scope="module")
+def llama32(tmp_path_factory):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=128, intermediate_size=256,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=False)
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    folder = tmp_path_factory.mktemp("llama32")
+    model.save_pretrained(folder)
+    batches = [torch.randint(0, 384, (2, 32), generator=torch.Generator().manual_seed(i))
+               for i in range(4)]
+    return folder, model, batches
+
+
+def test_torch_compress_runs_oneshot_then_writes_compressed_tensors(llama32, tmp_path):
+    import copy
+
+    import litecomp.torch as lt
+    folder, model, batches = llama32
+    a, b = copy.deepcopy(model), copy.deepcopy(model)
+    res = lt.oneshot(a, ONESHOT, batches, progress=False)
+    rows = lt.compress(b, tmp_path / "ct", ONESHOT, batches, format="compressed-tensors",
+                       config=folder, progress=False)
+    # the model oneshot left (smoothing folded into the norms, weights fake-quantized) is
+    # what compressed-tensors' own decompressor gives back, bit for bit (float32 scales)
+    m = load(tmp_path / "ct", run_compressed=False, dtype=torch.float32)
+    got = {k: to_numpy(v.detach()) for k, v in m.state_dict().items()}
+    for k, v in a.state_dict().items():
+        np.testing.assert_array_equal(got[k], to_numpy(v), err_msg=k)
+    want = {k: to_numpy(v) for k, v in b.state_dict().items()}
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+    # the awq scales moved into the norms: they are no longer ones
+    assert not np.all(got["model.layers.0.post_attention_layernorm.weight"] == 1)
+    by = {r.name: r for r in rows}
+    down = by["model.layers.1.mlp.down_proj.weight"]
+    assert down.methods == ["sparsegpt", "gptq"] and down.sparsity >= 0.5
+    errs = [r.error for r in res.report if r.name == "model.layers.1.mlp.down_proj.weight"]
+    assert down.output_error == errs[-1] and 0 < errs[-1] < 0.5
+    ids = batches[0]
+    with torch.no_grad():
+        ref = a(ids).logits
+        out = m(ids).logits
+    # the same float32 weights: the forward passes agree to float32 rounding (measured 0)
+    assert torch.max(torch.abs(out - ref)).item() <= 1e-5
+    # litecomp's own format holds oneshot's QTensors as they are
+    lt.compress(copy.deepcopy(model), tmp_path / "m.safetensors", ONESHOT, batches,
+                progress=False)
+    small = litecomp.load(tmp_path / "m.safetensors")
+    assert sorted(small) == sorted(res.state_dict)
+    for k in small:
+        np.testing.assert_array_equal(small[k], res.state_dict[k], err_msg=k)
+
+
+def test_torch_compress_checks_the_format_before_calibrating(llama32, tmp_path):
+    import litecomp.torch as lt
+    _folder, model, batches = llama32
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(litecomp.ArgumentError, match="GGUF cannot hold a awq"):
+        lt.compress(model, tmp_path / "m.gguf", ONESHOT[:1], batches, format="gguf")
+    with pytest.raises(litecomp.ArgumentError, match="apply_shrink"):
+        lt.compress(model, tmp_path / "m.safetensors", [{"method": "shrink_ffn",
+                                                         "sparsity": 0.5}], batches)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k])
+    assert list(tmp_path.iterdir()) == []
