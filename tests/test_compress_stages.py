@@ -13,7 +13,8 @@ from litecomp import calib, shrink
 from litecomp.cli import main
 from litecomp.compress import compress
 
-from test_export import gguf, tiny_llama  # noqa: F401  (gguf: skips without it)
+from test_compress import model  # noqa: F401  (the fixture)
+from test_export import gguf  # noqa: F401  (skips without it)
 
 MIX = [{"method": "shrink_ffn", "sparsity": 0.5},
        {"method": "magnitude", "sparsity": 0.3, "targets": ["re:.*mlp\\.up_proj.*"]},
@@ -48,12 +49,8 @@ def in_memory(sd, cfg, stages, hs):
 
 
 @pytest.fixture
-def case(tmp_path, rng):
-    sd, cfg = tiny_llama(rng)
-    src = tmp_path / "in"
-    src.mkdir()
-    litecomp.save(sd, src / "model.safetensors")
-    (src / "config.json").write_text(json.dumps(cfg))
+def case(model, tmp_path, rng):
+    sd, cfg, src, _out = model
     shrunk = shrink.shrink_state_dict(sd, MIX[:1], config=cfg)
     hs = hessians_for(shrunk.state_dict, rng)
     hp = calib.save_hessians(hs, tmp_path / "H.safetensors")
@@ -138,8 +135,7 @@ def test_mixed_recipe_gguf_is_the_owners_result_written_by_export_gguf(case, tmp
 ])
 def test_stages_that_cannot_run_stop_before_any_output(case, tmp_path, stages, fmt, match):
     _sd, _cfg, src, hp, _hs = case
-    out = tmp_path / "out"
-    out.mkdir()
+    out = tmp_path / "out"  # the model fixture's, empty
     target = out / {"gguf": "m.gguf", "compressed-tensors": "ct"}.get(fmt, "m.safetensors")
     with pytest.raises(litecomp.LitecompError, match=match):
         compress(src, target, stages, format=fmt, config=src,

@@ -31,17 +31,21 @@ RECIPES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def llama(tmp_path_factory):
+def _llama(tmp_path_factory, dtype):
     torch.manual_seed(0)
     cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=128, intermediate_size=256,
                                    num_hidden_layers=2, num_attention_heads=4,
                                    num_key_value_heads=2, max_position_embeddings=64,
                                    tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(cfg).to(torch.bfloat16).eval()
+    model = transformers.LlamaForCausalLM(cfg).to(dtype).eval()
     folder = tmp_path_factory.mktemp("llama")
     model.save_pretrained(folder)
     return folder, model
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return _llama(tmp_path_factory, torch.bfloat16)
 
 
 def load(folder, run_compressed, dtype=torch.bfloat16):
@@ -106,14 +110,7 @@ ONESHOT = [{"method": "awq", "bits": 4, "group_size": 64, "targets": ["re:.*mlp\
 
 @pytest.fixture(scope="module")
 def llama32(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=384, hidden_size=128, intermediate_size=256,
-                                   num_hidden_layers=2, num_attention_heads=4,
-                                   num_key_value_heads=2, max_position_embeddings=64,
-                                   tie_word_embeddings=False)
-    model = transformers.LlamaForCausalLM(cfg).eval()
-    folder = tmp_path_factory.mktemp("llama32")
-    model.save_pretrained(folder)
+    folder, model = _llama(tmp_path_factory, torch.float32)
     batches = [torch.randint(0, 384, (2, 32), generator=torch.Generator().manual_seed(i))
                for i in range(4)]
     return folder, model, batches
