@@ -323,7 +323,11 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
                                  if s.family == "quant"}) > 1:
         raise ArgumentError("recipe: one GGUF file takes one qtype here; give one gguf stage")
     import mmap
+    files_from = None
     if shrinks:
+        from .export.ct import _config_folder
+        if not any(s.method == "shrink_vocab" for s in shrinks):
+            files_from = _config_folder(config)  # the tokenizer still fits the model
         source, config, tokenizer = _shrink(source, shrinks, config, tokenizer, key)
     # copy-on-write maps: a stage may change a tensor in place, and only the pages it
     # writes become this process's memory
@@ -368,7 +372,8 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
                 runners[s.family].prepare(s, sorted(names), lambda n, s=s: view.upto(n, s.index))
         bar = _Progress(infos, progress)
         _WRITERS[format](view, out, quant, rows, bar, config=config, tokenizer=tokenizer,
-                         imatrix=imatrix, max_shard_size=max_shard_size)
+                         imatrix=imatrix, max_shard_size=max_shard_size,
+                         files_from=files_from)
         view.release()
     finally:
         ck.close()
@@ -490,7 +495,7 @@ def _write_state(view, out, quant, rows, bar, *, dense, max_shard_size, **_):
             bar(name, view.info(name))
 
 
-def _write_ct(view, out, quant, rows, bar, *, config, max_shard_size, **_):
+def _write_ct(view, out, quant, rows, bar, *, config, max_shard_size, files_from, **_):
     from .export.ct import compressed_tensors, quantize_for
     stages = list({id(s): s for s in quant.values()}.values())
     # each quantized weight by the first stage that selected it
@@ -509,7 +514,7 @@ def _write_ct(view, out, quant, rows, bar, *, config, max_shard_size, **_):
         return view.quantize(stage, name, a)  # gptq / awq: the calibrated codes
     compressed_tensors(view, out, config=config, recipe=plan or None,
                        max_shard_size=max_shard_size or "5GB", progress=on_tensor,
-                       on_quantized=record, quantizer=quantizer)
+                       on_quantized=record, quantizer=quantizer, files_from=files_from)
     for name, row in rows.items():
         if name not in quant and not row.bytes_after:
             dt, shape = view.info(name)

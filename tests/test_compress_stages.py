@@ -99,7 +99,10 @@ def test_mixed_recipe_safetensors_format_is_the_dequantized_result(case, tmp_pat
 
 def test_mixed_recipe_compressed_tensors_reads_back_to_the_owners(case, tmp_path):
     sd, cfg, src, hp, hs = case
+    (src / "tokenizer_config.json").write_text('{"model_max_length": 128}')
     compress(src, tmp_path / "ct", MIX, format="compressed-tensors", hessians=hp, config=src)
+    # shrink_ffn kept the vocabulary: the tokenizer files still belong to the model
+    assert (tmp_path / "ct" / "tokenizer_config.json").read_text() == '{"model_max_length": 128}'
     _shrunk, want = in_memory(sd, cfg, MIX, hs)
     fake = litecomp.quant.dequantize_state_dict(want)
     back, conf = litecomp.export.read_compressed_tensors(tmp_path / "ct")

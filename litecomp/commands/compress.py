@@ -1,8 +1,9 @@
 """litecomp compress: run a recipe over a checkpoint and write a file a runtime loads."""
 
 NAME = "compress"
-HELP = ("run a recipe (prune / quantize stages) over a checkpoint, streaming, and write "
-        "litecomp, safetensors, compressed-tensors or GGUF; prints and saves a report")
+HELP = ("run a recipe (shrink / prune / sparsegpt / wanda / gptq / rtn / gguf stages) over a "
+        "checkpoint, streaming, and write litecomp, safetensors, compressed-tensors or GGUF; "
+        "prints and saves a report")
 
 
 def add_arguments(p):
@@ -23,7 +24,8 @@ def add_arguments(p):
     p.add_argument("--imatrix", metavar="FILE", default=None,
                    help="a GGUF imatrix file: importance weights for GGUF K-quants")
     p.add_argument("--hessians", metavar="FILE", default=None,
-                   help="saved Hessians (safetensors) for calibrated stages")
+                   help="saved Hessians (a file from litecomp.calib.save_hessians) for the "
+                        "calibrated stages gptq, sparsegpt and wanda")
     p.add_argument("--max-shard-size", default=None, help="shard the output, e.g. 5GB")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no table")
 

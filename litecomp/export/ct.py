@@ -291,7 +291,7 @@ def quantization_config(modules, ignore=()):
 
 def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_scales=None,
                        max_shard_size="5GB", progress=None, on_quantized=None,
-                       quantizer=None):
+                       quantizer=None, files_from=None):
     """Write ``state_dict`` as a compressed-tensors folder ``out_dir`` that transformers'
     ``from_pretrained`` (with the compressed-tensors package) and vLLM load.
 
@@ -307,7 +307,8 @@ def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_s
     stage, weight, quantized, stored bytes)`` after each quantized one.  Returns {module:
     format} of the quantized modules.  ``quantizer(name, weight, stage, scale dtype) ->
     QTensor`` replaces round-to-nearest (``litecomp.compress`` passes GPTQ / AWQ codes; a
-    QTensor's float32 scales are stored rounded to the model dtype).
+    QTensor's float32 scales are stored rounded to the model dtype).  ``files_from``: the
+    folder whose tokenizer files are copied (default: the config's folder).
     """
     from ..recipe import stages
     cfg = load_config(config)
@@ -351,7 +352,7 @@ def compressed_tensors(state_dict, out_dir, *, config=None, recipe=None, input_s
                     progress(name, infos[name])
         with open(os.path.join(tmp, "config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg, f, indent=2)
-        src = _config_folder(config)
+        src = files_from if files_from is not None else _config_folder(config)
         for fname in _HF_FILES:
             if src and os.path.isfile(os.path.join(src, fname)):
                 shutil.copy2(os.path.join(src, fname), os.path.join(tmp, fname))
