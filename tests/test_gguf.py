@@ -172,7 +172,8 @@ def test_format_table_is_cs_and_matches_the_gguf_package():
     size there is ggml's."""
     from litecomp import _C
     assert lg.FORMATS == _C.gguf_formats()
-    assert set(lg.FORMATS) == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K"}
+    assert set(lg.FORMATS) == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K",
+                               "Q5_K", "Q6_K"}
     for name, (tid, block, nbytes) in lg.FORMATS.items():
         t = getattr(T, name)
         assert tid == t.value
