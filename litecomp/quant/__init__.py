@@ -13,6 +13,8 @@ from .core import (  # noqa: F401
     BITS, SCHEMES, QTensor, calc_qparams, cast, pack_codes, quantize, quantize_per_channel,
     quantize_per_tensor, unpack_codes,
 )
+from .awq import awq_clip, awq_scales, smoothquant_scales  # noqa: F401
+from .gptq import gptq  # noqa: F401
 from .fake import fake_quantize, fake_quantize_backward  # noqa: F401
 from .matmul import linear, prepare_linear  # noqa: F401
 from .observers import (  # noqa: F401
@@ -33,4 +35,5 @@ __all__ = [
     "quantized_names", "gguf", "codebook", "Quant4", "quantize_4bit", "CodebookTensor",
     "codebook_quantize", "kmeans_1d", "load_quantized", "quantize_one", "calibrate",
     "HistogramObserver", "histc", "l2_range_search", "matmul", "linear", "prepare_linear",
+    "gptq", "awq_scales", "awq_clip", "smoothquant_scales",
 ]

@@ -134,6 +134,9 @@ class QTensor:
     channel, or ``(*moved_shape[:-1], moved_shape[-1] // group_size)`` per group;
     shape: the original shape; axis: the channel axis (per channel) or the grouped axis
     (per group; that axis is moved last before packing), None per tensor.
+    perm: for GPTQ with ``act_order``, the column order the codes are stored in: ``data``
+    packs the codes of ``w[:, perm]`` (so groups are runs of that order) and ``dequantize``
+    puts the columns back; ``g_idx`` gives each original column its group.  None otherwise.
     """
     data: np.ndarray
     scales: np.ndarray
@@ -143,6 +146,20 @@ class QTensor:
     scheme: str
     axis: Optional[int] = None
     group_size: Optional[int] = None
+    perm: Optional[np.ndarray] = None
+
+    @property
+    def g_idx(self) -> Optional[np.ndarray]:
+        """int32 group index of every original column (GPTQ / compressed-tensors'
+        ``weight_g_idx``) for a grouped 2-D tensor; None otherwise."""
+        if self.group_size is None or len(self.shape) != 2 or self.axis != 1:
+            return None
+        g = np.arange(self.shape[1], dtype=np.int32) // self.group_size
+        if self.perm is None:
+            return g
+        out = np.empty_like(g)
+        out[self.perm] = g
+        return out
 
     @property
     def moved_shape(self):
@@ -173,6 +190,10 @@ class QTensor:
                           self.zero_points.astype(np.int32).ravel(), out)
         if self.group_size is not None and self.axis is not None:
             out = np.moveaxis(out, -1, self.axis)
+        if self.perm is not None:
+            restored = np.empty_like(out)
+            restored[:, self.perm] = out
+            out = restored
         out = np.ascontiguousarray(out)
         if np.dtype(dtype) in (np.float32, np.float64):
             return out.astype(dtype, copy=False)
@@ -187,9 +208,12 @@ class QTensor:
         meta = [_QMETA_VERSION, self.bits, SCHEMES.index(self.scheme),
                 -1 if self.axis is None else self.axis, self.group_size or 0,
                 len(self.shape), *self.shape]
-        return {f"{prefix}.qdata": self.data, f"{prefix}.scales": self.scales,
-                f"{prefix}.zero_points": self.zero_points,
-                f"{prefix}.qmeta": np.asarray(meta, np.int64)}
+        out = {f"{prefix}.qdata": self.data, f"{prefix}.scales": self.scales,
+               f"{prefix}.zero_points": self.zero_points,
+               f"{prefix}.qmeta": np.asarray(meta, np.int64)}
+        if self.perm is not None:
+            out[f"{prefix}.perm"] = np.asarray(self.perm, np.int64)
+        return out
 
     @classmethod
     def from_state_dict(cls, sd, prefix: str) -> "QTensor":
@@ -204,9 +228,14 @@ class QTensor:
         _v, bits, scheme, axis, group, ndim, *shape = meta
         if bits not in BITS or scheme not in (0, 1):
             raise FormatError(f"{prefix}.qmeta: bad bits {bits} or scheme {scheme}")
+        perm = sd.get(f"{prefix}.perm") if hasattr(sd, "get") else None
+        if perm is not None:
+            perm = np.asarray(perm, np.int64).ravel()
+            if len(shape) != 2 or not np.array_equal(np.sort(perm), np.arange(shape[-1])):
+                raise FormatError(f"{prefix}.perm: is not a permutation of the columns")
         q = cls(np.ascontiguousarray(data, np.uint8), np.asarray(scales, np.float32),
                 np.asarray(zps, np.uint8), bits, tuple(shape), SCHEMES[scheme],
-                None if axis < 0 else axis, group or None)
+                None if axis < 0 else axis, group or None, perm)
         rows = int(np.prod(q.moved_shape[:-1], dtype=np.int64)) if shape else 1
         cols = q.moved_shape[-1] if shape else 1
         if q.data.shape != (rows, (cols * bits + 7) // 8):

@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ArgumentError
+from ..io.atomic import deferred_interrupt
 from ..quant import matmul as _mm
 from ..quant.core import quantize
 from . import from_numpy, to_numpy
@@ -154,9 +155,10 @@ def quantize_model(model: nn.Module, bits=8, group_size=128, layers=None, *, tar
     if not inplace:
         import copy
         model = copy.deepcopy(model)
-    for name, q in layers.items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, q)
-    model._litecomp_quantized = list(layers)
+    with deferred_interrupt():              # Ctrl-C cannot leave the model half-swapped
+        for name, q in layers.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, q)
+        model._litecomp_quantized = list(layers)
     return model
