@@ -366,7 +366,7 @@ LC_TARGET_AVX512 static inline __m512i i8_comp16_512(const i8_weights *w, const 
     return _mm512_mullo_epi32(_mm512_loadu_si512(w->rowsum + t * NT), _mm512_set1_epi32(a->zx));
 }
 
-/* Few rows (R < 4, so decoding a token is R = 1): the weights stream through once, so no
+/* Few rows (R = 2, 3; one row has its own kernel below): the weights stream through once, so no
  * K slicing; R rows x up to 4 tiles of accumulators over the whole of K, and the four tile
  * streams are prefetched PF_DIST bytes ahead (one core alone keeps too few lines in flight
  * to read from DRAM at full speed). */
@@ -410,6 +410,34 @@ i8_few_rows_512(const i8_weights *w, const i8_acts *a, int64_t m0, const int R, 
         for (int r = 0; r < R; r++)
             i8_store16_512(_mm512_sub_epi32(c[r][j], rs), a->sx[m0 + r], w, t0 + j,
                            y + (m0 + r) * w->N);
+    }
+}
+
+/* One row (decoding a token): tile after tile, each one sequential stream through K with
+ * four accumulators over interleaved quads (integer sums: any split gives the same result).
+ * One stream at a time is what the hardware prefetcher follows best; four tile streams with
+ * software prefetch (the R = 2, 3 kernel above) measured 2.5x slower at R = 1. */
+LC_TARGET_AVX512_VNNI static void i8_one_row_512(const i8_weights *w, const i8_acts *a,
+                                                 int64_t m, int64_t t0, int64_t t1, float *y) {
+    const int64_t K4 = w->K4, ts = K4 * 64;
+    const uint8_t *x0 = a->u + m * a->ldx;
+    for (int64_t t = t0; t < t1; t++) {
+        const int8_t *wb = w->wp + t * ts;
+        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+        int64_t kq = 0;
+        for (; kq + 4 <= K4; kq += 4) {
+            const int8_t *p = wb + kq * 64;
+            c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(load_i32(x0 + kq * 4)), _mm512_loadu_si512(p));
+            c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(load_i32(x0 + kq * 4 + 4)), _mm512_loadu_si512(p + 64));
+            c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(load_i32(x0 + kq * 4 + 8)), _mm512_loadu_si512(p + 128));
+            c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(load_i32(x0 + kq * 4 + 12)), _mm512_loadu_si512(p + 192));
+        }
+        for (; kq < K4; kq++)
+            c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(load_i32(x0 + kq * 4)),
+                                     _mm512_loadu_si512(wb + kq * 64));
+        __m512i acc = _mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3));
+        i8_store16_512(_mm512_sub_epi32(acc, i8_comp16_512(w, a, t)), a->sx[m], w, t,
+                       y + m * w->N);
     }
 }
 
@@ -464,7 +492,7 @@ LC_TARGET_AVX512_VNNI static void i8_block_avx512_vnni(const i8_weights *w, cons
     }
     for (int64_t m = mb; m < m1; m += 3) {
         switch (m1 - m >= 3 ? 3 : (int)(m1 - m)) {
-        case 1: i8_few_rows_512(w, a, m, 1, t0, nt, y); break;
+        case 1: i8_one_row_512(w, a, m, t0, t1, y); break;
         case 2: i8_few_rows_512(w, a, m, 2, t0, nt, y); break;
         default: i8_few_rows_512(w, a, m, 3, t0, nt, y); break;
         }
