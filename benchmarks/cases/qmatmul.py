@@ -25,33 +25,70 @@ def _torch_linear(N, K):
     return torch, lin, qlin
 
 
-def _int8_case(N, K, M, anchor_kind):
+def _int8_case(N, K, M, anchor_kind, *, cold=False, static=False):
+    """litecomp's int8 Linear (dynamic, or ``static``: calibrated input scale and zero point)
+    beside torch.  ``cold``: both sides cycle through enough copies of the layer (> 260 MiB,
+    more than the L3 cache) that every call reads its weights from DRAM."""
     def setup(quick):
         n, k, m = (256, 256, min(M, 4)) if quick else (N, K, M)
         torch, lin, qlin = _torch_linear(n, k)
+        rng = np.random.default_rng(1)
         if torch is None:
             w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32) * 0.02
             L = Q.prepare_linear(Q.quantize(w, 8, axis=0))
-            x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+            x = rng.standard_normal((m, k)).astype(np.float32)
             return Run(litecomp=lambda: L(x), anchor=missing(f"torch {anchor_kind}", "torch"))
-        L = Q.prepare_linear(Q.quantize(lin.weight.detach().numpy(), 8, axis=0),
-                             bias=lin.bias.detach().numpy())
         xt = torch.randn(m, k)
         x = xt.numpy()
+        qp = Q.MinMaxObserver().update(x).qparams(bits=8) if static else None
+        L = Q.prepare_linear(Q.quantize(lin.weight.detach().numpy(), 8, axis=0),
+                             bias=lin.bias.detach().numpy(), input_qparams=qp)
         f = qlin if anchor_kind == "quantize_dynamic int8" else lin
+        copies = max(1, (400 << 20) // (n * k)) if cold and not quick else 1
+        ours = [L] + [_copy_int8(L) for _ in range(copies - 1)]
+        theirs = [f] + [_torch_copy(torch, lin) for _ in range(copies - 1)]
+        st = {"a": 0, "b": 0}
+
+        def run():
+            st["a"] = (st["a"] + 1) % copies
+            return ours[st["a"]](x)
 
         def anchor():
+            st["b"] = (st["b"] + 1) % copies
             with torch.no_grad():
-                return f(xt)
-        return Run(litecomp=lambda: L(x), anchor=(f"torch {anchor_kind}", anchor),
-                   bytes=n * k + 4 * m * (k + n))
+                return theirs[st["b"]](xt)
+        name = f"torch {anchor_kind}" + (" (cold)" if cold else "")
+        return Run(litecomp=run, anchor=(name, anchor), bytes=n * k + 4 * m * (k + n),
+                   notes=f"{copies} copies cycled" if copies > 1 else "")
     return setup
 
 
+def _copy_int8(layer):
+    import copy
+    c = copy.copy(layer)
+    c._packed = layer._packed.copy()
+    return c
+
+
+def _torch_copy(torch, lin):
+    import warnings
+    new = torch.nn.Linear(lin.in_features, lin.out_features)
+    new.load_state_dict(lin.state_dict())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(new),
+                                                      {torch.nn.Linear}, dtype=torch.qint8)
+
+
 for N, K in SHAPES:
-    for M in (1, 16, 128):
+    for M in (1, 4, 16, 128):
         case(f"int8 linear {N}x{K} M={M}", group="qmatmul", repeats=25)(
             _int8_case(N, K, M, "quantize_dynamic int8"))
+    case(f"int8 linear {N}x{K} M=1 cold", group="qmatmul", repeats=25)(
+        _int8_case(N, K, 1, "quantize_dynamic int8", cold=True))
+    for M in (1, 128):
+        case(f"int8 linear static {N}x{K} M={M}", group="qmatmul", repeats=25)(
+            _int8_case(N, K, M, "quantize_dynamic int8", static=True))
     for M in (1, 128):
         case(f"int8 linear {N}x{K} M={M} (vs fp32)", group="qmatmul", repeats=25)(
             _int8_case(N, K, M, "float32 F.linear"))
