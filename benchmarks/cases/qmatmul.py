@@ -153,3 +153,63 @@ for kind in ("int4 g128", "gguf Q4_0", "nf4"):
         _gemv_case(kind, True))
 case("4-bit GEMV int4 g128 4096x11008 M=1 hot (L3)", group="qmatmul")(
     _gemv_case("int4 g128", False))
+
+
+def _torch_int4(torch, w, gs):
+    """torch's CPU int4 weight (the layout torchao uses): codes q in [0, 15] per group of
+    ``gs`` with w = (q - 8) * scale; scales_and_zeros [K / gs, N, 2] bfloat16."""
+    n, k = w.shape
+    g = w.view(n, k // gs, gs)
+    s = (g.abs().amax(-1) / 7.5).clamp_min(1e-12)
+    q = torch.clamp(torch.round(g / s[..., None]) + 8, 0, 15).to(torch.int32).view(n, k)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 2)
+    sz = torch.stack([s.t(), torch.zeros_like(s.t())], -1).to(torch.bfloat16).contiguous()
+    return packed, sz
+
+
+def _int4_case(N, K, M):
+    def setup(quick):
+        n, k, m = (256, 512, min(M, 4)) if quick else (N, K, M)
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        L = Q.prepare_linear(Q.quantize(w, 4, group_size=128))
+        torch = optional_import("torch")
+        if torch is None:
+            return Run(litecomp=lambda: L(x),
+                       anchor=missing("torch _weight_int4pack_mm_for_cpu", "torch"))
+        packed, sz = _torch_int4(torch, torch.from_numpy(w), 128)
+        xb = torch.from_numpy(x).to(torch.bfloat16)
+        return Run(litecomp=lambda: L(x),
+                   anchor=("torch _weight_int4pack_mm_for_cpu (bf16 x)",
+                           lambda: torch.ops.aten._weight_int4pack_mm_for_cpu(xb, packed, 128, sz)),
+                   bytes=L.nbytes + 4 * m * (k + n))
+    return setup
+
+
+def _int8pack_case(N, K, M):
+    def setup(quick):
+        n, k, m = (256, 512, min(M, 4)) if quick else (N, K, M)
+        rng = np.random.default_rng(0)
+        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+        x = rng.standard_normal((m, k)).astype(np.float32)
+        L = Q.prepare_linear(Q.quantize(w, 8, axis=0))
+        torch = optional_import("torch")
+        if torch is None:
+            return Run(litecomp=lambda: L(x), anchor=missing("torch _weight_int8pack_mm", "torch"))
+        w8 = torch.from_numpy(L.qweight.copy())
+        s8 = torch.from_numpy(L.scales.copy()).to(torch.bfloat16)
+        xb = torch.from_numpy(x).to(torch.bfloat16)
+        return Run(litecomp=lambda: L(x),
+                   anchor=("torch _weight_int8pack_mm (bf16 x)",
+                           lambda: torch.ops.aten._weight_int8pack_mm(xb, w8, s8)),
+                   bytes=n * k + 4 * m * (k + n))
+    return setup
+
+
+for N, K in SHAPES:
+    for M in (1, 4, 16, 128):
+        case(f"int4 g128 linear {N}x{K} M={M}", group="qmatmul", repeats=25)(_int4_case(N, K, M))
+    for M in (1, 128):
+        case(f"int8 linear {N}x{K} M={M} (vs int8 weight-only)", group="qmatmul",
+             repeats=25)(_int8pack_case(N, K, M))
