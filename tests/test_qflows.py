@@ -469,3 +469,55 @@ def test_bad_input_raises(mlp):
         lt.quantize_dynamic(model, "int8")
     # nothing changed on failure
     assert all(type(m) in (nn.Linear, nn.ReLU, nn.Sequential) for m in model.modules())
+
+
+# ------------------------------------------------------------------ save and load
+@pytest.mark.parametrize("flow", ["static", "dynamic", "int4"])
+def test_save_and_load_back(decoder, tmp_path, flow):
+    import litecomp
+    import litecomp.quant as Q
+    model, calib, test = decoder
+    cfg = {"static": "int8", "dynamic": "int8_dynamic",
+           "int4": {"weight": {"bits": 4, "group_size": 32}, "activation": None}}[flow]
+    if flow == "static":
+        c = lt.convert(lt.calibrate(lt.prepare(model, cfg), calib))
+    else:
+        c = lt.quantize_dynamic(model, cfg)
+    path = lt.save_quantized(c, tmp_path / "q.safetensors")
+    sd = litecomp.load(path)  # torch-free: plain arrays, the weights as QTensors
+    q = Q.load_quantized(sd, "transformer_decoder.layers.0.linear1.weight")
+    assert isinstance(q, Q.QTensor) and q.bits == (4 if flow == "int4" else 8)
+    ql = c.transformer_decoder.layers[0].linear1
+    np.testing.assert_array_equal(q.dequantize(), ql.dequantized_weight().numpy())
+    if flow == "static":
+        fresh = lt.load_quantized(lt.prepare(model, cfg), path)
+    else:
+        import copy
+        fresh = lt.load_quantized(copy.deepcopy(model), path, cfg)
+    b = test[0][:, :-1]
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(b), c(b), rtol=0, atol=0)
+    assert isinstance(fresh.transformer_decoder.layers[1].self_attn, lt.QuantMultiheadAttention)
+    assert fresh._litecomp_state == "converted"
+
+
+def test_loading_other_settings_raises(decoder, tmp_path):
+    import copy
+    model, calib, _ = decoder
+    c = lt.convert(lt.calibrate(lt.prepare(model, "int8"), calib))
+    path = lt.save_quantized(c, tmp_path / "q.safetensors")
+    for cfg, msg in [("int8_dynamic", "static activations"),
+                     ({"activation": {"bits": 7}}, "8-bit static"),
+                     ({"activation": {}, "ignore": ["fc"]}, "does not select"),
+                     ({"weight": {"bits": 4, "group_size": 32}, "activation": None},
+                      "8-bit weights")]:
+        q = lt.qconfig(cfg)
+        fresh = lt.prepare(model, q) if q["activation"] else copy.deepcopy(model)
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(ArgumentError, match=msg):
+            lt.load_quantized(fresh, path, None if q["activation"] else q)
+        after = fresh.state_dict()  # unchanged
+        assert before.keys() == after.keys() and all(torch.equal(before[k], after[k])
+                                                      for k in before)
+    with pytest.raises(ArgumentError, match="prepare"):
+        lt.load_quantized(model, path)

@@ -37,7 +37,8 @@ from .select import select_modules
 
 __all__ = ["PRESETS", "OBSERVERS", "qconfig", "quantize_dynamic", "prepare", "calibrate",
            "prepare_qat", "convert", "quantize", "QuantMultiheadAttention", "QATLinear",
-           "get_default_qconfig", "get_default_qat_qconfig"]
+           "get_default_qconfig", "get_default_qat_qconfig", "quantized_state_dict",
+           "save_quantized", "load_quantized"]
 
 #: The observers a qconfig can name: running min/max, torch's moving average (c = 0.01),
 #: torch's histogram with its L2 range search, the 99.99th percentile of that histogram, and
@@ -621,3 +622,126 @@ def quantize(model: nn.Module, bits=4, group_size=128, *, targets=None, ignore=N
     return quantize_dynamic(model, {"weight": w, "activation": None, "targets": targets,
                                     "ignore": ignore}, inplace=inplace)
 
+
+
+# ------------------------------------------------------------------ save and load
+_PROJ = ("q_proj", "k_proj", "v_proj", "out_proj")
+
+
+def _quant_layers(model):
+    """{name: QuantLinear} of a converted model, attention projections included."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def quantized_state_dict(model: nn.Module) -> dict:
+    """A converted model as plain NumPy arrays that ``litecomp.save`` writes and that read
+    back without torch: every quantized layer's weight in ``QTensor`` form
+    (``{name}.weight.qdata / .scales / .zero_points / .qmeta``: ``litecomp.quant.
+    load_quantized(sd, name + ".weight")`` gives the QTensor), ``{name}.bias``,
+    ``{name}.input_qparams`` (float64 [scale, zero point, bits], static layers), and every
+    other parameter and buffer as it is."""
+    layers = _quant_layers(model)
+    if not layers:
+        raise ArgumentError("model: has no quantized layers (convert or quantize it first)")
+    out = {}
+    for name, m in layers.items():
+        out.update(m.qtensor().to_state_dict(f"{name}.weight"))
+        if m.bias is not None:
+            out[f"{name}.bias"] = to_numpy(m.bias).copy()
+        if m.input_bits is not None:
+            out[f"{name}.input_qparams"] = np.array(
+                [float(m.input_scale), int(m.input_zero_point), m.input_bits], np.float64)
+    inside = tuple(f"{n}." for n in layers)
+    for key, v in model.state_dict().items():
+        if not key.startswith(inside):
+            out[key] = to_numpy(v).copy()
+    return out
+
+
+def save_quantized(model: nn.Module, path, **kw) -> str:
+    """``litecomp.save(quantized_state_dict(model), path, **kw)``."""
+    from ..io import save
+    return save(quantized_state_dict(model), path, **kw)
+
+
+def load_quantized(model: nn.Module, source, qconfig=None) -> nn.Module:
+    """Load a saved quantized model (a path ``save_quantized`` wrote, or its dict) into a
+    model freshly prepared (``prepare`` / ``prepare_qat``) with the same qconfig, or into
+    the float model with ``qconfig`` given (dynamic and weight-only models), in place: the
+    selected layers become the saved quantized ones, everything else loads as usual.  A file
+    quantized with other settings (layers, weight bits, static or dynamic activations and
+    their bits) raises ArgumentError naming the layer; the model is not changed."""
+    from ..io import load
+    from ..quant.state import load_quantized as load_q
+    state = getattr(model, "_litecomp_state", None)
+    if state in ("prepare", "prepare_qat"):
+        info = model._litecomp_prepared
+        if qconfig is not None:
+            raise ArgumentError("qconfig: the prepared model has its own")
+    elif state is None and qconfig is not None:
+        cfg = globals()["qconfig"](qconfig)
+        info = {"qconfig": cfg, "names": [n for n, _ in _chosen(model, cfg)]}
+    else:
+        raise ArgumentError("model: load_quantized needs a model from prepare() or "
+                            "prepare_qat(), or the float model and the qconfig it was "
+                            "quantized with")
+    sd = load(source) if not isinstance(source, dict) else source
+    cfg = info["qconfig"]
+    a = cfg["activation"]
+    want_bits = cfg["weight"]["bits"]
+
+    def layer(prefix):
+        if f"{prefix}.weight.qmeta" not in sd:
+            raise ArgumentError(f"source: has no quantized {prefix!r}; it was quantized with "
+                                "other settings (targets/ignore)")
+        q = load_q(sd, f"{prefix}.weight")
+        if q.bits != want_bits:
+            raise ArgumentError(f"source: {prefix!r} has {q.bits}-bit weights, the qconfig "
+                                f"{want_bits}-bit")
+        iq = sd.get(f"{prefix}.input_qparams")
+        if (iq is None) != (a is None):
+            raise ArgumentError(f"source: {prefix!r} was quantized with "
+                                f"{'dynamic' if iq is None else 'static'} activations, the "
+                                f"qconfig has {'none' if a is None else 'static ones'}")
+        ip, bits = None, 8
+        if iq is not None:
+            iq = np.asarray(iq, np.float64).ravel()
+            ip, bits = (float(iq[0]), int(iq[1])), int(iq[2])
+            if bits != a["bits"]:
+                raise ArgumentError(f"source: {prefix!r} has {bits}-bit static activations, "
+                                    f"the qconfig {a['bits']}-bit")
+        return QuantLinear.from_qtensor(q, sd.get(f"{prefix}.bias"), input_qparams=ip,
+                                        input_bits=bits)
+    new = {}
+    for n in info["names"]:
+        mod = model.get_submodule(n)
+        if isinstance(mod, nn.MultiheadAttention):
+            new[n] = QuantMultiheadAttention(mod.embed_dim, mod.num_heads,
+                                             [layer(f"{n}.{p}") for p in _PROJ],
+                                             batch_first=mod.batch_first, dropout=mod.dropout)
+        else:
+            new[n] = layer(n)
+    extra = [k[:-len(".weight.qmeta")] for k in sd if k.endswith(".weight.qmeta")]
+    names = set(new) | {f"{n}.{p}" for n, m in new.items()
+                        if isinstance(m, QuantMultiheadAttention) for p in _PROJ}
+    stray = [k for k in extra if k not in names]
+    if stray:
+        raise ArgumentError(f"source: quantizes {stray[0]!r}, which the qconfig does not "
+                            "select; it was quantized with other settings")
+    # the rest of the state (embeddings, norms, float layers), checked before any change
+    inside = tuple(f"{n}." for n in names)
+    rest = {k: v for k, v in sd.items() if not k.startswith(inside)}
+    own = {k for k in model.state_dict() if not k.startswith(inside)}
+    missing, unexpected = own - set(rest), set(rest) - own
+    if missing or unexpected:
+        raise ArgumentError(f"source: does not fit the model (missing {sorted(missing)[:3]}, "
+                            f"unexpected {sorted(unexpected)[:3]})")
+    from . import load_numpy_state_dict
+    if state == "prepare":
+        info["capture"].__exit__(None, None, None)
+    if state is not None:
+        del model._litecomp_prepared
+    _swap(model, new, "converted")
+    load_numpy_state_dict(model, {k: np.ascontiguousarray(v) for k, v in rest.items()},
+                          strict=False)
+    return model

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ShapeError
 from ..io.atomic import deferred_interrupt
 from ..quant import matmul as _mm
-from ..quant.core import quantize
+from ..quant.core import QTensor, quantize
 from . import from_numpy, to_numpy
 
 
@@ -102,6 +102,51 @@ class QuantLinear(nn.Module):
         if b is not None:
             m.bias.copy_(b.detach().float())
         return m.to(linear.weight.device)
+
+    def qtensor(self):
+        """The weight as a ``litecomp.quant.QTensor`` (unsigned codes; 8-bit per output
+        channel with zero point 128, or 4-bit groups along the input axis, which then must
+        divide in_features)."""
+        n, k = self.out_features, self.in_features
+        if self.bits == 8:
+            data = (to_numpy(self.qweight).view(np.uint8) ^ np.uint8(0x80)).copy()
+            return QTensor(data, to_numpy(self.scales).copy(), np.full(n, 128, np.uint8), 8,
+                           (n, k), "symmetric", 0)
+        if k % self.group_size:
+            raise ShapeError(f"group_size: {self.group_size} does not divide in_features {k}, "
+                             "which a QTensor needs")
+        return QTensor(to_numpy(self.qweight).copy(), to_numpy(self.scales).copy(),
+                       to_numpy(self.zeros).copy(), 4, (n, k), self.scheme, 1, self.group_size)
+
+    @classmethod
+    def from_qtensor(cls, q, bias=None, *, input_qparams=None, input_bits=8):
+        """The layer holding a QTensor weight [out, in] (8-bit symmetric per output channel,
+        or 4-bit groups along the input axis), as ``qtensor()`` gives it back."""
+        if len(q.shape) != 2:
+            raise ShapeError(f"q: a Linear weight must be 2-D, got shape {q.shape}")
+        n, k = q.shape
+        if q.bits == 8 and q.group_size is None and q.axis in (0, None) and \
+                (np.asarray(q.zero_points) == 128).all():
+            m = cls(k, n, bias is not None, bits=8,
+                    input_bits=None if input_qparams is None else input_bits)
+            m.qweight.copy_(from_numpy((q.data ^ np.uint8(0x80)).view(np.int8)))
+            m.scales.copy_(from_numpy(np.broadcast_to(np.asarray(q.scales, np.float32)
+                                                      .reshape(-1), (n,)).copy()))
+        elif q.bits == 4 and q.group_size and q.axis == 1 and input_qparams is None:
+            m = cls(k, n, bias is not None, bits=4, group_size=q.group_size, scheme=q.scheme)
+            m.qweight.copy_(from_numpy(np.ascontiguousarray(q.data)))
+            m.scales.copy_(from_numpy(np.asarray(q.scales, np.float32).reshape(n, -1)))
+            m.zeros.copy_(from_numpy(np.asarray(q.zero_points, np.uint8).reshape(n, -1)))
+        else:
+            raise ArgumentError(f"q: a QuantLinear holds 8-bit symmetric per-channel or 4-bit "
+                                f"grouped weights (static input with 8-bit only), got {q!r}")
+        if input_qparams is not None:
+            sc, z = _mm._input_qparams(input_qparams, input_bits)
+            m.input_scale.fill_(sc)
+            m.input_zero_point.fill_(z)
+        if bias is not None:
+            m.bias.copy_(torch.as_tensor(np.asarray(bias, np.float32)))
+        return m
 
     def _kernel_layer(self):
         """The packed litecomp layer, rebuilt whenever the buffers change (load_state_dict);
