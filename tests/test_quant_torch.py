@@ -192,7 +192,7 @@ def test_static_quantization_with_observer_qparams():
     with pytest.raises(litecomp.ShapeError, match="^qparams"):
         Q.quantize(x, 4, axis=0, qparams=(s, z))
     with pytest.raises(litecomp.ArgumentError, match="^bits"):
-        obs.qparams(bits=9)
+        obs.qparams(bits=17)
 
 
 @pytest.mark.parametrize("axis", [0, 1])

@@ -197,6 +197,10 @@ def _swap(model, layers, tag):
             setattr(parent, attr, q)
         model._litecomp_quantized = list(layers)
         model._litecomp_state = tag
+        if tag == "converted":  # the nested-tensor fast path reads float weights
+            for m in model.modules():
+                if isinstance(m, nn.TransformerEncoder):
+                    m.use_nested_tensor = False
     return model
 
 
@@ -219,6 +223,11 @@ class QuantMultiheadAttention(nn.Module):
     ``v_proj`` and ``out_proj`` are ``QuantLinear`` layers; the attention itself
     (``F.scaled_dot_product_attention``) runs in float.  Same call as MultiheadAttention
     (``attn_mask``, ``key_padding_mask``, ``is_causal``, ``need_weights``, ``batch_first``)."""
+
+    # what torch's encoder layer inspects before its fused fast path: no float in_proj, so
+    # it takes the ordinary path, which calls this module
+    in_proj_weight = in_proj_bias = None
+    _qkv_same_embed_dim = False
 
     def __init__(self, embed_dim, num_heads, projections, *, batch_first=False, dropout=0.0):
         super().__init__()
