@@ -119,20 +119,30 @@ static inline int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); ret
  * (rne is lc_rne: nearbyintf's result without a libm call per element.)
  * `offset` 128 stores q + 128 as uint8 (the int8 Linear's activations), 0 stores q as int8
  * (the block kernels'). */
-static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, int offset) {
-    float amax = 0.0f;
+/* max |x[k]| over k0 <= k < n folded into *amax; 1 if a value is not finite. */
+static inline int amax_tail(const float *x, int64_t k0, int64_t n, float *amax) {
     int bad = 0;
-    for (int64_t k = 0; k < n; k++) {
+    float m = *amax;
+    for (int64_t k = k0; k < n; k++) {
         float a = fabsf(x[k]);
         bad |= !(a <= FLT_MAX);
-        amax = a > amax ? a : amax;
+        m = a > m ? a : m;
     }
-    if (bad) return -1;
-    if (amax == 0.0f) {
-        memset(q, offset ? 0x80 : 0, (size_t)n);
-        *scale = 0.0f;
-        return 0;
-    }
+    *amax = m;
+    return bad;
+}
+
+/* A row of zeros: codes 0 (stored + offset), scale 0. */
+static inline int zero_row(int8_t *q, int64_t n, float *scale, int offset) {
+    memset(q, offset ? 0x80 : 0, (size_t)n);
+    *scale = 0.0f;
+    return 0;
+}
+
+static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, int offset) {
+    float amax = 0.0f;
+    if (amax_tail(x, 0, n, &amax)) return -1;
+    if (amax == 0.0f) return zero_row(q, n, scale, offset);
     float inv = 127.0f / amax;
     for (int64_t k = 0; k < n; k++) {
         float r = lc_rne(x[k] * inv);
@@ -176,11 +186,7 @@ LC_TARGET_AVX512 static int quant_i8_avx512(const float *x, int64_t n, int8_t *q
     }
     if (bad) return -1;
     float amax = _mm512_reduce_max_ps(vmax);
-    if (amax == 0.0f) {
-        memset(q, offset ? 0x80 : 0, (size_t)n);
-        *scale = 0.0f;
-        return 0;
-    }
+    if (amax == 0.0f) return zero_row(q, n, scale, offset);
     const __m512 inv = _mm512_set1_ps(127.0f / amax);
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127),
                   off = _mm512_set1_epi32(offset);
@@ -237,17 +243,9 @@ LC_TARGET_AVX2 static int quant_i8_avx2(const float *x, int64_t n, int8_t *q, fl
     float lanes[8], amax = 0.0f;
     _mm256_storeu_ps(lanes, vmax);
     for (int j = 0; j < 8; j++) amax = lanes[j] > amax ? lanes[j] : amax;
-    for (int64_t j = k; j < n; j++) {
-        float a = fabsf(x[j]);
-        bad |= !(a <= FLT_MAX);
-        amax = a > amax ? a : amax;
-    }
+    bad |= amax_tail(x, k, n, &amax);
     if (bad) return -1;
-    if (amax == 0.0f) {
-        memset(q, offset ? 0x80 : 0, (size_t)n);
-        *scale = 0.0f;
-        return 0;
-    }
+    if (amax == 0.0f) return zero_row(q, n, scale, offset);
     const float invs = 127.0f / amax;
     const __m256 inv = _mm256_set1_ps(invs);
     const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127),

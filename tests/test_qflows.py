@@ -2,6 +2,7 @@
 weights: quantize_dynamic, prepare -> calibrate -> convert, prepare_qat -> train -> convert,
 quantize(bits=4), qconfig validation, and the accuracy bars on small trained models."""
 
+import contextlib
 import warnings
 
 import numpy as np
@@ -15,12 +16,26 @@ from litecomp.errors import ArgumentError  # noqa: E402
 from litecomp.torch.qlinear import QuantLinear  # noqa: E402
 
 
+@contextlib.contextmanager
+def _torch_threads(k):
+    n = torch.get_num_threads()
+    torch.set_num_threads(k)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matmuls; never oversubscribe the shared machine
-    yield
-    torch.set_num_threads(n)
+    with _torch_threads(1):  # tiny matmuls; never oversubscribe the shared machine
+        yield
+
+
+def _step(opt, loss):
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
 
 
 def _tao():
@@ -51,16 +66,9 @@ def mlp():
                           nn.Linear(64, 10))
     x, y = _blobs(2000, 0)
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):
         for _ in range(60):
-            loss = nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    finally:
-        torch.set_num_threads(n)
+            _step(opt, nn.functional.cross_entropy(model(x), y))
     model.eval()
     return model, (x, y), _blobs(2000, 1)
 
@@ -86,18 +94,11 @@ def decoder():
     model = lt.DecoderLM(vocab=32, d_model=32, heads=4, layers=2, ffn=64)
     data = _task()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with _torch_threads(1):
         for _epoch in range(3):
             for b in data[:16]:
-                loss = nn.functional.cross_entropy(model(b[:, :-1]).reshape(-1, 32),
-                                                   b[:, 1:].reshape(-1))
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(n)
+                _step(opt, nn.functional.cross_entropy(model(b[:, :-1]).reshape(-1, 32),
+                                                       b[:, 1:].reshape(-1)))
     model.eval()
     return model, [b[:, :-1] for b in data[:8]], data[16:24]
 
@@ -327,10 +328,7 @@ def test_seed_code_shape(mlp):
     quantization.prepare_qat(m, inplace=True)
     opt = torch.optim.SGD(m.parameters(), lr=1e-3)
     for _ in range(2):
-        loss = nn.functional.cross_entropy(m(xc), yc)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _step(opt, nn.functional.cross_entropy(m(xc), yc))
     m.eval()
     quantization.convert(m, inplace=True)
     assert isinstance(m[4], QuantLinear) and _acc(m, data) > 90
@@ -345,10 +343,7 @@ def test_qat_convert_computes_what_the_trained_model_computes(mlp, learnable):
     opt = torch.optim.Adam(q.parameters(), lr=1e-3)
     s0 = float(q[0].weight_fake_quant.scale[0]) if learnable else None
     for _ in range(3):
-        loss = nn.functional.cross_entropy(q(xc), yc)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _step(opt, nn.functional.cross_entropy(q(xc), yc))
     for m in q.modules():  # freeze the ranges, as torch.ao.quantization.disable_observer
         if isinstance(m, lt.FakeQuantize):
             m.observe = False
@@ -413,10 +408,7 @@ def test_qat_at_4_bits_recovers_half_of_what_ptq_lost(mlp):
     q = lt.prepare_qat(m, cfg).train()
     opt = torch.optim.Adam(q.parameters(), lr=1e-3)
     for _ in range(30):
-        loss = nn.functional.cross_entropy(q(xc), yc)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        _step(opt, nn.functional.cross_entropy(q(xc), yc))
     qat = _acc(lt.convert(q.eval()), data)
     # measured: float 94.6, post-training int4 23.3, QAT int4 80.8 (81% recovered)
     assert f - ptq >= 10, (f, ptq)  # the bar means something only if PTQ lost accuracy

@@ -167,17 +167,25 @@ def _torch_int4(torch, w, gs):
     return packed, sz
 
 
+def _weight_only(N, K, M, quick, bits, anchor):
+    """(torch or None, float weight, x, litecomp layer, Run-if-torch-is-missing)."""
+    n, k, m = (256, 512, min(M, 4)) if quick else (N, K, M)
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    L = Q.prepare_linear(Q.quantize(w, bits, **({"group_size": 128} if bits == 4 else
+                                                   {"axis": 0})))
+    torch = optional_import("torch")
+    none = None if torch else Run(litecomp=lambda: L(x), anchor=missing(anchor, "torch"))
+    return torch, w, x, L, none
+
+
 def _int4_case(N, K, M):
     def setup(quick):
-        n, k, m = (256, 512, min(M, 4)) if quick else (N, K, M)
-        rng = np.random.default_rng(0)
-        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        L = Q.prepare_linear(Q.quantize(w, 4, group_size=128))
-        torch = optional_import("torch")
-        if torch is None:
-            return Run(litecomp=lambda: L(x),
-                       anchor=missing("torch _weight_int4pack_mm_for_cpu", "torch"))
+        torch, w, x, L, none = _weight_only(N, K, M, quick, 4, "torch _weight_int4pack_mm_for_cpu")
+        if none:
+            return none
+        (n, k), m = w.shape, x.shape[0]
         packed, sz = _torch_int4(torch, torch.from_numpy(w), 128)
         xb = torch.from_numpy(x).to(torch.bfloat16)
         return Run(litecomp=lambda: L(x),
@@ -189,14 +197,10 @@ def _int4_case(N, K, M):
 
 def _int8pack_case(N, K, M):
     def setup(quick):
-        n, k, m = (256, 512, min(M, 4)) if quick else (N, K, M)
-        rng = np.random.default_rng(0)
-        w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
-        x = rng.standard_normal((m, k)).astype(np.float32)
-        L = Q.prepare_linear(Q.quantize(w, 8, axis=0))
-        torch = optional_import("torch")
-        if torch is None:
-            return Run(litecomp=lambda: L(x), anchor=missing("torch _weight_int8pack_mm", "torch"))
+        torch, w, x, L, none = _weight_only(N, K, M, quick, 8, "torch _weight_int8pack_mm")
+        if none:
+            return none
+        (n, k), m = w.shape, x.shape[0]
         w8 = torch.from_numpy(L.qweight.copy())
         s8 = torch.from_numpy(L.scales.copy()).to(torch.bfloat16)
         xb = torch.from_numpy(x).to(torch.bfloat16)
