@@ -147,6 +147,8 @@ def test_quantize_dynamic_matches_torch_on_the_same_weights(mlp):
         warnings.simplefilter("ignore")
         theirs = _tao().quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     assert model[0].__class__ is nn.Linear  # not in place
+    torch_dict = lt.quantize_dynamic(model, {nn.Linear: _tao().default_dynamic_qconfig})
+    assert torch_dict._litecomp_quantized == ["0", "2", "4"]
     assert isinstance(ours[0], QuantLinear) and ours._litecomp_quantized == ["0", "2", "4"]
     # the same int8 weights and scales as torch's per-tensor... per channel here
     with torch.no_grad():

@@ -327,7 +327,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype="int8", *, targe
     int8 kernels: weights int8 symmetric per output channel, activations quantized per row
     at run time.  ``qconfig_spec``: a set of module classes (``nn.Linear``,
     ``nn.MultiheadAttention``; None or {nn.Linear}: both -- the attention's projections are
-    linear layers too, which torch leaves in float), or a qconfig (preset name or dict; its
+    linear layers too, which torch leaves in float; torch's {class: qconfig} dict is read as
+    its classes), or a qconfig (preset name or dict; its
     activation must be None).  ``dtype``: "int8" (or torch.qint8); "int4" runs the
     "int4_weight" preset.  ``targets``/``ignore`` narrow the layers.  Returns the quantized
     model (a copy unless ``inplace``)."""
@@ -335,6 +336,8 @@ def quantize_dynamic(model: nn.Module, qconfig_spec=None, dtype="int8", *, targe
     if dt not in ("int8", "qint8", "int4"):
         raise ArgumentError(f"dtype: expected 'int8' (torch.qint8) or 'int4', got {dtype!r}")
     classes = None
+    if isinstance(qconfig_spec, dict) and any(isinstance(k, type) for k in qconfig_spec):
+        qconfig_spec = set(qconfig_spec)  # torch's {nn.Linear: default_dynamic_qconfig}
     if qconfig_spec is None or isinstance(qconfig_spec, (set, frozenset, list, tuple)):
         classes = tuple(qconfig_spec or (nn.Linear,))
         for c in classes:
