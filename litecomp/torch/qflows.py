@@ -500,6 +500,8 @@ class QATLinear(nn.Linear):
         self.qconfig = cfg
         self.weight_fake_quant = FakeQuantize(bits=w["bits"], signed=True, scheme="symmetric",
                                               axis=0, learnable=learnable)
+        if learnable:  # symmetric weights keep zero point 0: only the scales learn
+            self.weight_fake_quant.zero_point.requires_grad_(False)
         self.input_fake_quant = None if a is None else FakeQuantize(
             bits=a["bits"], signed=False, scheme=a["scheme"], learnable=learnable,
             averaging_constant=0.01 if a["observer"] == "moving_average" else None)
