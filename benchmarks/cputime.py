@@ -35,17 +35,12 @@ def main():
     import litecomp.quant as Q
     import litecomp.torch as lt
 
-    from .cases.qmatmul import _torch_int4
+    from .cases.qmatmul import _torch_int4, _torch_linear
     torch.set_num_threads(1)
     litecomp.set_num_threads(1)
     rng = np.random.default_rng(0)
     for n, k in [(4096, 4096), (11008, 4096)]:
-        torch.manual_seed(0)
-        lin = torch.nn.Linear(k, n)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            qlin = torch.ao.quantization.quantize_dynamic(torch.nn.Sequential(lin),
-                                                          {torch.nn.Linear}, dtype=torch.qint8)
+        _, lin, qlin = _torch_linear(n, k)
         w = lin.weight.detach().numpy()
         i8 = Q.prepare_linear(Q.quantize(w, 8, axis=0), bias=lin.bias.detach().numpy())
         i4 = Q.prepare_linear(Q.quantize(w, 4, group_size=128))
