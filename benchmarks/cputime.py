@@ -38,7 +38,6 @@ def main():
     from .cases.qmatmul import _torch_int4, _torch_linear
     torch.set_num_threads(1)
     litecomp.set_num_threads(1)
-    rng = np.random.default_rng(0)
     for n, k in [(4096, 4096), (11008, 4096)]:
         _, lin, qlin = _torch_linear(n, k)
         w = lin.weight.detach().numpy()
