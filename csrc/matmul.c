@@ -113,25 +113,36 @@ static int auto_path(void) {
 static inline int32_t load_i32(const void *p) { int32_t v; memcpy(&v, p, 4); return v; }
 
 /* ------------------------------------------------------------------ activation quantization */
-/* Symmetric int8 of n floats with one scale (the definition):
+/* Dynamic: symmetric int8 of n floats with one scale (the definition):
  *   amax = max |x|;  non-finite -> -1;  amax == 0 -> q = 0, scale = 0;
  *   q = clamp(rne(x * (127/amax)), -127, 127);  scale = amax / 127.
  * (rne is lc_rne: nearbyintf's result without a libm call per element.)
- * `offset` 128 stores q + 128 as uint8 (for vpdpbusd), 0 stores q as int8. */
-static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, int offset) {
-    float amax = 0.0f;
+ * `offset` 128 stores q + 128 as uint8 (the int8 Linear's activations), 0 stores q as int8
+ * (the block kernels'). */
+/* max |x[k]| over k0 <= k < n folded into *amax; 1 if a value is not finite. */
+static inline int amax_tail(const float *x, int64_t k0, int64_t n, float *amax) {
     int bad = 0;
-    for (int64_t k = 0; k < n; k++) {
+    float m = *amax;
+    for (int64_t k = k0; k < n; k++) {
         float a = fabsf(x[k]);
         bad |= !(a <= FLT_MAX);
-        amax = a > amax ? a : amax;
+        m = a > m ? a : m;
     }
-    if (bad) return -1;
-    if (amax == 0.0f) {
-        memset(q, offset ? 0x80 : 0, (size_t)n);
-        *scale = 0.0f;
-        return 0;
-    }
+    *amax = m;
+    return bad;
+}
+
+/* A row of zeros: codes 0 (stored + offset), scale 0. */
+static inline int zero_row(int8_t *q, int64_t n, float *scale, int offset) {
+    memset(q, offset ? 0x80 : 0, (size_t)n);
+    *scale = 0.0f;
+    return 0;
+}
+
+static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, int offset) {
+    float amax = 0.0f;
+    if (amax_tail(x, 0, n, &amax)) return -1;
+    if (amax == 0.0f) return zero_row(q, n, scale, offset);
     float inv = 127.0f / amax;
     for (int64_t k = 0; k < n; k++) {
         float r = lc_rne(x[k] * inv);
@@ -140,6 +151,24 @@ static int quant_i8_scalar(const float *x, int64_t n, int8_t *q, float *scale, i
     }
     *scale = amax / 127.0f;
     return 0;
+}
+
+/* Static: the codes of n floats for a calibrated scale and zero point, quant.quantize's
+ * rule (round, then add the zero point):
+ *   u = clamp(rne(x * inv) + zp, 0, qmax),  inv = 1.0f / scale;  non-finite x -> -1.
+ * The clamp happens on the rounded float, before the integer conversion. */
+static int quant_static_scalar(const float *x, int64_t n, float inv, int32_t zp, int32_t qmax,
+                               uint8_t *u) {
+    const float lo = (float)-zp, hi = (float)(qmax - zp);
+    int bad = 0;
+    for (int64_t k = 0; k < n; k++) {
+        float v = x[k];
+        bad |= !(fabsf(v) <= FLT_MAX);
+        float r = lc_rne(v * inv);
+        r = r < lo ? lo : (r > hi ? hi : r);
+        u[k] = (uint8_t)((int32_t)r + zp);
+    }
+    return bad ? -1 : 0;
 }
 
 #ifdef LC_X86
@@ -157,11 +186,7 @@ LC_TARGET_AVX512 static int quant_i8_avx512(const float *x, int64_t n, int8_t *q
     }
     if (bad) return -1;
     float amax = _mm512_reduce_max_ps(vmax);
-    if (amax == 0.0f) {
-        memset(q, offset ? 0x80 : 0, (size_t)n);
-        *scale = 0.0f;
-        return 0;
-    }
+    if (amax == 0.0f) return zero_row(q, n, scale, offset);
     const __m512 inv = _mm512_set1_ps(127.0f / amax);
     const __m512i lo = _mm512_set1_epi32(-127), hi = _mm512_set1_epi32(127),
                   off = _mm512_set1_epi32(offset);
@@ -174,17 +199,110 @@ LC_TARGET_AVX512 static int quant_i8_avx512(const float *x, int64_t n, int8_t *q
     *scale = amax / 127.0f;
     return 0;
 }
+
+LC_TARGET_AVX512 static int quant_static_avx512(const float *x, int64_t n, float inv, int32_t zp,
+                                                int32_t qmax, uint8_t *u) {
+    const __m512 vinv = _mm512_set1_ps(inv), fmax = _mm512_set1_ps(FLT_MAX);
+    const __m512 lo = _mm512_set1_ps((float)-zp), hi = _mm512_set1_ps((float)(qmax - zp));
+    const __m512i vzp = _mm512_set1_epi32(zp);
+    __mmask16 bad = 0;
+    for (int64_t k = 0; k < n; k += 16) {
+        __mmask16 mk = n - k >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - k)) - 1u);
+        __m512 v = _mm512_maskz_loadu_ps(mk, x + k);
+        bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(v), fmax, _CMP_NLE_UQ);
+        __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(v, vinv),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+        _mm512_mask_cvtepi32_storeu_epi8(u + k, mk, _mm512_add_epi32(_mm512_cvtps_epi32(r), vzp));
+    }
+    return bad ? -1 : 0;
+}
+
+/* 8 int32 lanes (each in [-128, 255]) -> their low bytes, stored at p. */
+LC_TARGET_AVX2 static inline void store8_low_bytes(void *p, __m256i v) {
+    const __m256i pick = _mm256_setr_epi8(0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, 0, 4, 8, 12, -1, -1, -1, -1, -1, -1, -1, -1,
+                                          -1, -1, -1, -1);
+    __m256i b = _mm256_permutevar8x32_epi32(_mm256_shuffle_epi8(v, pick),
+                                            _mm256_setr_epi32(0, 4, 1, 1, 1, 1, 1, 1));
+    _mm_storel_epi64((__m128i *)p, _mm256_castsi256_si128(b));
+}
+
+LC_TARGET_AVX2 static int quant_i8_avx2(const float *x, int64_t n, int8_t *q, float *scale,
+                                        int offset) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 fmax = _mm256_set1_ps(FLT_MAX);
+    __m256 vmax = _mm256_setzero_ps();
+    int bad = 0;
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 a = _mm256_and_ps(_mm256_loadu_ps(x + k), absm);
+        bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, fmax, _CMP_NLE_UQ));
+        vmax = _mm256_max_ps(vmax, a);
+    }
+    float lanes[8], amax = 0.0f;
+    _mm256_storeu_ps(lanes, vmax);
+    for (int j = 0; j < 8; j++) amax = lanes[j] > amax ? lanes[j] : amax;
+    bad |= amax_tail(x, k, n, &amax);
+    if (bad) return -1;
+    if (amax == 0.0f) return zero_row(q, n, scale, offset);
+    const float invs = 127.0f / amax;
+    const __m256 inv = _mm256_set1_ps(invs);
+    const __m256i lo = _mm256_set1_epi32(-127), hi = _mm256_set1_epi32(127),
+                  off = _mm256_set1_epi32(offset);
+    for (k = 0; k + 8 <= n; k += 8) {
+        __m256i r = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(x + k), inv));
+        store8_low_bytes(q + k, _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(r, lo), hi), off));
+    }
+    for (; k < n; k++) {
+        float r = lc_rne(x[k] * invs);
+        r = r > 127.0f ? 127.0f : (r < -127.0f ? -127.0f : r);
+        q[k] = (int8_t)(uint8_t)((int)r + offset);
+    }
+    *scale = amax / 127.0f;
+    return 0;
+}
+
+LC_TARGET_AVX2 static int quant_static_avx2(const float *x, int64_t n, float inv, int32_t zp,
+                                            int32_t qmax, uint8_t *u) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 vinv = _mm256_set1_ps(inv), fmax = _mm256_set1_ps(FLT_MAX);
+    const __m256 lo = _mm256_set1_ps((float)-zp), hi = _mm256_set1_ps((float)(qmax - zp));
+    const __m256i vzp = _mm256_set1_epi32(zp);
+    int bad = 0;
+    int64_t k = 0;
+    for (; k + 8 <= n; k += 8) {
+        __m256 v = _mm256_loadu_ps(x + k);
+        bad |= _mm256_movemask_ps(_mm256_cmp_ps(_mm256_and_ps(v, absm), fmax, _CMP_NLE_UQ));
+        __m256 r = _mm256_round_ps(_mm256_mul_ps(v, vinv),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+        store8_low_bytes(u + k, _mm256_add_epi32(_mm256_cvtps_epi32(r), vzp));
+    }
+    return (quant_static_scalar(x + k, n - k, inv, zp, qmax, u + k) < 0 || bad) ? -1 : 0;
+}
 #endif
 
 static int quant_i8(const float *x, int64_t n, int8_t *q, float *scale, int offset, int path) {
 #ifdef LC_X86
     if (path == PATH_AVX512_VNNI) return quant_i8_avx512(x, n, q, scale, offset);
+    if (path == PATH_AVX2 || path == PATH_AVX_VNNI) return quant_i8_avx2(x, n, q, scale, offset);
 #endif
     (void)path;
     return quant_i8_scalar(x, n, q, scale, offset);
 }
 
-/* ================================================================== int8 dynamic Linear */
+static int quant_static(const float *x, int64_t n, float inv, int32_t zp, int32_t qmax,
+                        uint8_t *u, int path) {
+#ifdef LC_X86
+    if (path == PATH_AVX512_VNNI) return quant_static_avx512(x, n, inv, zp, qmax, u);
+    if (path == PATH_AVX2 || path == PATH_AVX_VNNI) return quant_static_avx2(x, n, inv, zp, qmax, u);
+#endif
+    (void)path;
+    return quant_static_scalar(x, n, inv, zp, qmax, u);
+}
+
+/* ================================================================== int8 Linear */
 typedef struct {
     const int8_t *wp;     /* packed [T][K4][16][4] */
     const int32_t *rowsum;/* [Np] */
@@ -193,24 +311,36 @@ typedef struct {
     int64_t N, K, K4, T;
 } i8_weights;
 
+/* The activations every path reads: uint8 codes u [M][ldx] standing for sx[m] * (u - zx).
+ * Dynamic: u = q + 128 (zx = 128, sx per row); static: the calibrated codes (zx = zp, one
+ * sx).  acc = sum_k (u - zx) * W is exact in int32 (|u - zx| <= 255, K <= 65536); the VNNI
+ * paths compute sum_k u * W (u8 x s8) and subtract zx * rowsum(W) afterwards. */
+typedef struct {
+    const uint8_t *u;
+    const float *sx;
+    int64_t ldx;
+    int32_t zx;
+} i8_acts;
+
 static inline float i8_out(int32_t acc, float sx, float sw, const float *bias, int64_t n) {
     float t = sx * sw;
     float y = (float)acc * t;
     return bias ? y + bias[n] : y;
 }
 
-static void i8_rows_scalar(const i8_weights *w, const int8_t *xq, const float *sx, int64_t ldx,
-                           int64_t m0, int64_t m1, int64_t t, float *y) {
+static void i8_rows_scalar(const i8_weights *w, const i8_acts *a, int64_t m0, int64_t m1,
+                           int64_t t, float *y) {
     for (int64_t m = m0; m < m1; m++) {
-        const int8_t *xr = xq + m * ldx;
+        const uint8_t *xr = a->u + m * a->ldx;
         for (int j = 0; j < NT; j++) {
             int64_t n = t * NT + j;
             if (n >= w->N) break;
             int32_t acc = 0;
             const int8_t *wt = w->wp + t * w->K4 * 64 + j * 4;
             for (int64_t kq = 0; kq < w->K4; kq++)
-                for (int i = 0; i < 4; i++) acc += (int32_t)xr[kq * 4 + i] * (int32_t)wt[kq * 64 + i];
-            y[m * w->N + n] = i8_out(acc, sx[m], w->sw[n], w->bias, n);
+                for (int i = 0; i < 4; i++)
+                    acc += ((int32_t)xr[kq * 4 + i] - a->zx) * (int32_t)wt[kq * 64 + i];
+            y[m * w->N + n] = i8_out(acc, a->sx[m], w->sw[n], w->bias, n);
         }
     }
 }
@@ -228,30 +358,112 @@ LC_TARGET_AVX512 static inline void i8_store16_512(__m512i acc, float sx, const 
     _mm512_mask_storeu_ps(yrow + n0, mask, y);
 }
 
-/* AVX-512 VNNI: rows m0..m1 of x (as u8 = q + 128), tiles t0..t1 (at most TILE_CHUNK).
- * K is cut into slices of KC4 quads so the 4-tile weight slice (16 KiB) and the x slices stay
- * in L1 while every row of the chunk passes over them; int32 partial sums live in C between
- * slices (integer adds: the order cannot change the result).  Register block: 4 rows x 4
- * tiles = 16 accumulators; leftover rows one at a time. */
-#define KC4 64
-LC_TARGET_AVX512_VNNI static void i8_block_avx512_vnni(const i8_weights *w, const uint8_t *xu,
-                                                      const float *sx, int64_t ldx, int64_t m0,
-                                                      int64_t m1, int64_t t0, int64_t t1, float *y) {
+/* zx * rowsum of tile t: what sum_k u * W holds beyond the true accumulator. */
+LC_TARGET_AVX512 static inline __m512i i8_comp16_512(const i8_weights *w, const i8_acts *a,
+                                                     int64_t t) {
+    return _mm512_mullo_epi32(_mm512_loadu_si512(w->rowsum + t * NT), _mm512_set1_epi32(a->zx));
+}
+
+/* Few rows (R = 2, 3; one row has its own kernel below): the weights stream through once, so no
+ * K slicing; R rows x up to 4 tiles of accumulators over the whole of K, and the four tile
+ * streams are prefetched PF_DIST bytes ahead (one core alone keeps too few lines in flight
+ * to read from DRAM at full speed). */
+LC_TARGET_AVX512_VNNI static inline __attribute__((always_inline)) void
+i8_few_rows_512(const i8_weights *w, const i8_acts *a, int64_t m0, const int R, int64_t t0,
+                int nt, float *y) {
+    const int64_t K4 = w->K4, ts = K4 * 64, ldx = a->ldx;
+    const int8_t *wb = w->wp + t0 * ts;
+    const uint8_t *x0 = a->u + m0 * ldx;
+    __m512i c[3][4];
+    for (int r = 0; r < 3; r++)
+        for (int j = 0; j < 4; j++) c[r][j] = _mm512_setzero_si512();
+    if (nt == 4) {
+        for (int64_t kq = 0; kq < K4; kq++) {
+            const int8_t *p = wb + kq * 64;
+            _mm_prefetch((const char *)(p + PF_DIST), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + ts + PF_DIST), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + 2 * ts + PF_DIST), _MM_HINT_T0);
+            _mm_prefetch((const char *)(p + 3 * ts + PF_DIST), _MM_HINT_T0);
+            __m512i w0 = _mm512_loadu_si512(p), w1 = _mm512_loadu_si512(p + ts);
+            __m512i w2 = _mm512_loadu_si512(p + 2 * ts), w3 = _mm512_loadu_si512(p + 3 * ts);
+            for (int r = 0; r < R; r++) {
+                __m512i xb = _mm512_set1_epi32(load_i32(x0 + r * ldx + kq * 4));
+                c[r][0] = _mm512_dpbusd_epi32(c[r][0], xb, w0);
+                c[r][1] = _mm512_dpbusd_epi32(c[r][1], xb, w1);
+                c[r][2] = _mm512_dpbusd_epi32(c[r][2], xb, w2);
+                c[r][3] = _mm512_dpbusd_epi32(c[r][3], xb, w3);
+            }
+        }
+    } else {
+        for (int j = 0; j < nt; j++)
+            for (int64_t kq = 0; kq < K4; kq++) {
+                __m512i wv = _mm512_loadu_si512(wb + j * ts + kq * 64);
+                for (int r = 0; r < R; r++)
+                    c[r][j] = _mm512_dpbusd_epi32(
+                        c[r][j], _mm512_set1_epi32(load_i32(x0 + r * ldx + kq * 4)), wv);
+            }
+    }
+    for (int j = 0; j < nt; j++) {
+        __m512i rs = i8_comp16_512(w, a, t0 + j);
+        for (int r = 0; r < R; r++)
+            i8_store16_512(_mm512_sub_epi32(c[r][j], rs), a->sx[m0 + r], w, t0 + j,
+                           y + (m0 + r) * w->N);
+    }
+}
+
+/* One row (decoding a token): tile after tile, each one sequential stream through K with
+ * four accumulators over interleaved quads (integer sums: any split gives the same result).
+ * One stream at a time is what the hardware prefetcher follows best; four tile streams with
+ * software prefetch (the R = 2, 3 kernel above) measured 2.5x slower at R = 1. */
+LC_TARGET_AVX512_VNNI static void i8_one_row_512(const i8_weights *w, const i8_acts *a,
+                                                 int64_t m, int64_t t0, int64_t t1, float *y) {
     const int64_t K4 = w->K4, ts = K4 * 64;
+    const uint8_t *x0 = a->u + m * a->ldx;
+    for (int64_t t = t0; t < t1; t++) {
+        const int8_t *wb = w->wp + t * ts;
+        __m512i c0 = _mm512_setzero_si512(), c1 = c0, c2 = c0, c3 = c0;
+        int64_t kq = 0;
+        for (; kq + 4 <= K4; kq += 4) {
+            const int8_t *p = wb + kq * 64;
+            c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(load_i32(x0 + kq * 4)), _mm512_loadu_si512(p));
+            c1 = _mm512_dpbusd_epi32(c1, _mm512_set1_epi32(load_i32(x0 + kq * 4 + 4)), _mm512_loadu_si512(p + 64));
+            c2 = _mm512_dpbusd_epi32(c2, _mm512_set1_epi32(load_i32(x0 + kq * 4 + 8)), _mm512_loadu_si512(p + 128));
+            c3 = _mm512_dpbusd_epi32(c3, _mm512_set1_epi32(load_i32(x0 + kq * 4 + 12)), _mm512_loadu_si512(p + 192));
+        }
+        for (; kq < K4; kq++)
+            c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(load_i32(x0 + kq * 4)),
+                                     _mm512_loadu_si512(wb + kq * 64));
+        __m512i acc = _mm512_add_epi32(_mm512_add_epi32(c0, c1), _mm512_add_epi32(c2, c3));
+        i8_store16_512(_mm512_sub_epi32(acc, i8_comp16_512(w, a, t)), a->sx[m], w, t,
+                       y + m * w->N);
+    }
+}
+
+/* AVX-512 VNNI: rows m0..m1 of x, tiles t0..t1 (at most TILE_CHUNK).  Groups of 4 rows over
+ * 4 tiles: K is cut into slices of KC4 quads so the 4-tile weight slice (16 KiB) and the x
+ * slices stay in L1 while every row group passes over them; int32 partial sums live in C
+ * between slices (integer adds: the order cannot change the result).  Register block: 4
+ * rows x 4 tiles = 16 accumulators.  The rows left over (and every row when fewer than 4
+ * tiles remain) go through i8_few_rows_512. */
+#define KC4 64
+LC_TARGET_AVX512_VNNI static void i8_block_avx512_vnni(const i8_weights *w, const i8_acts *a,
+                                                      int64_t m0, int64_t m1, int64_t t0,
+                                                      int64_t t1, float *y) {
+    const int64_t K4 = w->K4, ts = K4 * 64, ldx = a->ldx;
     const int nt = (int)(t1 - t0);
-    __m512i C[ROW_CHUNK][TILE_CHUNK];
-    for (int64_t m = m0; m < m1; m++)
-        for (int j = 0; j < TILE_CHUNK; j++) C[m - m0][j] = _mm512_setzero_si512();
-    for (int64_t kb = 0; kb < K4; kb += KC4) {
-        const int64_t ke = kb + KC4 < K4 ? kb + KC4 : K4;
+    int64_t mb = nt == 4 ? m0 + (m1 - m0) / 4 * 4 : m0; /* rows done in groups of 4 */
+    if (mb > m0) {
+        __m512i C[ROW_CHUNK][TILE_CHUNK];
+        for (int64_t m = m0; m < mb; m++)
+            for (int j = 0; j < TILE_CHUNK; j++) C[m - m0][j] = _mm512_setzero_si512();
         const int8_t *wb = w->wp + t0 * ts;
-        int64_t m = m0;
-        if (nt == 4) {
-            for (; m + 4 <= m1; m += 4) {
+        for (int64_t kb = 0; kb < K4; kb += KC4) {
+            const int64_t ke = kb + KC4 < K4 ? kb + KC4 : K4;
+            for (int64_t m = m0; m < mb; m += 4) {
                 __m512i c[4][4];
                 for (int r = 0; r < 4; r++)
                     for (int j = 0; j < 4; j++) c[r][j] = C[m - m0 + r][j];
-                const uint8_t *x0 = xu + m * ldx;
+                const uint8_t *x0 = a->u + m * ldx;
                 for (int64_t kq = kb; kq < ke; kq++) {
                     __m512i w0 = _mm512_loadu_si512(wb + kq * 64);
                     __m512i w1 = _mm512_loadu_si512(wb + ts + kq * 64);
@@ -269,22 +481,19 @@ LC_TARGET_AVX512_VNNI static void i8_block_avx512_vnni(const i8_weights *w, cons
                     for (int j = 0; j < 4; j++) C[m - m0 + r][j] = c[r][j];
             }
         }
-        for (; m < m1; m++) {
-            const uint8_t *x0 = xu + m * ldx;
-            for (int j = 0; j < nt; j++) {
-                __m512i c0 = C[m - m0][j];
-                const int8_t *wj = wb + j * ts;
-                for (int64_t kq = kb; kq < ke; kq++)
-                    c0 = _mm512_dpbusd_epi32(c0, _mm512_set1_epi32(load_i32(x0 + kq * 4)),
-                                             _mm512_loadu_si512(wj + kq * 64));
-                C[m - m0][j] = c0;
-            }
+        for (int j = 0; j < nt; j++) {
+            __m512i rs = i8_comp16_512(w, a, t0 + j);
+            for (int64_t m = m0; m < mb; m++)
+                i8_store16_512(_mm512_sub_epi32(C[m - m0][j], rs), a->sx[m], w, t0 + j,
+                               y + m * w->N);
         }
     }
-    for (int j = 0; j < nt; j++) {
-        __m512i rs = _mm512_slli_epi32(_mm512_loadu_si512(w->rowsum + (t0 + j) * NT), 7);
-        for (int64_t m = m0; m < m1; m++)
-            i8_store16_512(_mm512_sub_epi32(C[m - m0][j], rs), sx[m], w, t0 + j, y + m * w->N);
+    for (int64_t m = mb; m < m1; m += 3) {
+        switch (m1 - m >= 3 ? 3 : (int)(m1 - m)) {
+        case 1: i8_one_row_512(w, a, m, t0, t1, y); break;
+        case 2: i8_few_rows_512(w, a, m, 2, t0, nt, y); break;
+        default: i8_few_rows_512(w, a, m, 3, t0, nt, y); break;
+        }
     }
 }
 
@@ -304,50 +513,65 @@ LC_TARGET_AVX2 static inline void i8_store8_256(__m256i acc, float sx, const i8_
     for (int64_t j = 0; j < left; j++) yrow[n0 + j] = w->bias ? tmp[j] + w->bias[n0 + j] : tmp[j];
 }
 
-/* AVX2: per 8 channels, bytes widened to int16 and multiplied pairwise with vpmaddwd (int16 x
- * int16 -> int32, exact), then pairs folded with vphaddd. */
-LC_TARGET_AVX2 static void i8_block_avx2(const i8_weights *w, const int8_t *xq, const float *sx,
-                                         int64_t ldx, int64_t m0, int64_t m1, int64_t t0,
-                                         int64_t t1, float *y) {
-    const int64_t K4 = w->K4, ts = K4 * 64;
+/* zx * rowsum of channels n0..n0+7. */
+LC_TARGET_AVX2 static inline __m256i i8_comp8_256(const i8_weights *w, const i8_acts *a,
+                                                  int64_t n0) {
+    return _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(w->rowsum + n0)),
+                              _mm256_set1_epi32(a->zx));
+}
+
+/* AVX2: per 8 channels, bytes widened to int16 (u8 activations, s8 weights) and multiplied
+ * pairwise with vpmaddwd (int16 x int16 -> int32, exact: |u * W| <= 255 * 128), then pairs
+ * folded with vphaddd; zx * rowsum is subtracted as on the VNNI paths.  Two rows at a time
+ * share each widened weight. */
+LC_TARGET_AVX2 static void i8_block_avx2(const i8_weights *w, const i8_acts *a, int64_t m0,
+                                         int64_t m1, int64_t t0, int64_t t1, float *y) {
+    const int64_t K4 = w->K4, ts = K4 * 64, ldx = a->ldx;
     for (int64_t t = t0; t < t1; t++) {
         const int8_t *wb = w->wp + t * ts;
-        for (int64_t m = m0; m < m1; m++) {
-            const int8_t *xr = xq + m * ldx;
-            __m256i a[4];
-            for (int h = 0; h < 4; h++) a[h] = _mm256_setzero_si256();
+        __m256i comp[2] = {i8_comp8_256(w, a, t * NT), i8_comp8_256(w, a, t * NT + 8)};
+        for (int64_t m = m0; m < m1; m += 2) {
+            const int two = m + 1 < m1;
+            const uint8_t *xr0 = a->u + m * ldx, *xr1 = two ? xr0 + ldx : xr0;
+            __m256i p[2][4];
+            for (int h = 0; h < 4; h++) p[0][h] = p[1][h] = _mm256_setzero_si256();
             for (int64_t kq = 0; kq < K4; kq++) {
                 /* x pattern [x0 x1 x2 x3] x 4 as int16 */
-                __m256i xs = _mm256_cvtepi8_epi16(_mm_set1_epi32(load_i32(xr + kq * 4)));
+                __m256i xs0 = _mm256_cvtepu8_epi16(_mm_set1_epi32(load_i32(xr0 + kq * 4)));
+                __m256i xs1 = _mm256_cvtepu8_epi16(_mm_set1_epi32(load_i32(xr1 + kq * 4)));
                 for (int h = 0; h < 4; h++) { /* 4 channels per 16 bytes */
-                    __m128i wb16 = _mm_loadu_si128((const __m128i *)(wb + kq * 64 + h * 16));
-                    a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(_mm256_cvtepi8_epi16(wb16), xs));
+                    __m256i wv = _mm256_cvtepi8_epi16(
+                        _mm_loadu_si128((const __m128i *)(wb + kq * 64 + h * 16)));
+                    p[0][h] = _mm256_add_epi32(p[0][h], _mm256_madd_epi16(wv, xs0));
+                    p[1][h] = _mm256_add_epi32(p[1][h], _mm256_madd_epi16(wv, xs1));
                 }
             }
-            /* a[h] lanes: [c0p0 c0p1 c1p0 c1p1 | c2p0 c2p1 c3p0 c3p1] for channels 4h..4h+3 */
-            for (int g = 0; g < 2; g++) {
-                __m256i s = _mm256_hadd_epi32(a[2 * g], a[2 * g + 1]);
-                s = _mm256_permute4x64_epi64(s, 0xD8);
-                i8_store8_256(s, sx[m], w, t * NT + 8 * g, y + m * w->N);
-            }
+            /* p[.][h] lanes: [c0p0 c0p1 c1p0 c1p1 | c2p0 c2p1 c3p0 c3p1] for channels 4h..4h+3 */
+            for (int r = 0; r <= two; r++)
+                for (int g = 0; g < 2; g++) {
+                    __m256i s = _mm256_hadd_epi32(p[r][2 * g], p[r][2 * g + 1]);
+                    s = _mm256_sub_epi32(_mm256_permute4x64_epi64(s, 0xD8), comp[g]);
+                    i8_store8_256(s, a->sx[m + r], w, t * NT + 8 * g, y + (m + r) * w->N);
+                }
         }
     }
 }
 #endif
 
 #ifdef LC_HAVE_AVX_VNNI
-LC_TARGET_AVX_VNNI static void i8_block_avx_vnni(const i8_weights *w, const uint8_t *xu,
-                                               const float *sx, int64_t ldx, int64_t m0,
-                                               int64_t m1, int64_t t0, int64_t t1, float *y) {
-    const int64_t K4 = w->K4, ts = K4 * 64;
+LC_TARGET_AVX_VNNI static void i8_block_avx_vnni(const i8_weights *w, const i8_acts *a,
+                                               int64_t m0, int64_t m1, int64_t t0, int64_t t1,
+                                               float *y) {
+    const int64_t K4 = w->K4, ts = K4 * 64, ldx = a->ldx;
+    const __m256i zx = _mm256_set1_epi32(a->zx);
     for (int64_t t = t0; t < t1; t++) {
         const int8_t *wb = w->wp + t * ts;
-        __m256i rs0 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(w->rowsum + t * NT)), 7);
-        __m256i rs1 = _mm256_slli_epi32(_mm256_loadu_si256((const __m256i *)(w->rowsum + t * NT + 8)), 7);
+        __m256i rs0 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(w->rowsum + t * NT)), zx);
+        __m256i rs1 = _mm256_mullo_epi32(_mm256_loadu_si256((const __m256i *)(w->rowsum + t * NT + 8)), zx);
         int64_t m = m0;
         for (; m + 2 <= m1; m += 2) {
             __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00;
-            const uint8_t *x0 = xu + m * ldx, *x1 = x0 + ldx;
+            const uint8_t *x0 = a->u + m * ldx, *x1 = x0 + ldx;
             for (int64_t kq = 0; kq < K4; kq++) {
                 __m256i w0 = _mm256_loadu_si256((const __m256i *)(wb + kq * 64));
                 __m256i w1 = _mm256_loadu_si256((const __m256i *)(wb + kq * 64 + 32));
@@ -358,42 +582,57 @@ LC_TARGET_AVX_VNNI static void i8_block_avx_vnni(const i8_weights *w, const uint
                 c10 = _mm256_dpbusd_avx_epi32(c10, xb, w0);
                 c11 = _mm256_dpbusd_avx_epi32(c11, xb, w1);
             }
-            i8_store8_256(_mm256_sub_epi32(c00, rs0), sx[m], w, t * NT, y + m * w->N);
-            i8_store8_256(_mm256_sub_epi32(c01, rs1), sx[m], w, t * NT + 8, y + m * w->N);
-            i8_store8_256(_mm256_sub_epi32(c10, rs0), sx[m + 1], w, t * NT, y + (m + 1) * w->N);
-            i8_store8_256(_mm256_sub_epi32(c11, rs1), sx[m + 1], w, t * NT + 8, y + (m + 1) * w->N);
+            i8_store8_256(_mm256_sub_epi32(c00, rs0), a->sx[m], w, t * NT, y + m * w->N);
+            i8_store8_256(_mm256_sub_epi32(c01, rs1), a->sx[m], w, t * NT + 8, y + m * w->N);
+            i8_store8_256(_mm256_sub_epi32(c10, rs0), a->sx[m + 1], w, t * NT, y + (m + 1) * w->N);
+            i8_store8_256(_mm256_sub_epi32(c11, rs1), a->sx[m + 1], w, t * NT + 8, y + (m + 1) * w->N);
         }
         for (; m < m1; m++) {
             __m256i c0 = _mm256_setzero_si256(), c1 = c0;
-            const uint8_t *x0 = xu + m * ldx;
+            const uint8_t *x0 = a->u + m * ldx;
             for (int64_t kq = 0; kq < K4; kq++) {
                 __m256i xa = _mm256_set1_epi32(load_i32(x0 + kq * 4));
                 c0 = _mm256_dpbusd_avx_epi32(c0, xa, _mm256_loadu_si256((const __m256i *)(wb + kq * 64)));
                 c1 = _mm256_dpbusd_avx_epi32(c1, xa, _mm256_loadu_si256((const __m256i *)(wb + kq * 64 + 32)));
             }
-            i8_store8_256(_mm256_sub_epi32(c0, rs0), sx[m], w, t * NT, y + m * w->N);
-            i8_store8_256(_mm256_sub_epi32(c1, rs1), sx[m], w, t * NT + 8, y + m * w->N);
+            i8_store8_256(_mm256_sub_epi32(c0, rs0), a->sx[m], w, t * NT, y + m * w->N);
+            i8_store8_256(_mm256_sub_epi32(c1, rs1), a->sx[m], w, t * NT + 8, y + m * w->N);
         }
     }
 }
 #endif
 
+/* Static activation parameters (NULL: dynamic, per row). */
+typedef struct {
+    float scale, inv;
+    int32_t zp, qmax;
+} i8_static;
 
-static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float *y, int path) {
+static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float *y, int path,
+                           const i8_static *st) {
     const int64_t K = w->K, ldx = w->K4 * 4;
-    int offset = (path == PATH_AVX_VNNI || path == PATH_AVX512_VNNI) ? 128 : 0;
-    int8_t *xq = malloc((size_t)(M * ldx > 0 ? M * ldx : 1));
+    const int32_t zx = st ? st->zp : 128;
+    uint8_t *u = malloc((size_t)(M * ldx > 0 ? M * ldx : 1));
     float *sx = malloc((size_t)(M > 0 ? M : 1) * sizeof(float));
-    if (!xq || !sx) { free(xq); free(sx); return LC_ERR_NOMEM; }
+    if (!u || !sx) { free(u); free(sx); return LC_ERR_NOMEM; }
     int bad = 0, nth = lc_threads_for(M * w->N * K);
     (void)nth; /* unused in a serial build */
-    LC_OMP(parallel for num_threads(nth) schedule(static) reduction(|:bad))
+    /* quantizing a few rows is cheaper than waking the team */
+    LC_OMP(parallel for num_threads(nth) if (M * K >= LC_PARALLEL_MIN) schedule(static) reduction(|:bad))
     for (int64_t m = 0; m < M; m++) {
-        int8_t *row = xq + m * ldx;
-        if (quant_i8(x + m * K, K, row, &sx[m], offset, path) < 0) bad = 1;
-        memset(row + K, offset ? 0x80 : 0, (size_t)(ldx - K));
+        uint8_t *row = u + m * ldx;
+        int r;
+        if (st) {
+            r = quant_static(x + m * K, K, st->inv, st->zp, st->qmax, row, path);
+            sx[m] = st->scale;
+        } else {
+            r = quant_i8(x + m * K, K, (int8_t *)row, &sx[m], 128, path);
+        }
+        if (r < 0) bad = 1;
+        memset(row + K, zx, (size_t)(ldx - K)); /* padding: u - zx = 0 */
     }
-    if (bad) { free(xq); free(sx); return LC_ERR_NONFINITE; }
+    if (bad) { free(u); free(sx); return LC_ERR_NONFINITE; }
+    const i8_acts a = {u, sx, ldx, zx};
     int64_t nm = lc_nblocks(M, ROW_CHUNK), nt = lc_nblocks(w->T, TILE_CHUNK);
     LC_OMP(parallel for num_threads(nth) schedule(static))
     for (int64_t item = 0; item < nm * nt; item++) {
@@ -402,19 +641,17 @@ static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float
         int64_t t0 = ti * TILE_CHUNK, t1 = t0 + TILE_CHUNK < w->T ? t0 + TILE_CHUNK : w->T;
         switch (path) {
 #ifdef LC_X86
-        case PATH_AVX512_VNNI:
-            i8_block_avx512_vnni(w, (const uint8_t *)xq, sx, ldx, m0, m1, t0, t1, y); break;
-        case PATH_AVX2: i8_block_avx2(w, xq, sx, ldx, m0, m1, t0, t1, y); break;
+        case PATH_AVX512_VNNI: i8_block_avx512_vnni(w, &a, m0, m1, t0, t1, y); break;
+        case PATH_AVX2: i8_block_avx2(w, &a, m0, m1, t0, t1, y); break;
 #endif
 #ifdef LC_HAVE_AVX_VNNI
-        case PATH_AVX_VNNI:
-            i8_block_avx_vnni(w, (const uint8_t *)xq, sx, ldx, m0, m1, t0, t1, y); break;
+        case PATH_AVX_VNNI: i8_block_avx_vnni(w, &a, m0, m1, t0, t1, y); break;
 #endif
         default:
-            for (int64_t t = t0; t < t1; t++) i8_rows_scalar(w, xq, sx, ldx, m0, m1, t, y);
+            for (int64_t t = t0; t < t1; t++) i8_rows_scalar(w, &a, m0, m1, t, y);
         }
     }
-    free(xq);
+    free(u);
     free(sx);
     return LC_OK;
 }
@@ -946,17 +1183,38 @@ static int linear_io(PyArrayObject *x, PyArrayObject *out, PyObject *bias, long 
     return 0;
 }
 
+/* matmul_i8_linear(x, packed, rowsum, scales, bias, out, N, K, path, act_scale, act_zero_point,
+ * act_qmax): dynamic per-row activations, or with act_scale > 0 static ones (codes
+ * clamp(rne(x / act_scale) + act_zero_point, 0, act_qmax)). */
 static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"x", "packed", "rowsum", "scales", "bias", "out", "N", "K", "path", NULL};
+    static char *kwlist[] = {"x", "packed", "rowsum", "scales", "bias", "out", "N", "K", "path",
+                             "act_scale", "act_zero_point", "act_qmax", NULL};
     PyArrayObject *x, *wp, *rowsum, *sw, *out;
     PyObject *bias;
     long long N, K;
-    int path = PATH_AUTO;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!OO!LL|i", kwlist, &PyArray_Type, &x,
+    int path = PATH_AUTO, zp = 0, qmax = 255;
+    double scale = 0.0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!O!O!O!OO!LL|idii", kwlist, &PyArray_Type, &x,
                                      &PyArray_Type, &wp, &PyArray_Type, &rowsum, &PyArray_Type,
-                                     &sw, &bias, &PyArray_Type, &out, &N, &K, &path))
+                                     &sw, &bias, &PyArray_Type, &out, &N, &K, &path, &scale,
+                                     &zp, &qmax))
         return NULL;
+    i8_static stat = {(float)scale, 0.0f, zp, qmax};
+    const int is_static = scale != 0.0;
+    if (is_static) {
+        stat.inv = 1.0f / stat.scale;
+        if (!(stat.scale > 0.0f) || !(stat.scale <= FLT_MAX) || !(fabsf(stat.inv) <= FLT_MAX)) {
+            PyErr_Format(lc_ArgumentError, "act_scale: must be positive and finite with a "
+                         "finite float32 inverse, got %g", scale);
+            return NULL;
+        }
+        if (qmax < 1 || qmax > 255 || zp < 0 || zp > qmax) {
+            PyErr_Format(lc_ArgumentError, "act_zero_point: must lie in [0, act_qmax] with "
+                         "act_qmax in [1, 255], got %d and %d", zp, qmax);
+            return NULL;
+        }
+    }
     int64_t M;
     const float *b;
     if ((path = want_path(path)) < 0 || linear_io(x, out, bias, N, K, MAX_K, &M, &b) < 0)
@@ -973,7 +1231,7 @@ static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
     float *yp = PyArray_DATA(out);
     lc_status st;
     LC_NOGIL_BEGIN
-    st = i8_linear(&w, xp, M, yp, path);
+    st = i8_linear(&w, xp, M, yp, path, is_static ? &stat : NULL);
     LC_NOGIL_END
     if (st != LC_OK) return lc_raise_status(st, "x");
     Py_RETURN_NONE;
@@ -1240,7 +1498,7 @@ static PyMethodDef methods[] = {
     {"matmul_gguf_params", py_gguf_params, METH_VARARGS,
      "matmul_gguf_params(data, source, N, K): GGUF block scales (and Q4_1 mins)."},
     {"matmul_i8_linear", (PyCFunction)(void (*)(void))py_i8_linear, METH_VARARGS | METH_KEYWORDS,
-     "int8 dynamic Linear on a packed weight (see matmul.c)."},
+     "int8 Linear on a packed weight, dynamic or static activations (see matmul.c)."},
     {"matmul_blk_linear", (PyCFunction)(void (*)(void))py_blk_linear, METH_VARARGS | METH_KEYWORDS,
      "block-quantized (4/8-bit) weight-only Linear (see matmul.c)."},
     {"matmul_nf4_linear", (PyCFunction)(void (*)(void))py_nf4_linear, METH_VARARGS | METH_KEYWORDS,

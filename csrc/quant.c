@@ -183,11 +183,18 @@ static inline int32_t quantize_one(float x, float inv_s, float pre, int fused, f
     return (int32_t)r + zp;
 }
 
+/* Output codes: OUT_U8 (uint8), OUT_I8 (int8), OUT_U16 (uint16: 9- to 16-bit codes, scalar
+ * path only). */
+enum { OUT_U8 = 0, OUT_I8 = 1, OUT_U16 = 2 };
+
 static void quantize_chunk_scalar(const float *x, int64_t n, float inv_s, float pre, int fused,
                                   int32_t zp,
                                   int32_t qmin, int32_t qmax, void *out, int out_signed) {
     float lo = (float)(qmin - zp), hi = (float)(qmax - zp);
-    if (out_signed) {
+    if (out_signed == OUT_U16) {
+        uint16_t *o = out;
+        for (int64_t i = 0; i < n; i++) o[i] = (uint16_t)quantize_one(x[i], inv_s, pre, fused, lo, hi, zp);
+    } else if (out_signed) {
         int8_t *o = out;
         for (int64_t i = 0; i < n; i++) o[i] = (int8_t)quantize_one(x[i], inv_s, pre, fused, lo, hi, zp);
     } else {
@@ -247,7 +254,7 @@ static int quantize_chunk(const float *x, int64_t n, float inv_s, float pre, int
                           int32_t qmin, int32_t qmax, void *out, int out_signed) {
     int64_t i = 0, checked = 0;
 #ifdef LC_X86
-    int level = lc_simd();
+    int level = out_signed == OUT_U16 ? 0 : lc_simd();
     if (level >= LC_SIMD_AVX512)
         checked = i = quantize_chunk_avx512(x, n, inv_s, pre, fused, zp, qmin, qmax, out);
     else if (level >= LC_SIMD_AVX2)
@@ -255,8 +262,8 @@ static int quantize_chunk(const float *x, int64_t n, float inv_s, float pre, int
 #endif
     int bad = 0;
     for (int64_t j = checked; j < n; j++) bad |= !(fabsf(x[j]) < INFINITY);
-    quantize_chunk_scalar(x + i, n - i, inv_s, pre, fused, zp, qmin, qmax, (uint8_t *)out + i,
-                          out_signed);
+    quantize_chunk_scalar(x + i, n - i, inv_s, pre, fused, zp, qmin, qmax,
+                          (uint8_t *)out + i * (out_signed == OUT_U16 ? 2 : 1), out_signed);
     return bad;
 }
 
@@ -280,7 +287,8 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
                 if (code == LC_F32) src = (const float *)x + c0;
                 else { lc_to_f32(x, code, c0, m, buf); src = buf; }
                 bad |= quantize_chunk(src, m, inv_s, pre, rounding == FMA_THEN_ROUND,
-                                      zp_first ? 0 : zps[s], qmin, qmax, (uint8_t *)out + c0,
+                                      zp_first ? 0 : zps[s], qmin, qmax,
+                                      (uint8_t *)out + c0 * (out_signed == OUT_U16 ? 2 : 1),
                                       out_signed);
             }
         }
@@ -300,7 +308,10 @@ static lc_status dequant_affine(const void *q, int q_signed, const qview *v, con
             stop = seg_next(v, pos, end, &s);
             float sc = scales[s];
             int32_t zp = zps[s];
-            if (q_signed) {
+            if (q_signed == OUT_U16) {
+                const uint16_t *p = q;
+                for (int64_t i = pos; i < stop; i++) out[i] = (float)((int32_t)p[i] - zp) * sc;
+            } else if (q_signed) {
                 const int8_t *p = q;
                 for (int64_t i = pos; i < stop; i++) out[i] = (float)((int32_t)p[i] - zp) * sc;
             } else {
@@ -719,10 +730,14 @@ static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
         check_params(&v, s, z) < 0)
         return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
-    int out_signed = PyArray_TYPE(out) == NPY_INT8;
-    if (lc_check_array(out, "out", out_signed ? LC_I8 : LC_U8, 1) < 0) return NULL;
-    if (PyArray_SIZE(out) != PyArray_SIZE(x) || qmin > qmax || qmin < (out_signed ? -128 : 0) ||
-        qmax > (out_signed ? 127 : 255)) {
+    int out_signed = PyArray_TYPE(out) == NPY_INT8 ? OUT_I8
+                     : PyArray_TYPE(out) == NPY_UINT16 ? OUT_U16 : OUT_U8;
+    if (lc_check_array(out, "out", out_signed == OUT_I8 ? LC_I8 : out_signed == OUT_U16 ? LC_U16
+                       : LC_U8, 1) < 0)
+        return NULL;
+    if (PyArray_SIZE(out) != PyArray_SIZE(x) || qmin > qmax ||
+        qmin < (out_signed == OUT_I8 ? -128 : 0) ||
+        qmax > (out_signed == OUT_I8 ? 127 : out_signed == OUT_U16 ? 65535 : 255)) {
         PyErr_SetString(lc_ArgumentError, "out: size or [qmin, qmax] does not fit the output");
         return NULL;
     }
@@ -759,9 +774,11 @@ static PyObject *py_dequant_affine(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!LLLiO!O!O!", &PyArray_Type, &q, &A, &C, &B, &mode,
                           &PyArray_Type, &s, &PyArray_Type, &z, &PyArray_Type, &out))
         return NULL;
-    int q_signed = PyArray_TYPE(q) == NPY_INT8;
+    int q_signed = PyArray_TYPE(q) == NPY_INT8 ? OUT_I8
+                   : PyArray_TYPE(q) == NPY_UINT16 ? OUT_U16 : OUT_U8;
     qview v;
-    if (lc_check_array(q, "q", q_signed ? LC_I8 : LC_U8, 0) < 0 ||
+    if (lc_check_array(q, "q", q_signed == OUT_I8 ? LC_I8 : q_signed == OUT_U16 ? LC_U16 : LC_U8,
+                       0) < 0 ||
         parse_view(q, A, C, B, mode, &v) < 0 || check_params(&v, s, z) < 0 ||
         lc_check_array(out, "out", LC_F32, 1) < 0)
         return NULL;

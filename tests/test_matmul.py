@@ -142,6 +142,121 @@ def test_thread_counts_give_identical_results():
                 assert litecomp._C.team_probe() == n  # M*N*K = 4.2M: the threads split it
 
 
+# ------------------------------------------------------------------ int8 static activations
+def static(W, qparams, bits=8, b=None):
+    return Q.prepare_linear(Q.quantize(W, 8, axis=0), bias=b, input_qparams=qparams,
+                            input_bits=bits)
+
+
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 17, 3), (2, 16, 4), (3, 15, 5), (4, 64, 64),
+                                   (5, 64, 31), (7, 70, 129), (17, 65, 33), (64, 100, 100),
+                                   (130, 70, 64)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_int8_static_every_path_equals_reference(M, N, K, bias):
+    W = rand((N, K), 1)
+    b = rand(N, 2) if bias else None
+    x = rand((M, K), 3)
+    obs = Q.MinMaxObserver().update(x[: max(1, M // 2)])  # values outside the range clamp
+    s, z = obs.qparams(bits=8)
+    L = static(W, (s, z), b=b)
+    want = ref.int8_linear_static(x, L.qweight, L.scales, s[0], z[0], 255, b)
+    for p in PATHS:
+        exact(L(x, path=p), want)
+
+
+def test_int8_static_codes_are_quantize_codes():
+    """The kernel's input codes are exactly quant.quantize's with the same qparams: a layer
+    whose weight is the identity returns (codes - zero_point) * scale."""
+    K = 48
+    x = rand((5, K), 4) * 3
+    s, z = np.float32(0.0173), 117
+    L = Q.prepare_linear(Q.quantize(np.eye(K, dtype=np.float32), 8, axis=0),
+                         input_qparams=(s, z))
+    codes = Q.quantize(x, 8, scheme="affine", qparams=([s], [z])).codes().astype(np.int32)
+    # the weight's scale is 1/127.5 and its codes 127: y = (u - z) * (s * (1/127.5)) * 127
+    sw = L.scales[0]
+    want = ((codes - z) * 127).astype(np.float32) * np.float32(s * sw)
+    for p in PATHS:
+        exact(L(x, path=p), want)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 6])
+def test_int8_static_narrow_codes(bits):
+    W = rand((40, 80), 5)
+    x = rand((9, 80), 6)
+    s, z = Q.MinMaxObserver().update(x).qparams(bits=bits)
+    L = static(W, (s, z), bits)
+    want = ref.int8_linear_static(x, L.qweight, L.scales, s[0], z[0], (1 << bits) - 1)
+    for p in PATHS:
+        exact(L(x, path=p), want)
+
+
+def test_int8_static_accumulation_is_exact_at_the_largest_k():
+    """K = 65536, every code 255 against zero point 0 and weights -128: |acc| = 255 * 128 *
+    65536, just below 2^31 -- and the VNNI compensation with zero point 255 and weights 127."""
+    K, N = 65536, 16
+    q = np.full((N, K), -128, np.int8)
+    q[1] = 127
+    L = qm.Int8Linear(q, np.ones(N, np.float32), input_qparams=(1.0, 0))
+    x = np.full((1, K), 1000.0, np.float32)  # clamps to 255
+    L2 = qm.Int8Linear(q, np.ones(N, np.float32), input_qparams=(1.0, 255))
+    x2 = np.full((1, K), -1000.0, np.float32)  # clamps to 0: u - zp = -255
+    for p in PATHS:
+        y = L(x, path=p)
+        assert y[0, 0] == np.float32(-255 * 128 * K) and y[0, 1] == np.float32(255 * 127 * K)
+        y2 = L2(x2, path=p)
+        assert y2[0, 0] == np.float32(255 * 128 * K) and y2[0, 1] == np.float32(-255 * 127 * K)
+
+
+def test_int8_static_close_to_dynamic_and_float():
+    W = rand((256, 512), 7, 0.05)
+    x = rand((8, 512), 8)
+    s, z = Q.HistogramObserver().update(x).qparams(bits=8)
+    Ls, Ld = static(W, (s, z)), int8(W)
+    want = x @ W.T
+    err_s = np.linalg.norm(Ls(x) - want) / np.linalg.norm(want)
+    err_d = np.linalg.norm(Ld(x) - want) / np.linalg.norm(want)
+    # measured 0.0107 (static, histogram range) and 0.0085 (dynamic)
+    assert err_s < 0.02 and err_d < 0.02
+
+
+def test_int8_static_thread_counts_and_dtypes():
+    W = rand((300, 200), 1)
+    x = rand((70, 200), 2)
+    L = static(W, (0.02, 128))
+    with litecomp.threads(1):
+        want = L(x)
+    for n in (2, 3):
+        with litecomp.threads(n):
+            exact(L(x), want)
+    xb = x.astype(ml_dtypes.bfloat16)
+    exact(L(xb), L(xb.astype(np.float32)))
+
+
+def test_int8_static_bad_input():
+    W = rand((16, 32), 1)
+    for qp, msg in [((0.0, 0), "positive"), ((np.inf, 0), "positive"), ((1e-45, 0), "inverse"),
+                    ((0.1, 256), "outside"), ((0.1, -1), "outside"), ((0.1, 1.5), "integer"),
+                    (([0.1, 0.2], [0, 0]), "per tensor"), ((0.1,), "expected")]:
+        with pytest.raises(litecomp.errors.LitecompError, match=msg):
+            static(W, qp)
+    with pytest.raises(ValueError, match="outside"):
+        static(W, (0.1, 16), bits=4)
+    with pytest.raises(ValueError, match="8-bit symmetric"):
+        Q.prepare_linear(Q.quantize(W, 4, group_size=32), input_qparams=(0.1, 0))
+    with pytest.raises(ValueError, match="QTensor"):
+        Q.prepare_linear(Q.quantize_4bit(W, "nf4"), input_qparams=(0.1, 0))
+    L = static(W, (0.1, 3))
+    x = rand((2, 32), 2)
+    x[1, 3] = np.nan
+    with pytest.raises(litecomp.errors.NonFiniteError):
+        L(x)
+    from litecomp import _C
+    out = np.empty((1, 16), np.float32)
+    with pytest.raises(litecomp.errors.ArgumentError, match="act_zero_point"):
+        _C.matmul_i8_linear(x[:1], L._packed, L._rowsum, L._sw, None, out, 16, 32, 0, 0.1, 300, 255)
+
+
 # ------------------------------------------------------------------ 4/8-bit blocks
 @pytest.mark.parametrize("bits,gs,scheme", [(4, 32, "symmetric"), (4, 64, "affine"),
                                             (4, 128, "symmetric"), (8, 32, "symmetric"),

@@ -11,7 +11,7 @@ FORMATS = ("litecomp", "gguf:Q8_0", "gguf:Q4_0", "gguf:Q4_1", "gguf:Q5_0", "gguf
 def add_arguments(p):
     p.add_argument("input", help="checkpoint to read (.pth/.pt/.bin, .safetensors, .npz, ...)")
     p.add_argument("output", help="file to write (.safetensors/.pth/.npz, or .gguf)")
-    p.add_argument("--bits", type=int, default=8, help="2, 3, 4, 5, 6 or 8 (default 8)")
+    p.add_argument("--bits", type=int, default=8, help="2 to 16 (default 8; 9-16 stored as uint16 codes)")
     p.add_argument("--group-size", type=int, default=None,
                    help="one scale per this many values along the last axis")
     p.add_argument("--block-size", type=int, default=None,

@@ -1,4 +1,4 @@
-"""Quantization: uniform 2-8 bit tensors (``quantize`` -> ``QTensor``), torch-exact
+"""Quantization: uniform 2-16 bit tensors (``quantize`` -> ``QTensor``), torch-exact
 quantize_per_tensor / quantize_per_channel and observers, fake quantization with
 gradients, GGUF block formats, NF4/FP4 and codebooks, float casts, the state-dict workflow,
 and the kernels that run quantized Linear layers (``linear``, ``prepare_linear``,
@@ -10,7 +10,7 @@ from .codebook import (  # noqa: F401
     CodebookTensor, Quant4, codebook_quantize, kmeans_1d, quantize_4bit,
 )
 from .core import (  # noqa: F401
-    BITS, SCHEMES, QTensor, calc_qparams, cast, pack_codes, quantize, quantize_per_channel,
+    BITS, SCHEMES, WIDE_BITS, QTensor, calc_qparams, cast, pack_codes, quantize, quantize_per_channel,
     quantize_per_tensor, unpack_codes,
 )
 from .awq import awq_clip, awq_scales, smoothquant_scales  # noqa: F401
@@ -27,7 +27,7 @@ from .state import (  # noqa: F401
 )
 
 __all__ = [
-    "BITS", "SCHEMES", "QTensor", "quantize", "calc_qparams", "cast", "pack_codes",
+    "BITS", "SCHEMES", "WIDE_BITS", "QTensor", "quantize", "calc_qparams", "cast", "pack_codes",
     "unpack_codes", "quantize_per_tensor", "quantize_per_channel", "fake_quantize",
     "fake_quantize_backward", "MinMaxObserver", "MovingAverageMinMaxObserver",
     "PerChannelMinMaxObserver", "MovingAveragePerChannelMinMaxObserver", "qrange",

@@ -276,7 +276,7 @@ class HistogramObserver:
             return np.ones(1, F32), np.zeros(1, np.int32)
         method = check_choice(method, "method", ("l2", "percentile", "mse", "entropy", "minmax"))
         if bits is not None:
-            from .core import _check_bits
+            from .core import _check_wide_bits as _check_bits
             self.dst_nbins = 1 << _check_bits(bits)
         try:
             mn, mx = {"l2": self.l2_range, "percentile": self.percentile_range,

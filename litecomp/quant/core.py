@@ -18,6 +18,10 @@ from .._check import as_kernel_input, check_axis, check_choice, check_int
 from ..errors import ArgumentError, DTypeError, FormatError, ShapeError
 
 BITS = (2, 3, 4, 5, 6, 8)
+#: The widths ``quantize`` and the state-dict form take: 2 to 8 bits pack densely into
+#: bytes; 9 to 16 bits are stored one uint16 code per element (little-endian) -- for
+#: comparing 16/8/4-bit error on one model; the matmul kernels run 4 and 8 bits.
+WIDE_BITS = tuple(range(2, 17))
 SCHEMES = ("symmetric", "affine")
 EPS = np.float32(np.finfo(np.float32).eps)
 _QMETA_VERSION = 1
@@ -93,6 +97,17 @@ def _check_bits(bits):
         raise ArgumentError(f"bits: {bits} is not supported; expected one of "
                             f"{', '.join(map(str, BITS))}")
     return bits
+
+
+def _check_wide_bits(bits):
+    bits = check_int(bits, "bits")
+    if bits not in WIDE_BITS:
+        raise ArgumentError(f"bits: {bits} is not supported; expected 2 to 16")
+    return bits
+
+
+def _row_bytes(cols, bits):
+    return cols * 2 if bits > 8 else (cols * bits + 7) // 8
 
 
 def _float_input(x, name="x"):
@@ -175,9 +190,11 @@ class QTensor:
         return self.data.nbytes + self.scales.nbytes + self.zero_points.nbytes
 
     def codes(self) -> np.ndarray:
-        """Unpacked uint8 codes in ``moved_shape``."""
+        """Unpacked codes in ``moved_shape`` (uint8; uint16 above 8 bits)."""
         ms = self.moved_shape
         cols = ms[-1] if ms else 1
+        if self.bits > 8:  # one little-endian uint16 per code
+            return np.ascontiguousarray(self.data).view("<u2").astype(np.uint16).reshape(ms)
         return unpack_codes(self.data, cols, self.bits).reshape(ms)
 
     def dequantize(self, dtype=np.float32) -> np.ndarray:
@@ -226,7 +243,7 @@ class QTensor:
         if len(meta) < 6 or meta[0] != _QMETA_VERSION or len(meta) != 6 + meta[5]:
             raise FormatError(f"{prefix}.qmeta: malformed ({meta})")
         _v, bits, scheme, axis, group, ndim, *shape = meta
-        if bits not in BITS or scheme not in (0, 1):
+        if bits not in WIDE_BITS or scheme not in (0, 1):
             raise FormatError(f"{prefix}.qmeta: bad bits {bits} or scheme {scheme}")
         perm = sd.get(f"{prefix}.perm") if hasattr(sd, "get") else None
         if perm is not None:
@@ -234,11 +251,12 @@ class QTensor:
             if len(shape) != 2 or not np.array_equal(np.sort(perm), np.arange(shape[-1])):
                 raise FormatError(f"{prefix}.perm: is not a permutation of the columns")
         q = cls(np.ascontiguousarray(data, np.uint8), np.asarray(scales, np.float32),
-                np.asarray(zps, np.uint8), bits, tuple(shape), SCHEMES[scheme],
+                np.asarray(zps, np.uint16 if bits > 8 else np.uint8), bits, tuple(shape),
+                SCHEMES[scheme],
                 None if axis < 0 else axis, group or None, perm)
         rows = int(np.prod(q.moved_shape[:-1], dtype=np.int64)) if shape else 1
         cols = q.moved_shape[-1] if shape else 1
-        if q.data.shape != (rows, (cols * bits + 7) // 8):
+        if q.data.shape != (rows, _row_bytes(cols, bits)):
             raise FormatError(f"{prefix}.qdata: shape {q.data.shape} does not match qmeta")
         return q
 
@@ -252,7 +270,7 @@ class QTensor:
 
 def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None,
              qparams=None) -> QTensor:
-    """Quantize a float array to ``bits`` (2, 3, 4, 5, 6 or 8) bits.
+    """Quantize a float array to ``bits`` (2 to 16) bits: unsigned codes [0, 2**bits - 1].
 
     axis=None, group_size=None: one scale for the tensor.  axis=k: one per index of axis k.
     group_size=g: one per run of g elements along the last axis (or along ``axis`` when
@@ -260,7 +278,7 @@ def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None,
     zero_points)`` (e.g. from a calibrated observer's ``qparams(bits=...)``) replaces the
     min/max of ``x`` itself (static quantization).
     """
-    bits = _check_bits(bits)
+    bits = _check_wide_bits(bits)
     check_choice(scheme, "scheme", SCHEMES)
     k = k0 = _float_input(x)
     a = k.array
@@ -290,16 +308,20 @@ def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None,
         if s.size != _nslots(view) or zp.size != s.size:
             raise ShapeError(f"qparams: expected {_nslots(view)} scales and zero points, got "
                              f"{s.size} and {zp.size}")
-    codes = np.empty(a.shape, np.uint8)
+    codes = np.empty(a.shape, np.uint16 if bits > 8 else np.uint8)
     _C.quant_affine(k.raw, k.code, *view, s, zp, 0, qmax, codes, ROUNDING["round_then_add"])
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
     codes = codes.reshape(rows, a.shape[-1])
-    packed = codes if bits == 8 else pack_codes(codes, bits)
+    if bits > 8:
+        packed = codes.astype("<u2", copy=False).view(np.uint8).reshape(rows, -1)
+    else:
+        packed = codes if bits == 8 else pack_codes(codes, bits)
     if group_size is not None:
         pshape, axis = a.shape[:-1] + (a.shape[-1] // group_size,), gaxis
     else:
         pshape = (s.size,)
-    return QTensor(packed, s.reshape(pshape), zp.astype(np.uint8).reshape(pshape), bits,
+    return QTensor(packed, s.reshape(pshape),
+                   zp.astype(np.uint16 if bits > 8 else np.uint8).reshape(pshape), bits,
                    tuple(a.shape) if gaxis is None else tuple(np.shape(k0.array)) or (1,),
                    scheme, axis, group_size)
 

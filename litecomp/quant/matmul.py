@@ -5,8 +5,9 @@ A layer is built from a quantized weight -- a ``QTensor`` (``quantize``), a ``Qu
 kernels; ``linear(x, q)`` packs on first use (cached on the tensor) and runs.  The kinds:
 
 - ``Int8Linear``: int8 weights, symmetric per output channel; activations quantized per row
-  (token) to int8 at run time; exact int32 accumulation (AVX-512 VNNI, AVX-VNNI, AVX2 and
-  scalar paths, chosen at run time; identical results on every path).
+  (token) to int8 at run time (dynamic), or with calibrated static parameters
+  (``input_qparams``); exact int32 accumulation (AVX-512 VNNI, AVX-VNNI, AVX2 and scalar
+  paths, chosen at run time; identical results on every path).
 - ``BlockLinear``: 4- or 8-bit codes in groups along K (``w = s * (q - z) + m``): litecomp's
   uniform group quantization (symmetric or affine, 2 to 8 bits) and GGUF Q4_0, Q4_1 and Q8_0
   blocks.  Activations are quantized per 32-block to int8, as llama.cpp does, and the codes
@@ -128,10 +129,21 @@ class _Layer:
 
 
 class Int8Linear(_Layer):
-    """int8 weight [N, K] with float32 scales [N]: ``W ~= qweight * scales[:, None]``."""
+    """int8 weight [N, K] with float32 scales [N]: ``W ~= qweight * scales[:, None]``.
 
-    def __init__(self, qweight, scales, bias=None):
+    Activations are quantized by the kernel: per row at run time (dynamic, the default), or
+    with ``input_qparams=(scale, zero_point)`` -- calibrated static parameters, one per
+    tensor, for ``input_bits``-bit codes ``clamp(rint(x / scale) + zero_point, 0,
+    2**input_bits - 1)`` (what ``quant.quantize(x, input_bits, qparams=...)`` gives) -- with
+    no pass over x to find its range.
+    """
+
+    input_qparams = None
+    input_bits = 8
+
+    def __init__(self, qweight, scales, bias=None, *, input_qparams=None, input_bits=8):
         self._pack(_codes_input(qweight, "qweight", np.int8), scales, bias)
+        self._set_input(input_qparams, input_bits)
 
     def _pack(self, data, scales, bias):
         """data: int8 weights [N, K], or uint8 codes [N, K] with zero point 128."""
@@ -146,6 +158,15 @@ class Int8Linear(_Layer):
         self._packed, self._rowsum = _C.matmul_pack(_LAYOUT["i8"], data, _SOURCE["stream"],
                                                     n, k, k, 8)
         self._sw = _C.matmul_tile_params(np.ascontiguousarray(s.reshape(n, 1)))
+
+    def _set_input(self, qparams, bits):
+        """Static activation parameters (None: dynamic)."""
+        if qparams is None:
+            self.input_qparams, self.input_bits = None, 8
+            return
+        bits = check_int(bits, "input_bits", 2, 8)
+        scale, zp = _input_qparams(qparams, bits)
+        self.input_qparams, self.input_bits = (scale, zp), bits
 
     @classmethod
     def from_float(cls, weight, bias=None):
@@ -167,14 +188,50 @@ class Int8Linear(_Layer):
         return self.out_features * self.in_features + self.scales.nbytes + self._bias_bytes()
 
     def _desc(self):
-        return "int8 per-channel"
+        if self.input_qparams is None:
+            return "int8 per-channel"
+        s, z = self.input_qparams
+        return f"int8 per-channel, static {self.input_bits}-bit input (scale={s:.6g}, zero_point={z})"
 
     def forward(self, x, *, path=None, bias=None):
         xa, out, b, p = self._io(x, path, bias)
         if out.size:
-            _C.matmul_i8_linear(xa, self._packed, self._rowsum, self._sw, b, out,
-                                self.out_features, self.in_features, p)
+            if self.input_qparams is None:
+                _C.matmul_i8_linear(xa, self._packed, self._rowsum, self._sw, b, out,
+                                    self.out_features, self.in_features, p)
+            else:
+                s, z = self.input_qparams
+                _C.matmul_i8_linear(xa, self._packed, self._rowsum, self._sw, b, out,
+                                    self.out_features, self.in_features, p, s, z,
+                                    (1 << self.input_bits) - 1)
         return out
+
+
+def _input_qparams(qparams, bits):
+    """(scale float, zero point int) from ``(scale, zero_point)`` (numbers or one-element
+    arrays, as an observer's ``qparams(bits=...)`` returns them), checked for ``bits``."""
+    try:
+        scale, zp = qparams
+        s = np.asarray(scale, np.float64).reshape(-1)
+        z = np.asarray(zp).reshape(-1)
+    except (TypeError, ValueError):
+        raise ArgumentError("input_qparams: expected (scale, zero_point)") from None
+    if s.size != 1 or z.size != 1:
+        raise ShapeError(f"input_qparams: static activations take one scale and one zero "
+                         f"point (per tensor), got {s.size} and {z.size}")
+    s32 = np.float32(s[0])
+    with np.errstate(divide="ignore", over="ignore"):
+        ok = np.isfinite(s32) and s32 > 0 and np.isfinite(np.float32(1) / s32)
+    if not ok:
+        raise ArgumentError(f"input_qparams: scale must be positive and finite with a finite "
+                            f"float32 inverse, got {s[0]!r}")
+    if z.dtype.kind not in "iu" and not float(z[0]).is_integer():
+        raise ArgumentError(f"input_qparams: zero_point must be an integer, got {z[0]!r}")
+    zp = int(z[0])
+    if not 0 <= zp < 1 << bits:
+        raise ArgumentError(f"input_qparams: zero_point {zp} is outside the {bits}-bit codes "
+                            f"[0, {(1 << bits) - 1}]")
+    return float(s32), zp
 
 
 class BlockLinear(_Layer):
@@ -431,15 +488,27 @@ def quantize_rows(weight, bits, *, group_size, scheme="symmetric"):
     return quantize(wp, bits, scheme=scheme, group_size=group_size), k
 
 
-def _from_qtensor(q: QTensor, bias):
+def _is_int8_channel(q: QTensor):
+    """8-bit symmetric, per output channel or per tensor: the int8 Linear's weight."""
+    return (len(q.shape) == 2 and q.group_size is None and q.axis in (None, 0) and q.bits == 8
+            and (np.asarray(q.zero_points) == 128).all())
+
+
+def _from_qtensor(q: QTensor, bias, input_qparams=None, input_bits=8):
     if len(q.shape) != 2:
         raise ShapeError(f"q: a Linear weight must be 2-D [out, in], got shape {q.shape}")
     n, k = q.shape
+    if _is_int8_channel(q):
+        layer = Int8Linear.__new__(Int8Linear)
+        layer._pack(q.data, np.broadcast_to(np.asarray(q.scales).reshape(-1), (n,)), bias)
+        layer._set_input(input_qparams, input_bits)
+        return layer
+    if input_qparams is not None:
+        raise ArgumentError("input_qparams: static activations run with 8-bit symmetric "
+                            "weights per output channel (or per tensor); this weight is "
+                            f"{q.bits}-bit {q.scheme}"
+                            + (f", groups of {q.group_size}" if q.group_size else ""))
     if q.group_size is None and q.axis in (None, 0):
-        if q.bits == 8 and (np.asarray(q.zero_points) == 128).all():  # symmetric int8
-            layer = Int8Linear.__new__(Int8Linear)
-            layer._pack(q.data, np.broadcast_to(np.asarray(q.scales).reshape(-1), (n,)), bias)
-            return layer
         return BlockLinear._from_qtensor(q, bias)
     if q.group_size is not None and q.axis in (None, 1):
         if q.group_size % 32:
@@ -457,7 +526,7 @@ def _from_quant4(q: Quant4, bias):
     return NF4Linear._from_quant4(q, bias)
 
 
-def prepare_linear(q, *, bias=None, qtype=None, shape=None):
+def prepare_linear(q, *, bias=None, qtype=None, shape=None, input_qparams=None, input_bits=8):
     """The packed layer (Int8Linear, BlockLinear or NF4Linear) for a quantized weight [out, in].
 
     ``q`` may be a ``QTensor`` (per tensor, per output channel ``axis=0``, or groups along the
@@ -467,15 +536,23 @@ def prepare_linear(q, *, bias=None, qtype=None, shape=None):
     the int8 dynamic path (int8 activations per row); other QTensors and GGUF blocks the block
     path (int8 activations per block of 32); Quant4 the NF4/FP4 path (float activations).
     The codes are read where the tensor keeps them; nothing is unpacked in Python.
+    ``input_qparams=(scale, zero_point)`` (with ``input_bits``, default 8) makes an int8
+    layer quantize its input with these calibrated parameters instead of per row (static
+    quantization; see ``Int8Linear``).
     """
     if isinstance(q, _Layer):
+        if input_qparams is not None:
+            raise ArgumentError("input_qparams: give them with the quantized weight, not a "
+                                "built layer")
         return q
+    if isinstance(q, QTensor) and qtype is None:
+        return _from_qtensor(q, bias, input_qparams, input_bits)
+    if input_qparams is not None:
+        raise ArgumentError("input_qparams: static activations need an int8 QTensor weight")
     if qtype is not None:
         if shape is None:
             raise ArgumentError("shape: needed with qtype (the weight's (out, in))")
         return BlockLinear.from_gguf(q, qtype, shape, bias=bias)
-    if isinstance(q, QTensor):
-        return _from_qtensor(q, bias)
     if isinstance(q, Quant4):
         return _from_quant4(q, bias)
     raise ArgumentError(f"q: expected a QTensor, Quant4, GGUF blocks with qtype=, or a "

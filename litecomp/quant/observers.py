@@ -25,7 +25,7 @@ def qrange(dtype="quint8", reduce_range=False):
 def qparams_for(mn, mx, dtype, reduce_range, scheme, bits=None):
     """torch's qparams for ``dtype`` or, with ``bits``, litecomp's unsigned-code qparams."""
     if bits is not None:
-        from .core import _check_bits
+        from .core import _check_wide_bits as _check_bits
         bits = _check_bits(bits)
         check_choice(scheme, "scheme", ("affine", "symmetric"))
         return calc_qparams(mn, mx, 0, (1 << bits) - 1, scheme,

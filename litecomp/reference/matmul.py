@@ -30,6 +30,26 @@ def int8_linear(x, qweight, scales, bias=None):
     return y
 
 
+def quant_static(x, scale, zero_point, qmax):
+    """Static codes of a float32 array: clamp(rint(x * (1/scale)) + zero_point, 0, qmax)
+    (quant.quantize's rule, the clamp on the rounded float)."""
+    inv = F(1) / F(scale)
+    r = np.rint(np.asarray(x, F) * inv)
+    r = np.clip(r, F(-zero_point), F(qmax - zero_point))
+    return (r.astype(np.int32) + zero_point).astype(np.uint8)
+
+
+def int8_linear_static(x, qweight, scales, scale, zero_point, qmax, bias=None):
+    """The static int8 Linear: acc = sum (u - zero_point) * W exact, then as int8_linear
+    with sx = scale for every row."""
+    x = np.asarray(x, F).reshape(-1, qweight.shape[1])
+    u = quant_static(x, scale, zero_point, qmax).astype(np.int64) - zero_point
+    acc = (u @ qweight.astype(np.int64).T).astype(np.int32)
+    t = (F(scale) * scales.astype(F)).astype(F)
+    r = acc.astype(F) * t
+    return r + bias.astype(F) if bias is not None else r
+
+
 def block_linear(x, codes, scales, zeros, offsets, group_size, bias=None):
     """The blk definition (see csrc/matmul.c): Q8 activations per 32-block."""
     x = np.asarray(x, F).reshape(-1, codes.shape[1])

@@ -131,3 +131,8 @@ from .qlinear import QuantLinear, quantize_model  # noqa: E402,F401
 from .oneshot import OneshotResult, oneshot  # noqa: E402,F401
 from .shrink import LowRankLinear, apply_lowrank, apply_shrink  # noqa: E402,F401
 from .export import compress  # noqa: E402,F401
+from .qflows import (  # noqa: E402,F401  (torch.ao.quantization's workflows)
+    QATLinear, QuantMultiheadAttention, calibrate, convert, get_default_qat_qconfig,
+    get_default_qconfig, load_quantized, prepare, prepare_qat, qconfig, quantize,
+    quantize_dynamic, quantized_state_dict, save_quantized,
+)

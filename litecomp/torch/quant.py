@@ -10,7 +10,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .._check import check_float, check_int
 from ..quant import fake as _fake
+from ..quant.core import calc_qparams
 from ..quant.observers import MinMaxObserver, qrange
 
 
@@ -75,20 +77,32 @@ class _FakeQuantFn(torch.autograd.Function):
 class FakeQuantize(nn.Module):
     """Observe (min/max) then fake-quantize, like torch.ao.quantization.FakeQuantize.
 
-    dtype "quint8"/"qint8", scheme "affine"/"symmetric", axis for per channel;
+    dtype "quint8"/"qint8", scheme "affine"/"symmetric", axis for per channel; or any
+    width ``bits`` (2 to 16), ``signed`` codes or unsigned (dtype is then not used);
+    ``averaging_constant``: torch's moving-average min/max instead of the running one;
     ``learnable=True`` makes scale and zero_point parameters trained with LSQ gradients
     (initialised from the observer on the first forward).  ``observe`` switches the
     observer on and off (off after the qparams are frozen).
     """
 
     def __init__(self, dtype="quint8", scheme="affine", reduce_range=False, *, axis=None,
-                 learnable=False):
+                 learnable=False, bits=None, signed=False, averaging_constant=None):
         super().__init__()
-        self.qmin, self.qmax = qrange(dtype, reduce_range)
+        if bits is None:
+            self.qmin, self.qmax = qrange(dtype, reduce_range)
+            self.observer = MinMaxObserver(dtype, scheme, reduce_range, axis=axis)
+        else:  # any width: signed [-2**(b-1), 2**(b-1) - 1] or unsigned [0, 2**b - 1]
+            bits = check_int(bits, "bits", 2, 16)
+            self.qmin, self.qmax = ((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed
+                                    else (0, (1 << bits) - 1))
+            self.observer = MinMaxObserver("qint8" if signed else "quint8", scheme, axis=axis)
+        if averaging_constant is not None:  # torch's moving-average observer
+            self.observer.averaging_constant = check_float(averaging_constant,
+                                                           "averaging_constant", 0, 1)
+        self.bits, self.signed = bits, signed
         self.axis = axis
         self.learnable = learnable
         self.observe = True
-        self.observer = MinMaxObserver(dtype, scheme, reduce_range, axis=axis)
         if learnable:
             self.scale = nn.Parameter(torch.ones(1))
             self.zero_point = nn.Parameter(torch.zeros(1))
@@ -100,7 +114,7 @@ class FakeQuantize(nn.Module):
     def forward(self, x):
         if self.observe and not (self.learnable and self._initialised):
             self.observer.update(x.detach().float().cpu().numpy())
-            s, z = self.observer.qparams()
+            s, z = self._qparams()
             with torch.no_grad():
                 if self.learnable:
                     self.scale.data = torch.from_numpy(s).to(self.scale.device)
@@ -110,9 +124,19 @@ class FakeQuantize(nn.Module):
                     self.scale = torch.from_numpy(s).to(x.device)
                     self.zero_point = torch.from_numpy(z).to(x.device)
             self._initialised = True
+        if self.learnable:  # as torch's _LearnableFakeQuantize: a step never makes s <= 0
+            with torch.no_grad():
+                self.scale.clamp_(min=float(np.finfo(np.float32).eps))
         zp = self.zero_point if self.learnable else self.zero_point.float()
         return _FakeQuantFn.apply(x, self.scale, zp, self.qmin, self.qmax, self.axis,
                                   self.learnable)
+
+    def _qparams(self):
+        o = self.observer
+        if self.bits is None:
+            return o.qparams()
+        return calc_qparams(o.min_val, o.max_val, self.qmin, self.qmax, o.scheme,
+                            zero_point_symmetric=0 if self.signed else 1 << (self.bits - 1))
 
     def extra_repr(self):
         return (f"qmin={self.qmin}, qmax={self.qmax}, axis={self.axis}, "
