@@ -109,6 +109,17 @@ def _reset_peak() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    """Hand memory freed by earlier calls back to the OS (glibc's malloc_trim), so the
+    starting point is what is really in use and a call measured after another one does
+    not look smaller by reusing the first one's freed heap."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_extra_memory(fn) -> Optional[int]:
     """Peak resident memory above the starting point while fn runs (Linux; None elsewhere)."""
     return run_with_peak(fn)[0]
@@ -121,6 +132,7 @@ def run_with_peak(fn):
     every allocator (NumPy, torch, C), unlike tracemalloc.
     """
     gc.collect()
+    _trim_heap()
     ok = _reset_peak()
     before = _rss_status() if ok else None
     out = fn()

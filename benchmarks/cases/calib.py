@@ -223,7 +223,9 @@ def _peer_case(method, quick):
     with torch.no_grad():
         ref = [base(b).logits for b in test]
     if method == "gptq":
-        recipe = {"method": "gptq", "bits": 4, "group_size": 128, "ignore": ["lm_head"]}
+        # llm-compressor's GPTQModifier defaults to actorder="static": the same here
+        recipe = {"method": "gptq", "bits": 4, "group_size": 128, "act_order": True,
+                  "static_groups": True, "ignore": ["lm_head"]}
     else:
         recipe = {"method": "sparsegpt", "sparsity": 0.5, "ignore": ["lm_head"]}
 
