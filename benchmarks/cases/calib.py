@@ -271,3 +271,63 @@ def peer_gptq(quick):
 @case("oneshot SparseGPT 50%, small LLaMA, beside llm-compressor", group="calib", repeats=1)
 def peer_sparsegpt(quick):
     return _peer_case("sparsegpt", quick)
+
+
+# ------------------------------------------------------------------ quality, full-size decoder
+QUALITY = {  # method -> (recipe, data-free baseline in the report)
+    "gptq": ({"method": "gptq", "bits": 4, "group_size": 128}, "rtn 4-bit g128"),
+    "sparsegpt": ({"method": "sparsegpt", "sparsity": 0.5}, "magnitude 50% per row"),
+    "sparsegpt 2:4": ({"method": "sparsegpt", "n": 2, "m": 4}, "magnitude 2:4"),
+    "wanda": ({"method": "wanda", "sparsity": 0.5}, "magnitude 50% per row"),
+}
+
+
+def decoder_layer_errors(quick, seqs=4, seq_len=128, seed=0):
+    """{method: [(layer, error, baseline error)]}: the report of ``oneshot`` on the
+    example decoder (``litecomp.examples.decoder_lm``; the tiny one when quick) calibrated
+    on random token ids, i.e. each layer's reconstruction error on the real activations
+    that reach it through the (already compressed) layers before it."""
+    import litecomp.torch as lt
+    from litecomp import examples
+    sizes = examples.TINY_DECODER_LM if quick else {}
+    sd = examples.decoder_lm(**sizes, seed=seed)
+    model = lt.DecoderLM(**(sizes or {})).eval()
+    lt.load_numpy_state_dict(model, sd)
+    del sd
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.embed.num_embeddings
+    batches = [torch.randint(0, vocab, (1, seq_len), generator=g) for _ in range(seqs)]
+    out = {}
+    for name, (recipe, _base) in QUALITY.items():
+        m = copy.deepcopy(model)
+        if quick and "group_size" in recipe:
+            recipe = dict(recipe, group_size=32)  # the tiny decoder is 64 wide
+        res = lt.oneshot(m, dict(recipe, ignore=["fc"]), batches, progress=False)
+        out[name] = [(r.name, r.error, r.baseline_error) for r in res.report]
+        del m
+    return out
+
+
+@case("layer-wise error on the full-size example decoder: calibrated vs data-free",
+      group="calib", repeats=1)
+def decoder_quality(quick):
+    if torch is None:
+        return Run(litecomp=lambda: None, anchor=missing("data-free baselines", "torch")[:2],
+                   missing_reason="torch not installed")
+    box = {}
+
+    def lite():
+        box["errs"] = decoder_layer_errors(quick)
+        return box["errs"]
+    run = Run(litecomp=lite, anchor=("(errors only: no anchor timing)", None),
+              missing_reason="a quality row: see notes")
+
+    def notes():
+        parts = []
+        for name, rows in box["errs"].items():
+            ratio = [e / b for _n, e, b in rows]
+            parts.append(f"{name} / {QUALITY[name][1]}: mean {np.mean(ratio):.3f}x, worst "
+                         f"{max(ratio):.3f}x over {len(rows)} layers")
+        return "; ".join(parts)
+    run.notes_fn = notes
+    return run
