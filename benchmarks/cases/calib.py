@@ -120,7 +120,7 @@ def _check_close_error(w, H):
     return check
 
 
-@case("GPTQ 4-bit g128 of one 4096x4096 Linear (block 128)", group="calib", repeats=1)
+@case("GPTQ 4-bit g128 of one 4096x4096 Linear (block 128)", group="calib", repeats=1, warm_up=False)
 def gptq_layer(quick):
     w, H = _layer(quick)
     if torch is None:
@@ -134,7 +134,7 @@ def gptq_layer(quick):
                notes="same codes up to float32 rounding; check: output error within 2%")
 
 
-@case("SparseGPT 50% of one 4096x4096 Linear (block 128)", group="calib", repeats=1)
+@case("SparseGPT 50% of one 4096x4096 Linear (block 128)", group="calib", repeats=1, warm_up=False)
 def sparsegpt_layer(quick):
     w, H = _layer(quick, seed=1)
     if torch is None:
@@ -147,7 +147,7 @@ def sparsegpt_layer(quick):
                check=_check_close_error(w, H) if torch is not None else None)
 
 
-@case("Hessian accumulation, 262,144 tokens x 4096 features (f32)", group="calib", repeats=1)
+@case("Hessian accumulation, 262,144 tokens x 4096 features (f32)", group="calib", repeats=1, warm_up=False)
 def hessian_accumulation(quick):
     n = 256 if quick else 4096
     tokens = 4096 if quick else int(os.environ.get("LITECOMP_BENCH_HESSIAN_TOKENS", 262144))
@@ -263,12 +263,12 @@ def _peer_case(method, quick):
 
 
 @case("oneshot GPTQ W4A16 (g128), small LLaMA, beside llm-compressor", group="calib",
-      repeats=1)
+      repeats=1, warm_up=False)
 def peer_gptq(quick):
     return _peer_case("gptq", quick)
 
 
-@case("oneshot SparseGPT 50%, small LLaMA, beside llm-compressor", group="calib", repeats=1)
+@case("oneshot SparseGPT 50%, small LLaMA, beside llm-compressor", group="calib", repeats=1, warm_up=False)
 def peer_sparsegpt(quick):
     return _peer_case("sparsegpt", quick)
 
@@ -309,25 +309,24 @@ def decoder_layer_errors(quick, seqs=4, seq_len=128, seed=0):
 
 
 @case("layer-wise error on the full-size example decoder: calibrated vs data-free",
-      group="calib", repeats=1)
+      group="calib", repeats=1, warm_up=False)
 def decoder_quality(quick):
+    """A quality row: the time is the four calibrated oneshot runs; the notes hold each
+    method's error over its data-free counterpart's on the same layer inputs (< 1: better)."""
     if torch is None:
         return Run(litecomp=lambda: None, anchor=missing("data-free baselines", "torch")[:2],
                    missing_reason="torch not installed")
-    box = {}
+    run = Run(litecomp=lambda: None, anchor=("(quality row: errors in the notes)", None),
+              missing_reason="no anchor: the data-free errors come from the same report")
 
     def lite():
-        box["errs"] = decoder_layer_errors(quick)
-        return box["errs"]
-    run = Run(litecomp=lite, anchor=("(errors only: no anchor timing)", None),
-              missing_reason="a quality row: see notes")
-
-    def notes():
+        errs = decoder_layer_errors(quick, *((2, 16) if quick else ()))
         parts = []
-        for name, rows in box["errs"].items():
+        for name, rows in errs.items():
             ratio = [e / b for _n, e, b in rows]
             parts.append(f"{name} / {QUALITY[name][1]}: mean {np.mean(ratio):.3f}x, worst "
                          f"{max(ratio):.3f}x over {len(rows)} layers")
-        return "; ".join(parts)
-    run.notes_fn = notes
+        run.notes = "; ".join(parts)
+        return errs
+    run.litecomp = lite
     return run
