@@ -59,7 +59,7 @@ class _Stats:
 
     def __init__(self, features, need_x):
         self.features = features
-        self.sum = torch.zeros((features, features), dtype=torch.float64)
+        self.sum = None  # float64, on the activations' device
         self.count = 0
         self.need_x = need_x
         self.abs_sum = np.zeros(features, np.float64) if need_x else None
@@ -78,12 +78,14 @@ class _Stats:
                 from ..errors import NonFiniteError
                 raise NonFiniteError("x: contains NaN or inf (or values whose square "
                                      "overflows float32)")
+        if self.sum is None:
+            self.sum = torch.zeros((self.features,) * 2, dtype=torch.float64, device=a.device)
         self.sum += gram
         self.count += a.shape[0]
         self._h = None
         if self.need_x:
             from . import to_numpy
-            a32 = np.asarray(to_numpy(a), np.float32)
+            a32 = np.asarray(to_numpy(a.cpu()), np.float32)
             self.abs_sum += np.abs(a32).sum(axis=0, dtype=np.float64)
             np.maximum(self.abs_max, np.abs(a32).max(axis=0), out=self.abs_max)
             if self.n_samples < 4096:
@@ -98,7 +100,8 @@ class _Stats:
         """The litecomp Hessian of everything seen so far."""
         if self._h is None:
             h = Hessian(self.features)
-            h.add_gram(self.sum.numpy(), self.count)
+            if self.sum is not None:
+                h.add_gram(self.sum.cpu().numpy(), self.count)
             self._h = h
         return self._h
 
