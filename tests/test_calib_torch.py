@@ -589,3 +589,27 @@ def test_bert_style_names_and_a_plain_sequential():
     assert {r.name for r in res.report} == {f"layer.{i}.{p}.weight" for i in (0, 1)
                                             for p in ("query", "key", "value", "dense")}
     assert abs(float((bert.layer[1].dense.weight == 0).float().mean()) - 0.5) < 1e-6
+
+
+def test_hugging_face_kv_cache_is_off_during_oneshot():
+    """A real LlamaForCausalLM keeps a key/value cache by default; a block run twice on
+    the same batch (calibrate, then propagate) must not attend to the first run's keys:
+    the result is the same whatever config.use_cache says, and the setting is restored."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=4, max_position_embeddings=64)
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(cfg).eval()
+    b = [torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))
+         for i in range(3)]
+    rec = {"method": "gptq", "bits": 4, "group_size": 16, "ignore": ["lm_head"]}
+    out = {}
+    for use_cache in (True, False):
+        m = copy.deepcopy(base)
+        m.config.use_cache = use_cache
+        res = lt.oneshot(m, rec, b, sequential_targets=["LlamaDecoderLayer"], progress=False)
+        assert m.config.use_cache is use_cache
+        out[use_cache] = res.state_dict
+    for k, v in out[True].items():
+        assert np.array_equal(v, out[False][k]), k

@@ -362,6 +362,7 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
     hessians = {}
     was_training = model.training
     model.eval()
+    cache_was = _disable_kv_cache(model)
     bar = _bar(nblocks + (1 if None in in_block else 0), progress, "oneshot")
     try:
         with torch.no_grad():
@@ -391,7 +392,27 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
         if bar is not None:
             bar.close()
         model.train(was_training)
+        _restore_kv_cache(model, cache_was)
     return OneshotResult(sd, report, hessians)
+
+
+def _disable_kv_cache(model):
+    """Hugging Face models keep a key/value cache when ``config.use_cache`` is on: the
+    cache object reaches every block through the stored keyword arguments, and each block
+    call would append its keys and values to it -- a block run twice on the same batch
+    (calibrate, then propagate) would attend to the first run's keys too.  Turned off for
+    the run (as llm-compressor does); returns the old setting for ``_restore_kv_cache``."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "use_cache"):
+        return None
+    old = cfg.use_cache
+    cfg.use_cache = False
+    return (old,)
+
+
+def _restore_kv_cache(model, was):
+    if was is not None:
+        model.config.use_cache = was[0]
 
 
 def _local_params(new, prefix, params):
