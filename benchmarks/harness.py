@@ -51,6 +51,7 @@ class Case:
     group: str
     setup: Callable[[bool], Run]
     repeats: int = 5
+    warm_up: bool = True  # False: the one measured call is also the peak call (long cases)
 
 
 @dataclass
@@ -72,10 +73,12 @@ class Result:
 CASES: list = []
 
 
-def case(name: str, *, group: str, repeats: int = 5):
-    """Register a benchmark case (see the module docstring)."""
+def case(name: str, *, group: str, repeats: int = 5, warm_up: bool = True):
+    """Register a benchmark case (see the module docstring).  ``warm_up=False`` (cases of
+    many seconds, where a first-call effect is noise): each side runs once, and that call
+    gives both its time and its peak memory."""
     def deco(fn):
-        CASES.append(Case(name, group, fn, repeats))
+        CASES.append(Case(name, group, fn, repeats, warm_up))
         return fn
     return deco
 
@@ -116,6 +119,17 @@ def _reset_peak() -> bool:
         return False
 
 
+def _trim_heap() -> None:
+    """Hand memory freed by earlier calls back to the OS (glibc's malloc_trim), so the
+    starting point is what is really in use and a call measured after another one does
+    not look smaller by reusing the first one's freed heap."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def peak_extra_memory(fn) -> Optional[int]:
     """Peak resident memory above the starting point while fn runs (Linux; None elsewhere)."""
     return run_with_peak(fn)[0]
@@ -128,6 +142,7 @@ def run_with_peak(fn):
     every allocator (NumPy, torch, C), unlike tracemalloc.
     """
     gc.collect()
+    _trim_heap()
     ok = _reset_peak()
     before = _rss_status() if ok else None
     out = fn()
@@ -183,12 +198,15 @@ def run_case(c: Case, quick: bool, bandwidth: float, threads: int) -> Result:
         _set_torch_threads(threads)
     # The first call of each side is the warm-up; it also gives the peak memory and the
     # output the check compares, so a slow anchor runs 1 + repeats times, not more.
-    lp, lout = run_with_peak(run.litecomp)
-    lt = time_it(run.litecomp, repeats, warm=True)
+    single = not c.warm_up and not quick
+    lp, lout, lt = _timed_with_peak(run.litecomp)
+    if not single:
+        lt = time_it(run.litecomp, repeats, warm=True)
     at = ap = None
     if anchor_fn is not None:
-        ap, aout = run_with_peak(anchor_fn)
-        at = time_it(anchor_fn, repeats, warm=True)
+        ap, aout, at = _timed_with_peak(anchor_fn)
+        if not single:
+            at = time_it(anchor_fn, repeats, warm=True)
         if run.check is not None:
             run.check(lout, aout)
         del aout
@@ -202,6 +220,12 @@ def run_case(c: Case, quick: bool, bandwidth: float, threads: int) -> Result:
                   anchor_s=at, ratio=(at / lt) if at is not None else None, roofline=roof,
                   litecomp_peak=lp, anchor_peak=ap, notes=notes,
                   missing="" if anchor_fn is not None else (reason or "missing"))
+
+
+def _timed_with_peak(fn):
+    t = time.perf_counter()
+    peak, out = run_with_peak(fn)
+    return peak, out, time.perf_counter() - t
 
 
 def _set_torch_threads(n: int) -> None:

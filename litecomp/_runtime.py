@@ -48,6 +48,34 @@ def threads(n: int):
         _C.set_thread_override(old)
 
 
+_BLAS = None
+
+
+def _blas_controller():
+    """threadpoolctl's controller of NumPy's BLAS, or False without threadpoolctl."""
+    global _BLAS
+    if _BLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+            _BLAS = ThreadpoolController().select(user_api="blas")
+        except Exception:  # noqa: BLE001 - absent or unusable: run as is
+            _BLAS = False
+    return _BLAS
+
+
+def blas_single_thread():
+    """``with blas_single_thread():`` NumPy's BLAS/LAPACK run on one thread inside.
+
+    For the small factorizations of a larger computation (a 512x512 Cholesky, a 128x128
+    triangular inverse): threaded LAPACK splits them into steps with a barrier each, and a
+    barrier waits for the slowest thread -- on a machine whose cores are busy (or shared
+    with torch's own thread pool) that turns milliseconds into seconds.  Large GEMMs keep
+    every thread.  Process-wide while it lasts (BLAS has one setting); needs threadpoolctl,
+    else it changes nothing."""
+    c = _blas_controller()
+    return c.limit(limits=1) if c else contextlib.nullcontext()
+
+
 def _level_number(level) -> int:
     if isinstance(level, str):
         if level not in SIMD_LEVELS:

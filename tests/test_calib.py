@@ -107,6 +107,24 @@ def test_hessian_files_round_trip(tmp_path, rng):
     np.testing.assert_allclose(f32["x"].matrix, h.matrix, rtol=1e-6)
 
 
+def test_hessian_add_gram(rng):
+    x = rng.standard_normal((50, 6)).astype(np.float32)
+    a, b = calib.Hessian(6), calib.Hessian(6)
+    a.update(x)
+    b.add_gram(x.T @ x, 50)
+    np.testing.assert_allclose(b.sum, a.sum, rtol=1e-6)
+    assert b.count == 50
+    with pytest.raises(ShapeError, match="gram: expected shape \\(6, 6\\)"):
+        b.add_gram(np.ones((5, 5), np.float32), 3)
+    with pytest.raises(ArgumentError, match="gram: expected float32 or float64"):
+        b.add_gram(np.ones((6, 6), np.int32), 3)
+    with pytest.raises(NonFiniteError, match="gram: contains NaN"):
+        b.add_gram(np.full((6, 6), np.nan, np.float32), 3)
+    with pytest.raises(ArgumentError, match="count"):
+        b.add_gram(np.ones((6, 6), np.float32), -1)
+    assert b.count == 50
+
+
 def test_hessian_bad_input(rng):
     h = calib.Hessian(4)
     with pytest.raises(ShapeError, match="x: last dimension must be 4"):

@@ -370,6 +370,72 @@ def test_nothing_changes_when_oneshot_fails_part_way():
         lt.oneshot(small_lm(), {"method": "gptq", "group_size": 16}, [], progress=False)
 
 
+def test_nan_in_the_activations_names_x_and_changes_nothing():
+    m = small_lm()
+    with torch.no_grad():
+        m.embed.weight[7, 3] = float("nan")  # token 7 carries NaN into layer 0's inputs
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    b = tokens(2)
+    b[1][0, 4] = 7
+    for rec in ({"method": "gptq", "bits": 4, "group_size": 16},
+                {"method": "sparsegpt", "sparsity": 0.5}):
+        with pytest.raises(NonFiniteError, match="x: contains NaN"):
+            lt.oneshot(m, rec, b, progress=False)
+        for k, v in m.state_dict().items():
+            assert torch.equal(v.nan_to_num(), before[k].nan_to_num())
+
+
+def test_taps_fed_one_tensor_share_its_hessian():
+    """q/k/v_proj (and gate/up_proj) see the same tensor: one x^T x serves all of them,
+    and each still gets the Hessian of its own input."""
+    torch.manual_seed(0)
+    m = LlamaLike().eval()
+    b = tokens(2)
+    xs = {}
+    layer = m.layers[0]
+    hooks = [getattr(layer.self_attn, p).register_forward_pre_hook(
+        lambda mod, a, p=p: xs.setdefault(p, []).append(a[0].reshape(-1, 32).numpy().copy()))
+        for p in ("q_proj", "k_proj", "o_proj")]
+    with torch.no_grad():
+        for t in b:
+            m(t)
+    for h in hooks:
+        h.remove()
+    res = lt.oneshot(copy.deepcopy(m), {"method": "gptq", "bits": 4, "group_size": 16,
+                                        "ignore": ["lm_head"]}, b,
+                     sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
+                     keep_hessians=True)
+    hs = res.hessians
+    for p in ("q_proj", "k_proj", "o_proj"):
+        want = calib.Hessian(32)
+        for x in xs[p]:
+            want.update(x)
+        # torch's GEMM beside NumPy's: float32 sums in another order (measured 3e-7 rel.)
+        np.testing.assert_allclose(hs[f"layers.0.self_attn.{p}"].matrix, want.matrix,
+                                   rtol=1e-5, atol=1e-6)
+    assert np.array_equal(hs["layers.0.self_attn.q_proj"].sum, hs["layers.0.self_attn.k_proj"].sum)
+    assert not np.allclose(hs["layers.0.self_attn.q_proj"].sum, hs["layers.0.self_attn.o_proj"].sum)
+    assert hs["layers.0.mlp.gate_proj"].count == hs["layers.0.mlp.up_proj"].count == 2 * 2 * 12
+
+
+def test_compressed_values_are_held_exactly():
+    from litecomp.torch.oneshot import _Values
+    rng = np.random.default_rng(0)
+    v = _Values()
+    dense = rng.standard_normal((6, 10)).astype(np.float32)
+    pruned = np.where(rng.random((6, 10)) < 0.5, 0, dense).astype(np.float32)
+    q = litecomp.quant.quantize(dense, 4, group_size=5)
+    v["d"], v["p"] = dense, pruned
+    v.set_quantized("q", q)
+    assert v._store["p"][0] == "sparse" and v._store["d"][0] == "dense"
+    assert np.array_equal(v["d"], dense) and np.array_equal(v["p"], pruned)
+    assert np.array_equal(v["q"], q.dequantize())
+    assert v.shape("p") == v.shape("q") == (6, 10) and sorted(v) == ["d", "p", "q"]
+    got = v["d"]
+    got[0, 0] = 99  # a read is a fresh array
+    assert v["d"][0, 0] == dense[0, 0]
+
+
 def test_progress_bar_per_block(capsys):
     pytest.importorskip("tqdm")
     lt.oneshot(small_lm(), {"method": "wanda", "sparsity": 0.5}, tokens(1), progress=True)
@@ -523,3 +589,27 @@ def test_bert_style_names_and_a_plain_sequential():
     assert {r.name for r in res.report} == {f"layer.{i}.{p}.weight" for i in (0, 1)
                                             for p in ("query", "key", "value", "dense")}
     assert abs(float((bert.layer[1].dense.weight == 0).float().mean()) - 0.5) < 1e-6
+
+
+def test_hugging_face_kv_cache_is_off_during_oneshot():
+    """A real LlamaForCausalLM keeps a key/value cache by default; a block run twice on
+    the same batch (calibrate, then propagate) must not attend to the first run's keys:
+    the result is the same whatever config.use_cache says, and the setting is restored."""
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                                   num_hidden_layers=2, num_attention_heads=4,
+                                   num_key_value_heads=4, max_position_embeddings=64)
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(cfg).eval()
+    b = [torch.randint(0, 64, (1, 16), generator=torch.Generator().manual_seed(i))
+         for i in range(3)]
+    rec = {"method": "gptq", "bits": 4, "group_size": 16, "ignore": ["lm_head"]}
+    out = {}
+    for use_cache in (True, False):
+        m = copy.deepcopy(base)
+        m.config.use_cache = use_cache
+        res = lt.oneshot(m, rec, b, sequential_targets=["LlamaDecoderLayer"], progress=False)
+        assert m.config.use_cache is use_cache
+        out[use_cache] = res.state_dict
+    for k, v in out[True].items():
+        assert np.array_equal(v, out[False][k]), k

@@ -120,7 +120,7 @@ def _check_close_error(w, H):
     return check
 
 
-@case("GPTQ 4-bit g128 of one 4096x4096 Linear (block 128)", group="calib", repeats=1)
+@case("GPTQ 4-bit g128 of one 4096x4096 Linear (block 128)", group="calib", repeats=1, warm_up=False)
 def gptq_layer(quick):
     w, H = _layer(quick)
     if torch is None:
@@ -134,7 +134,7 @@ def gptq_layer(quick):
                notes="same codes up to float32 rounding; check: output error within 2%")
 
 
-@case("SparseGPT 50% of one 4096x4096 Linear (block 128)", group="calib", repeats=1)
+@case("SparseGPT 50% of one 4096x4096 Linear (block 128)", group="calib", repeats=1, warm_up=False)
 def sparsegpt_layer(quick):
     w, H = _layer(quick, seed=1)
     if torch is None:
@@ -147,7 +147,7 @@ def sparsegpt_layer(quick):
                check=_check_close_error(w, H) if torch is not None else None)
 
 
-@case("Hessian accumulation, 262,144 tokens x 4096 features (f32)", group="calib", repeats=1)
+@case("Hessian accumulation, 262,144 tokens x 4096 features (f32)", group="calib", repeats=1, warm_up=False)
 def hessian_accumulation(quick):
     n = 256 if quick else 4096
     tokens = 4096 if quick else int(os.environ.get("LITECOMP_BENCH_HESSIAN_TOKENS", 262144))
@@ -224,7 +224,9 @@ def _peer_case(method, quick):
     with torch.no_grad():
         ref = [base(b).logits for b in test]
     if method == "gptq":
-        recipe = {"method": "gptq", "bits": 4, "group_size": 128, "ignore": ["lm_head"]}
+        # llm-compressor's GPTQModifier defaults to actorder="static": the same here
+        recipe = {"method": "gptq", "bits": 4, "group_size": 128, "act_order": True,
+                  "static_groups": True, "ignore": ["lm_head"]}
     else:
         recipe = {"method": "sparsegpt", "sparsity": 0.5, "ignore": ["lm_head"]}
 
@@ -262,11 +264,70 @@ def _peer_case(method, quick):
 
 
 @case("oneshot GPTQ W4A16 (g128), small LLaMA, beside llm-compressor", group="calib",
-      repeats=1)
+      repeats=1, warm_up=False)
 def peer_gptq(quick):
     return _peer_case("gptq", quick)
 
 
-@case("oneshot SparseGPT 50%, small LLaMA, beside llm-compressor", group="calib", repeats=1)
+@case("oneshot SparseGPT 50%, small LLaMA, beside llm-compressor", group="calib", repeats=1, warm_up=False)
 def peer_sparsegpt(quick):
     return _peer_case("sparsegpt", quick)
+
+
+# ------------------------------------------------------------------ quality, full-size decoder
+QUALITY = {  # method -> (recipe, data-free baseline in the report)
+    "gptq": ({"method": "gptq", "bits": 4, "group_size": 128}, "rtn 4-bit g128"),
+    "sparsegpt": ({"method": "sparsegpt", "sparsity": 0.5}, "magnitude 50% per row"),
+    "sparsegpt 2:4": ({"method": "sparsegpt", "n": 2, "m": 4}, "magnitude 2:4"),
+    "wanda": ({"method": "wanda", "sparsity": 0.5}, "magnitude 50% per row"),
+}
+
+
+def decoder_layer_errors(quick, seqs=4, seq_len=128, seed=0):
+    """{method: [(layer, error, baseline error)]}: the report of ``oneshot`` on the
+    example decoder (``litecomp.examples.decoder_lm``; the tiny one when quick) calibrated
+    on random token ids, i.e. each layer's reconstruction error on the real activations
+    that reach it through the (already compressed) layers before it."""
+    import litecomp.torch as lt
+    from litecomp import examples
+    sizes = examples.TINY_DECODER_LM if quick else {}
+    sd = examples.decoder_lm(**sizes, seed=seed)
+    model = lt.DecoderLM(**(sizes or {})).eval()
+    lt.load_numpy_state_dict(model, sd)
+    del sd
+    g = torch.Generator().manual_seed(seed)
+    vocab = model.embed.num_embeddings
+    batches = [torch.randint(0, vocab, (1, seq_len), generator=g) for _ in range(seqs)]
+    out = {}
+    for name, (recipe, _base) in QUALITY.items():
+        m = copy.deepcopy(model)
+        if quick and "group_size" in recipe:
+            recipe = dict(recipe, group_size=32)  # the tiny decoder is 64 wide
+        res = lt.oneshot(m, dict(recipe, ignore=["fc"]), batches, progress=False)
+        out[name] = [(r.name, r.error, r.baseline_error) for r in res.report]
+        del m
+    return out
+
+
+@case("layer-wise error on the full-size example decoder: calibrated vs data-free",
+      group="calib", repeats=1, warm_up=False)
+def decoder_quality(quick):
+    """A quality row: the time is the four calibrated oneshot runs; the notes hold each
+    method's error over its data-free counterpart's on the same layer inputs (< 1: better)."""
+    if torch is None:
+        return Run(litecomp=lambda: None, anchor=missing("data-free baselines", "torch")[:2],
+                   missing_reason="torch not installed")
+    run = Run(litecomp=lambda: None, anchor=("(quality row: errors in the notes)", None),
+              missing_reason="no anchor: the data-free errors come from the same report")
+
+    def lite():
+        errs = decoder_layer_errors(quick, *((2, 16) if quick else ()))
+        parts = []
+        for name, rows in errs.items():
+            ratio = [e / b for _n, e, b in rows]
+            parts.append(f"{name} / {QUALITY[name][1]}: mean {np.mean(ratio):.3f}x, worst "
+                         f"{max(ratio):.3f}x over {len(rows)} layers")
+        run.notes = "; ".join(parts)
+        return errs
+    run.litecomp = lite
+    return run

@@ -54,12 +54,28 @@ class Hessian:
                 c = np.ascontiguousarray(c)
             else:
                 c = to_float32(c)
-            p = c.T @ c
-            if not np.isfinite(np.diagonal(p)).all():
-                raise NonFiniteError("x: contains NaN or inf (or values whose square "
-                                     "overflows float32)")
-            self.sum += p
+            self._add(c.T @ c, "x")
         self.count += a.shape[0]
+
+    def add_gram(self, gram, count: int) -> None:
+        """Add a batch's ``x^T x`` computed elsewhere (``count`` tokens; float32 or
+        float64 (features, features)) -- e.g. by torch on the activations where they are,
+        as ``litecomp.torch.oneshot`` does.  Same checks as ``update``."""
+        g = as_array(gram, "gram")
+        if g.dtype not in (np.float32, np.float64):
+            raise ArgumentError(f"gram: expected float32 or float64, got dtype {g.dtype}")
+        if g.shape != (self.features, self.features):
+            raise ShapeError(f"gram: expected shape ({self.features}, {self.features}), "
+                             f"got {g.shape}")
+        count = check_int(count, "count", 0)
+        self._add(g, "gram")
+        self.count += count
+
+    def _add(self, p, name):
+        if not np.isfinite(np.diagonal(p)).all():
+            raise NonFiniteError(f"{name}: contains NaN or inf (or values whose square "
+                                 "overflows float32)")
+        self.sum += p
 
     @property
     def matrix(self) -> np.ndarray:

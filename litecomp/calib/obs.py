@@ -12,12 +12,14 @@ U^T U = H^-1.  That is n^3/3 + n^3/3 flops where the published chol -> cholesky_
 chol takes 4 n^3/3.
 """
 
+import threading
 import warnings
 
 import numpy as np
 
 from .. import _C
 from .._check import as_array
+from .._runtime import blas_single_thread
 from ..errors import ArgumentError, NonFiniteError, ShapeError
 
 #: How many times a failing Cholesky is retried, each with 10x the damping.
@@ -69,11 +71,21 @@ def check_weight(w, name="w") -> np.ndarray:
     return W
 
 
+_single = threading.local()  # .on: already inside a single-threaded BLAS block
+
+
 def tri_inv_lower(L) -> np.ndarray:
     """Invert a lower-triangular matrix in place (and return it), blocked: the diagonal
     blocks by np.linalg.inv, the rest by two matmuls per level (inv([[A, 0], [B, C]]) =
     [[A^-1, 0], [-C^-1 B A^-1, C^-1]]); the only temporaries are a quarter-size panel."""
     n = L.shape[0]
+    if n <= 512 and not getattr(_single, "on", False):  # small: one BLAS thread (see cholesky_lower)
+        with blas_single_thread():
+            _single.on = True
+            try:
+                return tri_inv_lower(L)
+            finally:
+                _single.on = False
     if n <= 128:
         L[...] = np.tril(np.linalg.inv(L))
         return L
@@ -88,13 +100,16 @@ def cholesky_lower(A, block=512) -> np.ndarray:
     """The lower Cholesky factor of a float32 matrix, computed in place in A (returned):
     right-looking and blocked, each diagonal block by ``np.linalg.cholesky``, the panel by
     the block's triangular inverse and the trailing update by ``np.matmul`` in column
-    panels -- float32 throughout.  (``np.linalg.cholesky`` on the whole matrix computes in
+    panels -- float32 throughout.  The diagonal blocks run single-threaded
+    (``litecomp._runtime.blas_single_thread``): small threaded LAPACK calls are slow
+    whenever the cores are busy; the GEMMs keep every thread.  (``np.linalg.cholesky`` on the whole matrix computes in
     float64 and holds about six n^2 float32 copies; this holds one plus a panel.)
     Raises np.linalg.LinAlgError when A is not positive definite."""
     n = A.shape[0]
     for k0 in range(0, n, block):
         k1 = min(k0 + block, n)
-        Lkk = np.linalg.cholesky(A[k0:k1, k0:k1]).astype(np.float32)
+        with blas_single_thread():
+            Lkk = np.linalg.cholesky(A[k0:k1, k0:k1]).astype(np.float32)
         if not np.isfinite(Lkk).all():
             raise np.linalg.LinAlgError("not positive definite")
         A[k0:k1, k0:k1] = Lkk

@@ -34,7 +34,8 @@ __all__ = ["oneshot", "OneshotResult"]
 @dataclass
 class OneshotResult:
     """``state_dict``: the model's tensors in litecomp's form (QTensor parts for quantized
-    weights, dense pruned floats, everything else as is), ready for ``litecomp.save``;
+    weights, dense pruned floats, everything else as is), ready for ``litecomp.save``; its
+    dense entries are NumPy views of the (updated) model's tensors, not copies;
     ``report``: a LayerReport per compressed weight and stage; ``hessians``: {layer key:
     Hessian} when ``keep_hessians=True``."""
     state_dict: dict
@@ -52,24 +53,39 @@ class OneshotResult:
 
 
 class _Stats:
-    """What one tap accumulates."""
+    """What one tap accumulates: the Hessian sum (x^T x by torch where the activations
+    are, into a float64 tensor: the NumPy/BLAS thread pool never wakes between the
+    model's own ops), and, for AWQ / SmoothQuant, mean |x|, max |x| and a token sample."""
 
     def __init__(self, features, need_x):
-        self.h = Hessian(features)
+        self.features = features
+        self.sum = None  # float64, on the activations' device
+        self.count = 0
         self.need_x = need_x
         self.abs_sum = np.zeros(features, np.float64) if need_x else None
         self.abs_max = np.zeros(features, np.float32) if need_x else None
         self.samples = []
         self.n_samples = 0
+        self._h = None
 
-    def update(self, x):
-        from . import to_numpy
-        if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-            x = x.float()
-        a = to_numpy(x.contiguous()).reshape(-1, x.shape[-1])
-        self.h.update(a)
+    def update(self, x, gram=None):
+        """Add one activation batch; ``gram``: its x^T x if already computed (a tap that
+        sees the same tensor as another, e.g. q/k/v_proj), returned either way."""
+        a = _tokens(x)
+        if gram is None:
+            gram = a.T @ a
+            if not bool(torch.isfinite(torch.diagonal(gram)).all()):
+                from ..errors import NonFiniteError
+                raise NonFiniteError("x: contains NaN or inf (or values whose square "
+                                     "overflows float32)")
+        if self.sum is None:
+            self.sum = torch.zeros((self.features,) * 2, dtype=torch.float64, device=a.device)
+        self.sum += gram
+        self.count += a.shape[0]
+        self._h = None
         if self.need_x:
-            a32 = np.asarray(a, np.float32)
+            from . import to_numpy
+            a32 = np.asarray(to_numpy(a.cpu()), np.float32)
             self.abs_sum += np.abs(a32).sum(axis=0, dtype=np.float64)
             np.maximum(self.abs_max, np.abs(a32).max(axis=0), out=self.abs_max)
             if self.n_samples < 4096:
@@ -77,10 +93,79 @@ class _Stats:
                 take = a32[::step][:4096 - self.n_samples]
                 self.samples.append(take.copy())
                 self.n_samples += take.shape[0]
+        return gram
+
+    @property
+    def h(self) -> Hessian:
+        """The litecomp Hessian of everything seen so far."""
+        if self._h is None:
+            h = Hessian(self.features)
+            if self.sum is not None:
+                h.add_gram(self.sum.cpu().numpy(), self.count)
+            self._h = h
+        return self._h
 
     @property
     def x(self):
         return np.concatenate(self.samples) if self.samples else None
+
+
+def _tokens(x):
+    """[..., features] -> a contiguous [tokens, features] float32/float64 tensor."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return x.reshape(-1, x.shape[-1]).contiguous()
+
+
+class _Values:
+    """{param name: new float32 value} of the compressed parameters, held compactly until
+    the swap: a quantized weight as its QTensor (dequantized when read), a pruned one as
+    its nonzero values plus a bit mask -- so the pipeline's extra memory is about the
+    compressed model, not a second float copy of it.  Reading gives a fresh float32 array."""
+
+    def __init__(self):
+        self._store = {}
+
+    def __contains__(self, p):
+        return p in self._store
+
+    def __iter__(self):
+        return iter(list(self._store))
+
+    def __len__(self):
+        return len(self._store)
+
+    def __setitem__(self, p, v):
+        v = np.asarray(v, np.float32)
+        nz = v != 0
+        kept = int(np.count_nonzero(nz))
+        if v.ndim and kept < 0.9 * v.size:  # pruned: values + 1 bit per entry is smaller
+            self._store[p] = ("sparse", v.shape, np.packbits(nz, axis=None), v[nz])
+        else:
+            self._store[p] = ("dense", v)
+
+    def set_quantized(self, p, q):
+        """The value is ``q.dequantize()``: keep only the QTensor."""
+        self._store[p] = ("q", q)
+
+    def __getitem__(self, p):
+        kind, *rest = self._store[p]
+        if kind == "dense":
+            return rest[0].copy()
+        if kind == "q":
+            return np.asarray(rest[0].dequantize(), np.float32)
+        shape, bits, vals = rest
+        n = int(np.prod(shape))
+        out = np.zeros(n, np.float32)
+        out[np.unpackbits(bits, count=n).astype(np.bool_)] = vals
+        return out.reshape(shape)
+
+    def get(self, p, default=None):
+        return self[p] if p in self._store else default
+
+    def shape(self, p) -> tuple:
+        kind, *rest = self._store[p]
+        return tuple(rest[0].shape if kind in ("dense", "q") else rest[0])
 
 
 # ------------------------------------------------------------------ recipe -> layers
@@ -271,12 +356,13 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
     for p, entries in by_param.items():
         if not entries[0][1]:  # embeddings: data-free, handled with the tail
             in_block.setdefault(None, [])
-    new = {}        # param name -> new float32 numpy value
-    compact = {}    # param name -> QTensor (quantized weights)
+    new = _Values()  # param name -> new float32 value (held compactly)
+    compact = {}     # param name -> QTensor (quantized weights)
     report = []
     hessians = {}
     was_training = model.training
     model.eval()
+    cache_was = _disable_kv_cache(model)
     bar = _bar(nblocks + (1 if None in in_block else 0), progress, "oneshot")
     try:
         with torch.no_grad():
@@ -300,23 +386,43 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
                       compact, report, hessians if keep_hessians else None)
                 if bar is not None:
                     bar.update(1)
-        sd = _result_state_dict(model, new, compact)
         _swap(params, new)
+        sd = _result_state_dict(model, new, compact)
     finally:
         if bar is not None:
             bar.close()
         model.train(was_training)
+        _restore_kv_cache(model, cache_was)
     return OneshotResult(sd, report, hessians)
+
+
+def _disable_kv_cache(model):
+    """Hugging Face models keep a key/value cache when ``config.use_cache`` is on: the
+    cache object reaches every block through the stored keyword arguments, and each block
+    call would append its keys and values to it -- a block run twice on the same batch
+    (calibrate, then propagate) would attend to the first run's keys too.  Turned off for
+    the run (as llm-compressor does); returns the old setting for ``_restore_kv_cache``."""
+    cfg = getattr(model, "config", None)
+    if cfg is None or not hasattr(cfg, "use_cache"):
+        return None
+    old = cfg.use_cache
+    cfg.use_cache = False
+    return (old,)
+
+
+def _restore_kv_cache(model, was):
+    if was is not None:
+        model.config.use_cache = was[0]
 
 
 def _local_params(new, prefix, params):
     """{name relative to the block: torch tensor} of the block's compressed parameters."""
     out = {}
-    for p, v in new.items():
+    for p in new:
         if prefix == "" or p.startswith(prefix + "."):
             local = p[len(prefix) + 1:] if prefix else p
             t = params[p]
-            out[local] = torch.from_numpy(v).to(dtype=t.dtype, device=t.device)
+            out[local] = torch.from_numpy(new[p]).to(dtype=t.dtype, device=t.device)
     return out
 
 
@@ -326,12 +432,19 @@ def _collect(module, prefix, taps, inps, need_x, call):
     rel = [cap.Tap(t.key, t.module_name[len(prefix) + 1:] if prefix else t.module_name,
                    t.kind, t.param, t.rows, t.features) for t in taps]
 
+    seen = {}  # one call's inputs already reduced: taps fed the same tensor share x^T x
+
     def observe(tap, x):
-        stats[tap.key].update(x)
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x._version)
+        hit = seen.get(key)
+        gram = stats[tap.key].update(x, None if hit is None else hit[1])
+        if hit is None:
+            seen[key] = (x, gram)  # holding x: its memory cannot be reused meanwhile
 
     with cap.Capture(module, rel, observe):
         for inp in inps:
             call(inp)
+            seen.clear()
     return stats
 
 
@@ -347,7 +460,7 @@ def _calibrate_and_compress(model, block, bname, inps, btaps, by_param, params, 
 
 
 def _tail(model, batches, ttaps, by_param, params, modules, new, compact, report, keep_h):
-    allnew = {p: torch.from_numpy(v).to(dtype=params[p].dtype) for p, v in new.items()}
+    allnew = {p: torch.from_numpy(new[p]).to(dtype=params[p].dtype) for p in new}
     stats = {}
     if ttaps:
         need_x = {t.key for t in ttaps for st, ts in by_param[t.param]
@@ -384,7 +497,7 @@ def _compress_layers(model, taps, stats, by_param, params, modules, new, compact
     scales = _smooth(taps, stats, by_param, params, modules, new, current, report)
     for p in work:
         w = current[p]
-        keep = None
+        keep = last_q = None
         for st, ptaps in by_param[p]:
             if st.family == "smooth":
                 continue
@@ -405,7 +518,11 @@ def _compress_layers(model, taps, stats, by_param, params, modules, new, compact
             if q is not None:
                 compact[p] = q
                 w = np.asarray(q.dequantize(), np.float32)
-        new[p] = w
+            last_q = q
+        if last_q is not None:  # the last stage quantized: w is its values
+            new.set_quantized(p, last_q)
+        else:
+            new[p] = w
         current[p] = w
 
 
@@ -575,33 +692,25 @@ def _awq_quantize(p, w, ptaps, stats, scales, st, keep):
 
 # ------------------------------------------------------------------ output
 def _result_state_dict(model, new, compact):
+    """After the swap: QTensor parts for quantized weights, and for every other tensor
+    a NumPy view of the model's own (already updated) tensor -- no second copy."""
     from . import to_numpy
     sd = {}
     for k, v in model.state_dict().items():
         if k in compact:
             sd.update(compact[k].to_state_dict(k))
-        elif k in new:
-            sd[k] = _cast(new[k], v)
         else:
-            sd[k] = to_numpy(v).copy()
+            sd[k] = to_numpy(v)
     return sd
 
 
-def _cast(a, like):
-    from . import to_numpy
-    ref = to_numpy(like[:0] if like.ndim else like)
-    if ref.dtype in (np.float32, np.float64):
-        return a.astype(ref.dtype)
-    from ..quant import cast
-    return cast(a, ref.dtype)
-
-
 def _swap(params, new):
-    """Write every new value into its parameter (the only step that changes the model)."""
-    staged = {p: torch.from_numpy(np.ascontiguousarray(v)).to(dtype=params[p].dtype,
-                                                                device=params[p].device)
-              for p, v in new.items()}
+    """Write every new value into its parameter (the only step that changes the model):
+    all shapes are checked first, then each value is made and copied in turn."""
+    names = list(new)
+    for p in names:
+        if p not in params or new.shape(p) != tuple(params[p].shape):
+            raise ArgumentError(f"{p}: the compressed value does not fit the parameter")
     with torch.no_grad():
-        for p, t in staged.items():
-            params[p].copy_(t)
-
+        for p in names:
+            params[p].copy_(torch.from_numpy(new[p]))
