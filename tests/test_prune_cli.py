@@ -52,7 +52,7 @@ def test_prune_command_sparse_layers_and_round_trip(checkpoint, tmp_path, capsys
     sd, path = checkpoint
     dense = str(tmp_path / "dense.safetensors")
     small = str(tmp_path / "sparse.safetensors")
-    args = ["--amount", "0.9", "--layers", "fc.weight,*.linear1.weight"]
+    args = ["--amount", "0.9", "--targets", "fc.weight,*.linear1.weight"]
     assert cli.main(["prune", path, dense, *args]) == 0
     assert cli.main(["prune", path, small, *args, "--sparse"]) == 0
     assert "(sparse)" in capsys.readouterr().out
@@ -88,19 +88,59 @@ def test_prune_command_amount_int_vs_float(checkpoint, tmp_path):
     sd, path = checkpoint
     for text, want in (("1", 1), ("1.0", sd["fc.weight"].size), ("100", 100)):
         out = str(tmp_path / f"a{text}.safetensors")
-        assert cli.main(["prune", path, out, "--layers", "fc.weight", "--amount", text]) == 0
+        assert cli.main(["prune", path, out, "--targets", "fc.weight", "--amount", text]) == 0
         assert int((litecomp.load(out)["fc.weight"] == 0).sum()) == want
 
 
 def test_prune_command_errors(checkpoint, tmp_path, capsys):
     _, path = checkpoint
     out = str(tmp_path / "x.safetensors")
-    assert cli.main(["prune", path, out, "--layers", "nothing*"]) == 1
-    assert "--layers" in capsys.readouterr().err
+    assert cli.main(["prune", path, out, "--targets", "nothing*"]) == 1
+    err = capsys.readouterr().err
+    assert "targets: ['nothing*'] match none of the 14 float tensors" in err
     assert cli.main(["prune", path, out, "--amount", "1.5"]) == 1
     assert "amount" in capsys.readouterr().err
     assert cli.main(["prune", path, out, "--method", "nm", "--nm", "two"]) == 1
     assert not os.path.exists(out)
+
+
+def test_prune_command_targets_ignore_and_older_layers(checkpoint, tmp_path, capsys):
+    sd, path = checkpoint
+    out = str(tmp_path / "t.safetensors")
+    assert cli.main(["prune", path, out, "--targets", "re:.*linear[12]\\.weight",
+                     "--ignore", "*.layers.1.*", "--amount", "0.5"]) == 0
+    back = litecomp.load(out)
+    pruned = {k for k in sd if not np.array_equal(back[k], sd[k])}
+    assert pruned == {"transformer_decoder.layers.0.linear1.weight",
+                      "transformer_decoder.layers.0.linear2.weight"}
+    capsys.readouterr()
+    old = str(tmp_path / "old.safetensors")
+    assert cli.main(["prune", path, old, "--layers", "fc.weight", "--amount", "0.5"]) == 0
+    assert "--layers is deprecated; use --targets" in capsys.readouterr().err
+    assert int((litecomp.load(old)["fc.weight"] == 0).sum()) == sd["fc.weight"].size // 2
+    assert cli.main(["prune", path, old, "--layers", "fc.weight", "--targets", "x"]) == 1
+
+
+def test_prune_command_recipe_file(checkpoint, tmp_path):
+    import json
+    sd, path = checkpoint
+    rec = tmp_path / "r.json"
+    rec.write_text(json.dumps([{"method": "magnitude", "targets": ["fc.weight"],
+                                "sparsity": 0.5},
+                               {"method": "magnitude", "targets": ["embed.weight"], "n": 2,
+                                "m": 4}]))
+    out = str(tmp_path / "r.safetensors")
+    assert cli.main(["prune", path, out, "--recipe", str(rec)]) == 0
+    back = litecomp.load(out)
+    ref, _ = prune.prune_state_dict(sd, json.loads(rec.read_text()))
+    for k in sd:
+        np.testing.assert_array_equal(back[k], ref[k])
+    assert np.mean(back["fc.weight"] == 0) == 0.5
+    assert ((back["embed.weight"].reshape(-1, 4) != 0).sum(axis=1) == 2).all()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"method": "rtn", "bits": 4}))
+    assert cli.main(["prune", path, out + "2", "--recipe", str(bad)]) == 1
+    assert not os.path.exists(out + "2")
 
 
 def test_demo_prune_step(tmp_path, capsys):

@@ -231,7 +231,7 @@ def test_quantize_model_layer_pattern_and_sizes():
     torch = pytest.importorskip("torch")
     import litecomp.torch as lt
     m = lt.DecoderLM(500, 64, 4, 2, 128)
-    q = lt.quantize_model(m, bits=4, group_size=64, layers="fc")
+    q = lt.quantize_model(m, bits=4, group_size=64, targets="fc")
     assert q._litecomp_quantized == ["fc"]
     assert q.fc.qweight.dtype == torch.uint8 and tuple(q.fc.qweight.shape) == (500, 32)
     assert tuple(q.fc.scales.shape) == (500, 1)

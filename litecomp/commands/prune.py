@@ -7,21 +7,50 @@ HELP = "prune a checkpoint (l1, ln, nm, block or global) and save it, optionally
 def add_arguments(p):
     p.add_argument("input", metavar="IN", help="checkpoint to read (.safetensors, .pth, ...)")
     p.add_argument("output", metavar="OUT", help="checkpoint to write")
+    p.add_argument("--recipe", metavar="FILE", default=None,
+                   help="a recipe (.json/.yaml) of pruning stages; replaces --method/--amount")
     p.add_argument("--amount", type=_amount, default=0.5,
                    help="a fraction like 0.5 (default) or a count like 1000, as torch "
                         "reads them (1 prunes one entry, 1.0 all); ignored by nm")
-    p.add_argument("--method", choices=("l1", "ln", "nm", "block", "global"), default="l1",
+    p.add_argument("--method", choices=tuple(METHODS), default="l1",
                    help="l1: per-tensor magnitude; ln: whole output rows by L2 norm; "
                         "nm: N:M groups along the input axis; block: blocks by L2 norm; "
                         "global: one magnitude threshold over all selected tensors")
-    p.add_argument("--layers", metavar="PATTERN", default=None,
-                   help="comma-separated glob patterns of tensor names to prune "
-                        "(default: every tensor with 2 or more dimensions)")
+    add_selection_arguments(p, "prune")
     p.add_argument("--nm", metavar="N:M", default="2:4", help="N:M for --method nm (2:4)")
     p.add_argument("--block", metavar="RxC", default="1x4",
                    help="block shape for --method block (1x4)")
     p.add_argument("--sparse", action="store_true",
                    help="store pruned tensors compressed (sparse-bitmask, or N:M form)")
+
+
+# --method -> the recipe stage it stands for
+METHODS = {"l1": {"granularity": "tensor"}, "ln": {"granularity": "channel", "axis": 0},
+           "nm": {}, "block": {"granularity": "block"}, "global": {"granularity": "global"}}
+
+
+def add_selection_arguments(p, verb):
+    """--targets / --ignore (and the older --layers), shared by the commands."""
+    p.add_argument("--targets", metavar="PATTERNS", default=None,
+                   help=f"comma-separated names to {verb}: globs, or re:<regex> (full match) "
+                        "(default: every float tensor with 2 or more dimensions)")
+    p.add_argument("--ignore", metavar="PATTERNS", default=None,
+                   help=f"comma-separated patterns of names not to {verb}")
+    p.add_argument("--layers", metavar="PATTERNS", default=None,
+                   help="older spelling of --targets")
+
+
+def selection(args):
+    """(targets, ignore) from the command line, as lists of patterns (or None)."""
+    def split(text):
+        return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+    if args.layers is not None:
+        if args.targets is not None:
+            from ..errors import ArgumentError
+            raise ArgumentError("--layers: is the older spelling of --targets; give one")
+        import sys
+        print("litecomp: --layers is deprecated; use --targets", file=sys.stderr)
+    return split(args.targets if args.targets is not None else args.layers), split(args.ignore)
 
 
 def _amount(text):
@@ -47,75 +76,41 @@ def _parse_pair(text, sep, what):
     return a, b
 
 
-def select_layers(state_dict, pattern):
-    """Names to prune: those matching any glob in ``pattern`` (default: every >= 2-D tensor
-    of a float dtype)."""
-    import fnmatch
-
-    import numpy as np
-
-    from .. import dtypes
-    from ..errors import ArgumentError
-    names = [k for k, v in state_dict.items()
-             if isinstance(v, np.ndarray) and dtypes.name_of(v.dtype) in dtypes.WEIGHT_DTYPES]
-    if pattern is None:
-        chosen = [k for k in names if state_dict[k].ndim >= 2]
+def stage_of(args):
+    """The recipe stage that --method/--amount/--nm/--block/--targets/--ignore describe."""
+    targets, ignore = selection(args)
+    stage = {"method": "magnitude", "targets": targets, "ignore": ignore}
+    if args.method == "nm":
+        stage["n"], stage["m"] = _parse_pair(args.nm, ":", "--nm")
     else:
-        pats = [p.strip() for p in pattern.split(",") if p.strip()]
-        chosen = [k for k in names if any(fnmatch.fnmatchcase(k, p) for p in pats)]
-    if not chosen:
-        raise ArgumentError(f"--layers: no floating-point tensor matches {pattern!r}")
-    return chosen
-
-
-def prune_state_dict(sd, method="l1", amount=0.5, layers=None, nm=(2, 4), block=(1, 4)):
-    """(pruned state dict, {name: mask}) -- the command's work, usable from Python."""
-    from .. import prune
-    sd = prune.bake(sd)  # a torch-pruned checkpoint (X_orig + X_mask) becomes plain first
-    names = select_layers(sd, layers)
-    if method == "global":
-        masks = prune.global_unstructured({k: sd[k] for k in names}, amount)
-    else:
-        masks = {}
-        for k in names:
-            w = sd[k]
-            if method == "l1":
-                masks[k] = prune.l1_unstructured(w, amount)
-            elif method == "ln":
-                masks[k] = prune.ln_structured(w, amount, 2, 0) if w.ndim >= 2 else \
-                    prune.l1_unstructured(w, amount)
-            elif method == "nm":
-                if w.shape[-1] % nm[1]:
-                    continue
-                masks[k] = prune.nm(w, nm[0], nm[1])
-            else:
-                if w.ndim != 2:
-                    continue
-                masks[k] = prune.block(w, amount, block)
-    out = dict(sd)
-    for k, m in masks.items():
-        out[k] = prune.apply(sd[k], m)
-    return out, masks
+        stage["amount"] = args.amount
+        stage.update(METHODS[args.method])
+        if args.method == "block":
+            stage["block_shape"] = _parse_pair(args.block, "x", "--block")
+    return {k: v for k, v in stage.items() if v is not None}
 
 
 def run(args):
     import os
 
-    from .. import prune, sparse
+    from .. import load, prune, recipe, save, sparse
     from .._table import format_bytes
     from ..errors import ArgumentError
-    try:
-        from .. import load, save
-    except ImportError:  # pragma: no cover - until checkpoint I/O is present
-        raise ArgumentError("IN: reading and writing checkpoints needs litecomp.load/save "
-                            "(checkpoint I/O)") from None
-    nm = _parse_pair(args.nm, ":", "--nm")
-    block = _parse_pair(args.block, "x", "--block")
+    if args.recipe:
+        if args.targets or args.ignore or args.layers:
+            raise ArgumentError("--targets: with --recipe, targets and ignore go in the "
+                                "recipe's stages")
+        plan = recipe.stages(args.recipe, family="prune")
+    else:
+        plan = stage_of(args)
     sd = load(args.input)
-    pruned, masks = prune_state_dict(sd, args.method, args.amount, args.layers, nm, block)
-    out = sparse.compress(pruned, format="nm", n=nm[0], m=nm[1]) \
-        if args.sparse and args.method == "nm" else \
-        sparse.compress(pruned) if args.sparse else pruned
+    pruned, masks = prune.prune_state_dict(sd, plan)
+    nm_stage = args.method == "nm" and not args.recipe
+    if args.sparse and nm_stage:
+        n, m = _parse_pair(args.nm, ":", "--nm")
+        out = sparse.compress(pruned, format="nm", n=n, m=m)
+    else:
+        out = sparse.compress(pruned) if args.sparse else pruned
     save(out, args.output)
     print(prune.sparsity({k: pruned[k] for k in masks}))
     print(f"\n{args.input}: {format_bytes(os.path.getsize(args.input))} -> {args.output}: "

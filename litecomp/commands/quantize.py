@@ -19,9 +19,8 @@ def add_arguments(p):
     p.add_argument("--format", default="litecomp", choices=FORMATS,
                    help="litecomp (packed QTensors), gguf:<type>, nf4, fp4, or kmeans (2**bits "
                         "shared values per tensor; zeros stay zero) (default litecomp)")
-    p.add_argument("--layers", default="*",
-                   help="glob (or re:<regex>) of tensor names to quantize (default all 2-D+ "
-                        "float tensors)")
+    from .prune import add_selection_arguments
+    add_selection_arguments(p, "quantize")
     p.add_argument("--key", default=None, help="nested entry of a torch checkpoint dict")
     p.add_argument("--quiet", action="store_true", help="print only the summary line")
 
@@ -32,25 +31,31 @@ def run(args):
     from .. import io
     from .._table import format_bytes, render_table
     from ..quant import state
+    from ..select import Selector
+    from .prune import selection
+    targets, ignore = selection(args)
     sd = io.load(args.input, key=args.key)
     before = os.path.getsize(args.input) if os.path.isfile(args.input) else \
         sum(v.nbytes for v in sd.values())
-    match = state._matcher(args.layers)
     if args.format.startswith("gguf:"):
         from ..quant import gguf
-        kinds = gguf.write_gguf(args.output, sd, args.format[5:], select=match)
+        kinds = gguf.write_gguf(args.output, sd, args.format[5:],
+                                select=Selector(targets, ignore))
         report = None
         nq = sum(k != "F32" for k in kinds.values())
     else:
         if args.format in ("nf4", "fp4"):
-            spec = {"format": args.format, "block_size": args.group_size or 64}
+            stage = {"method": args.format, "block_size": args.group_size or 64}
         elif args.format == "kmeans":
-            spec = {"format": "kmeans", "bits": args.bits}
+            stage = {"method": "kmeans", "bits": args.bits}
         else:
-            spec = {"bits": args.bits, "scheme": args.scheme, "group_size": args.group_size}
-            if args.group_size is None and not args.per_tensor:
-                spec["axis"] = 0
-        out, report = state.quantize_state_dict(sd, {args.layers: spec})
+            stage = {"method": "rtn", "bits": args.bits, "scheme": args.scheme}
+            if args.group_size is not None:
+                stage["group_size"] = args.group_size
+            elif not args.per_tensor:
+                stage["axis"] = 0
+        stage.update({k: v for k, v in (("targets", targets), ("ignore", ignore)) if v})
+        out, report = state.quantize_state_dict(sd, stage)
         io.save(out, args.output)
         nq = len(report)
     after = os.path.getsize(args.output)

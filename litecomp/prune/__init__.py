@@ -27,11 +27,12 @@ from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError
 from . import scores, schedule
 from .report import SparsityReport, sparsity
 from .sensitivity import sensitivity, SensitivityTable
+from .state import prune_state_dict
 
 __all__ = [
     "l1_unstructured", "random_unstructured", "ln_structured", "random_structured",
     "global_unstructured", "per_row", "nm", "block", "apply", "bake", "sparsity",
-    "SparsityReport", "sensitivity", "SensitivityTable", "scores", "schedule", "count_to_prune",
+    "SparsityReport", "prune_state_dict", "sensitivity", "SensitivityTable", "scores", "schedule", "count_to_prune",
 ]
 
 _SCORE_DTYPES = _dt.WEIGHT_DTYPES + ("uint64",)

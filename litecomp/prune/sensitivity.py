@@ -7,6 +7,7 @@ import numpy as np
 
 from .._table import render_table
 from ..errors import ArgumentError
+from ..select import select
 
 CRITERIA = ("l1", "random", "per_row", "l2_structured")
 
@@ -61,12 +62,14 @@ def _prune_one(w, s, criterion, seed):
     return apply(w, mask)
 
 
-def sensitivity(state_dict, evaluate, *, layers=None,
+def sensitivity(state_dict, evaluate, *, targets=None, ignore=None, layers=None,
                 sparsities=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
                 criterion="l1", seed=0, progress=None) -> SensitivityTable:
     """Prune each layer alone at each sparsity and call ``evaluate(state_dict) -> float``.
 
-    layers: names to test (default: every tensor with 2 or more dimensions).
+    targets / ignore: the tensors to test (``litecomp.select`` patterns; default every
+    tensor with 2 or more dimensions); ``layers``, a list of exact names, is the older
+    spelling.
     criterion: 'l1', 'random', 'per_row' (Wanda-style rows by magnitude) or
     'l2_structured' (whole output rows by L2 norm).  The state dict passed to ``evaluate``
     is a shallow copy with one tensor replaced; the caller's dict is not changed.
@@ -85,7 +88,8 @@ def sensitivity(state_dict, evaluate, *, layers=None,
     if not callable(evaluate):
         raise ArgumentError("evaluate: expected a callable state_dict -> float")
     if layers is None:
-        layers = [k for k, v in state_dict.items() if np.ndim(v) >= 2]
+        names = [k for k, v in state_dict.items() if np.ndim(v) >= 2 or targets is not None]
+        layers = select(names, targets, ignore, what="tensors")
     else:
         layers = list(layers)
         missing = [k for k in layers if k not in state_dict]

@@ -1,9 +1,8 @@
 """State-dict workflow: quantize every tensor a recipe names, report the error, and turn
 the compact state dict back into float tensors."""
 
-import fnmatch
 import math
-import re
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +13,8 @@ from .._check import as_array, as_kernel_input
 from ..errors import ArgumentError, FormatError
 from .codebook import CodebookTensor, Quant4, codebook_quantize, quantize_4bit
 from .core import QTensor, quantize
+from ..recipe import stages
+from ..select import select
 
 _SUFFIX = ".qmeta"
 
@@ -41,24 +42,18 @@ def error_report(name, x, y, bits=0, bytes_after=0) -> QuantError:
     return QuantError(name, bits, sqnr, maxe, cos, k.array.nbytes, bytes_after)
 
 
-def _matcher(pattern):
-    if isinstance(pattern, re.Pattern):
-        return lambda n: pattern.fullmatch(n) is not None
-    if isinstance(pattern, str) and pattern.startswith("re:"):
-        rx = re.compile(pattern[3:])
-        return lambda n: rx.fullmatch(n) is not None
-    return lambda n: fnmatch.fnmatchcase(n, pattern)
+_LEGACY_KEYS = ("format", "bits", "scheme", "axis", "group_size", "block_size",
+                "double_quant", "sparse", "keep_zeros")
+_FORMAT_METHOD = {"uniform": "rtn", "nf4": "nf4", "fp4": "fp4", "kmeans": "kmeans"}
 
 
-def _spec(value, pattern):
+def _legacy_spec(value, pattern):
     if value == "skip" or value is None:
         return None
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return {"bits": value}
     if isinstance(value, dict):
-        allowed = {"format", "bits", "scheme", "axis", "group_size", "block_size",
-                   "double_quant", "sparse", "keep_zeros"}
-        unknown = set(value) - allowed
+        unknown = set(value) - set(_LEGACY_KEYS)
         if unknown:
             raise ArgumentError(f"recipe[{pattern!r}]: unknown keys {sorted(unknown)}")
         return dict(value)
@@ -66,29 +61,77 @@ def _spec(value, pattern):
                         f"got {value!r}")
 
 
-def quantize_state_dict(state_dict, recipe, *, min_ndim=2):
-    """Quantize the tensors of ``state_dict`` that ``recipe`` names.
+def _legacy_stages(recipe):
+    """The older ``{pattern: spec}`` form as stages: the first matching pattern wins, and a
+    "skip" pattern keeps its tensors out of every later stage."""
+    out, skipped = [], []
+    for pattern, value in recipe.items():
+        spec = _legacy_spec(value, pattern)
+        if spec is None:
+            skipped.append(pattern)
+            continue
+        fmt = spec.pop("format", "uniform")
+        if fmt not in _FORMAT_METHOD:
+            raise ArgumentError(f"format: {fmt!r} is not one of "
+                                f"{', '.join(map(repr, _FORMAT_METHOD))}")
+        out.append({"method": _FORMAT_METHOD[fmt], "targets": [pattern],
+                    "ignore": list(skipped), **spec})
+    return out
 
-    recipe: {pattern: spec}; the first matching pattern wins.  A pattern is a glob
-    (``"*.weight"``), ``"re:<regex>"`` or a compiled regex (full match).  A spec is "skip",
-    a bit width, or a dict of ``quantize`` arguments (bits, scheme, axis, group_size).
-    Tensors no pattern names, and tensors with fewer than ``min_ndim`` dims, stay as they
-    are.  Returns (compact state dict, [QuantError per quantized tensor]).
+
+def _is_stage_form(recipe):
+    return isinstance(recipe, (list, tuple, str, os.PathLike)) or (
+        isinstance(recipe, dict) and "method" in recipe)
+
+
+def quantize_state_dict(state_dict, recipe, *, min_ndim=2):
+    """Quantize the tensors of ``state_dict`` that ``recipe`` selects.
+
+    recipe: a stage or list of stages (``litecomp.recipe``: ``{"method": "rtn", "bits": 4,
+    "group_size": 128, "targets": [...], "ignore": [...]}``; methods rtn, nf4, fp4, kmeans),
+    or the older ``{pattern: spec}`` dict (a spec is "skip", a bit width, or a dict of
+    ``quantize`` arguments with an optional ``format``; the first matching pattern wins).
+    Each tensor is quantized by the first stage that selects it.  Tensors no stage selects,
+    and tensors with fewer than ``min_ndim`` dims, stay as they are.  Returns (compact
+    state dict, [QuantError per quantized tensor]).
     """
-    if not isinstance(recipe, dict) or not recipe:
-        raise ArgumentError("recipe: expected a non-empty dict {pattern: spec}")
-    rules = [(_matcher(p), _spec(v, p)) for p, v in recipe.items()]
+    strict = _is_stage_form(recipe)
+    if not strict:  # the older form never required a pattern to match
+        if not isinstance(recipe, dict) or not recipe:
+            raise ArgumentError("recipe: expected a stage, a list of stages, or a non-empty "
+                                "dict {pattern: spec}")
+        recipe = _legacy_stages(recipe)
+        if not recipe:
+            return dict(state_dict), []
+    plan = stages(recipe, family="quant")
+    candidates = [k for k, v in state_dict.items()
+                  if (a := as_array(v, k)).ndim >= min_ndim and a.dtype.kind in "fV"]
+    chosen = {}
+    for stage in plan:
+        for name in select(candidates, stage.targets, stage.ignore, strict=strict,
+                           what=f"float tensors with {min_ndim}+ dimensions"):
+            chosen.setdefault(name, stage)
     out, report = {}, []
     for name, value in state_dict.items():
-        a = as_array(value, name)
-        spec = next((s for match, s in rules if match(name)), None)
-        if spec is None or a.ndim < min_ndim or a.dtype.kind not in "fV":
+        stage = chosen.get(name)
+        if stage is None:
             out[name] = value
             continue
-        q = quantize_one(a, spec)
+        a = as_array(value, name)
+        q = quantize_stage(a, stage)
         out.update(q.to_state_dict(name))
         report.append(error_report(name, a, q.dequantize(), q.bits, q.nbytes))
     return out, report
+
+
+def quantize_stage(a, stage):
+    """One tensor by a quantization stage (methods rtn, nf4, fp4, kmeans)."""
+    o = stage.options
+    if stage.method in ("nf4", "fp4"):
+        return quantize_4bit(a, stage.method, **o)
+    if stage.method == "kmeans":
+        return codebook_quantize(a, **o)
+    return quantize(a, **o)
 
 
 def quantize_one(a, spec):

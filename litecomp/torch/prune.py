@@ -50,18 +50,21 @@ def masks_from_module(module: nn.Module) -> dict:
     return out
 
 
-def activation_stats(model: nn.Module, batches, layers=None) -> dict:
+def activation_stats(model: nn.Module, batches, layers=None, *, targets=None,
+                     ignore=None) -> dict:
     """Run ``model`` on every batch (no grad) and collect, for each Linear layer, the Wanda
     statistic of its input: {layer name: ActivationStats} (``.mean_sq`` per input column).
 
     batches: an iterable of model inputs (a tensor, a tuple of positional arguments, or a
-    dict of keyword arguments).  layers: names of modules to watch (default: every
-    nn.Linear).  Only layers whose forward actually ran appear (MultiheadAttention's
+    dict of keyword arguments).  targets / ignore: the modules to watch
+    (``litecomp.select`` patterns or class names; default every nn.Linear); ``layers``, a
+    list of exact module names, is the older spelling.  Only layers whose forward actually ran appear (MultiheadAttention's
     out_proj is applied inside attention without calling the module, for example).
     """
     from . import to_numpy
+    from .select import select_modules
     if layers is None:
-        watched = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        watched = dict(select_modules(model, targets, ignore))
     else:
         watched = {}
         for n in layers:

@@ -12,7 +12,6 @@ State dict of a QuantLinear (prefix omitted):
          ``zeros`` uint8 [N, G], ``bias`` (if any); G = ceil(K / group_size).
 """
 
-import fnmatch
 import re
 
 import numpy as np
@@ -109,41 +108,47 @@ class QuantLinear(nn.Module):
                 f"bits={self.bits}{g}, bias={self.bias is not None}")
 
 
-def _matcher(layers):
-    if layers is None:
-        return lambda name: True
+def _legacy_layers(layers):
+    """The older ``layers=`` argument (a glob, a list of globs, or a regex searched
+    anywhere in the name) as ``targets``."""
+    import warnings
+    warnings.warn("quantize_model(layers=) is deprecated; use targets= (and ignore=)",
+                  DeprecationWarning, stacklevel=3)
     if isinstance(layers, re.Pattern):
-        return lambda name: layers.search(name) is not None
-    pats = [layers] if isinstance(layers, str) else list(layers)
-    return lambda name: any(fnmatch.fnmatchcase(name, p) for p in pats)
+        return [re.compile(f".*(?:{layers.pattern}).*", layers.flags)]
+    return layers
 
 
-def quantize_model(model: nn.Module, bits=8, group_size=128, layers=None, *,
-                   scheme="symmetric", inplace=True) -> nn.Module:
-    """Replace every ``nn.Linear`` (whose name matches ``layers``: a glob, a list of globs or
-    a compiled regex) by a ``QuantLinear``; ChatGLM's ``model.quantize(bits)``.
+def quantize_model(model: nn.Module, bits=8, group_size=128, layers=None, *, targets=None,
+                   ignore=None, scheme="symmetric", inplace=True) -> nn.Module:
+    """Replace every ``nn.Linear`` that ``targets`` / ``ignore`` select (``litecomp.select``
+    patterns: globs or ``re:`` on module names, or class names such as ``"Linear"``;
+    default every Linear) by a ``QuantLinear``; ChatGLM's ``model.quantize(bits)``.
 
     Linear layers owned by ``nn.MultiheadAttention`` are left alone: attention reads their
     ``weight`` directly, so swapping them would break it (torch's quantize_dynamic skips
     them too).  Returns the model; the names of the swapped layers are in
-    ``model._litecomp_quantized``.
+    ``model._litecomp_quantized``.  ``layers=`` is the older spelling of ``targets``.
     """
-    if not inplace:
-        import copy
-        model = copy.deepcopy(model)
-    match = _matcher(layers)
+    from .select import select_modules
+    if layers is not None:
+        if targets is not None:
+            raise ArgumentError("layers: is the older spelling of targets; give one")
+        targets = _legacy_layers(layers)
     skip = set()
     for name, mod in model.named_modules():
         if isinstance(mod, nn.MultiheadAttention):
             skip.update(f"{name}.{child}" if name else child for child, _ in mod.named_modules() if child)
-    swapped = []
-    for name, mod in list(model.named_modules()):
-        if type(mod) is not nn.Linear or name in skip or not match(name):
-            continue
+    chosen = select_modules(model, targets, ignore, what="Linear modules",
+                            candidates=lambda n, m: isinstance(m, nn.Linear) and n not in skip)
+    layers = {n: QuantLinear.from_linear(m, bits=bits, group_size=group_size, scheme=scheme)
+              for n, m in chosen}  # every layer converted before the model changes
+    if not inplace:
+        import copy
+        model = copy.deepcopy(model)
+    for name, q in layers.items():
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, QuantLinear.from_linear(mod, bits=bits, group_size=group_size,
-                                                      scheme=scheme))
-        swapped.append(name)
-    model._litecomp_quantized = swapped
+        setattr(parent, attr, q)
+    model._litecomp_quantized = list(layers)
     return model
