@@ -131,9 +131,10 @@ def main(argv=None):
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the true labels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="tiny models and few steps")
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--quick" in argv:                 # smaller defaults; explicit options still win
+        p.set_defaults(teacher_steps=20, student_steps=10, width=32, layers=2, seq=32, batch=8)
     a = p.parse_args(argv)
-    if a.quick:
-        a.teacher_steps, a.student_steps, a.width, a.layers, a.seq = 30, 20, 32, 2, 32
     t0 = time.perf_counter()
     torch.manual_seed(a.seed)
     tmp = None
