@@ -28,6 +28,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+import litecomp
 import litecomp.torch as lt
 
 # ------------------------------------------------------------------ a text to learn
@@ -130,12 +131,16 @@ def main(argv=None):
     p.add_argument("--temperature", type=float, default=2.0)
     p.add_argument("--alpha", type=float, default=0.5, help="weight of the true labels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and litecomp threads (models this small gain little from more)")
     p.add_argument("--quick", action="store_true", help="tiny models and few steps")
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--quick" in argv:                 # smaller defaults; explicit options still win
         p.set_defaults(teacher_steps=20, student_steps=10, width=32, layers=2, seq=32, batch=8)
     a = p.parse_args(argv)
     t0 = time.perf_counter()
+    torch.set_num_threads(a.threads)
+    litecomp.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
     tmp = None
     path = a.text
