@@ -10,8 +10,6 @@
 import sys
 import time
 
-import numpy as np
-
 
 def decoder_errors(small=False):
     import torch

@@ -26,8 +26,25 @@
 #include <math.h>
 #include <stdlib.h>
 
-enum { K_KL = 0, K_CE = 1, K_RKL = 2, K_JSD = 3, K_SKL = 4, K_SRKL = 5, K_TVD = 6,
-       K_MSE = 7, K_COS = 8, K_NKINDS };
+/* The losses distill_rows computes, exported as _C.distill_kinds (litecomp.distill.KINDS). */
+#define DISTILL_KINDS(X)                 \
+    X(K_KL, "kl")                        \
+    X(K_CE, "soft_cross_entropy")        \
+    X(K_RKL, "reverse_kl")               \
+    X(K_JSD, "jsd")                      \
+    X(K_SKL, "skew_kl")                  \
+    X(K_SRKL, "skew_reverse_kl")         \
+    X(K_TVD, "tvd")                      \
+    X(K_MSE, "mse")                      \
+    X(K_COS, "cosine")
+enum { DISTILL_KINDS(LC_CODE_ENUM) K_NKINDS };
+
+/* How distill_sparse reads a top-k teacher cache, exported as _C.topk_modes: "renormalize"
+ * spreads the cached mass over the k ids, "tail" keeps the missing mass as one bucket. */
+#define TOPK_MODES(X)                    \
+    X(TOPK_RENORMALIZE, "renormalize")   \
+    X(TOPK_TAIL, "tail")
+enum { TOPK_MODES(LC_CODE_ENUM) TOPK_NMODES };
 enum { NEED_B = 1, NEED_Z = 2, NEED_WA = 4, NEED_WB = 8, NEED_WBB = 16 };
 #define CH 2048          /* elements per chunk of the online log-sum-exp (multiple of 16) */
 #define COS_EPS 1e-8     /* torch.nn.functional.cosine_similarity's eps */
@@ -131,7 +148,7 @@ typedef struct {
     const int64_t *ids;  /* [n, k], -1 = unused slot */
     const float *lps;    /* [n, k] teacher log-probabilities (full-vocabulary softmax) */
     int64_t k;
-    int tail;            /* 0: renormalise within k; 1: the missing mass is one tail bucket */
+    int tail;            /* mode TOPK_TAIL: the missing mass is one tail bucket */
 } sparse_t;
 
 static void sparse_stats(const dparams *P, int64_t r, int path, rowstats *st) {
@@ -341,18 +358,19 @@ static PyObject *py_distill_rows(PyObject *self, PyObject *args, PyObject *kw) {
 
 static PyObject *py_distill_sparse(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
-    static char *kwlist[] = {"s", "scode", "ids", "logprobs", "tail", "labels", "ignore",
+    static char *kwlist[] = {"s", "scode", "ids", "logprobs", "mode", "labels", "ignore",
                              "temperature", "tfac", "weight", "grad", "row_loss", NULL};
-    int scode, tail;
+    int scode, mode;
     PyArrayObject *s, *ids, *lps, *row_loss;
     PyObject *labels_o, *grad_o;
     long long ignore;
     double temperature, tfac, weight;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO!O!pOLdddOO!", kwlist, &PyArray_Type, &s,
-                                     &scode, &PyArray_Type, &ids, &PyArray_Type, &lps, &tail,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "O!iO!O!iOLdddOO!", kwlist, &PyArray_Type, &s,
+                                     &scode, &PyArray_Type, &ids, &PyArray_Type, &lps, &mode,
                                      &labels_o, &ignore, &temperature, &tfac, &weight, &grad_o,
                                      &PyArray_Type, &row_loss))
         return NULL;
+    if (mode < 0 || mode >= TOPK_NMODES) return lc_raise_status(LC_ERR_RANGE, "mode");
     if (lc_check_array(s, "student", scode, 0) < 0 || lc_check_array(ids, "ids", LC_I64, 0) < 0 ||
         lc_check_array(lps, "logprobs", LC_F32, 0) < 0 ||
         lc_check_array(row_loss, "row_loss", LC_F64, 1) < 0)
@@ -370,7 +388,7 @@ static PyObject *py_distill_sparse(PyObject *self, PyObject *args, PyObject *kw)
     P.kind = K_KL; P.s = PyArray_DATA(s); P.scode = scode; P.t = NULL; P.tcode = scode;
     P.n = PyArray_DIM(s, 0); P.v = PyArray_DIM(s, 1); P.ignore = ignore;
     P.inv_t = 1.0 / temperature; P.tfac = tfac; P.weight = weight;
-    sparse_t S = {PyArray_DATA(ids), PyArray_DATA(lps), PyArray_DIM(ids, 1), tail};
+    sparse_t S = {PyArray_DATA(ids), PyArray_DATA(lps), PyArray_DIM(ids, 1), mode == TOPK_TAIL};
     {
         const int64_t *idv = S.ids;
         for (int64_t i = 0; i < P.n * S.k; i++)
@@ -465,4 +483,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int lc_init_distill(PyObject *m) { return lc_add_methods(m, methods); }
+int lc_init_distill(PyObject *m) {
+    if (LC_ADD_CODE_TABLE(m, "distill_kinds", DISTILL_KINDS) < 0 ||
+        LC_ADD_CODE_TABLE(m, "topk_modes", TOPK_MODES) < 0)
+        return -1;
+    return lc_add_methods(m, methods);
+}

@@ -220,4 +220,23 @@ void lc_to_f32(const void *src, int code, int64_t start, int64_t n, float *dst);
 /* Adds a NULL-terminated PyMethodDef table to the module. */
 int lc_add_methods(PyObject *m, PyMethodDef *defs);
 
+/* ------------------------------------------------------------------ code tables */
+/* Integer codes that C and Python share (a loss kind, a norm kind, a distribution) are
+ * listed once, in the family's C file, as an X-macro of (C name, Python name); a code is its
+ * position in the list, from 0:
+ *
+ *     #define NORM_KINDS(X) X(NORM_P, "p") X(NORM_L1, "1") ...
+ *     enum { NORM_KINDS(LC_CODE_ENUM) NORM_NKINDS };
+ *
+ * The family's init exports it with LC_ADD_CODE_TABLE(m, "norm_kinds", NORM_KINDS) as
+ * _C.norm_kinds, a read-only {Python name: code} mapping, and the Python layer takes its
+ * codes from there, so adding a code is one line of C.  tests/test_codes.py checks every
+ * table against the Python code that uses it.  (dtypes have their own table, LC_DTYPES,
+ * because their codes also carry a C type and a size.) */
+#define LC_CODE_ENUM(cname, pyname) cname,
+#define LC_CODE_NAME(cname, pyname) pyname,
+int lc_add_code_table(PyObject *m, const char *attr, const char *const *names);
+#define LC_ADD_CODE_TABLE(m, attr, TABLE) \
+    lc_add_code_table((m), (attr), (const char *const[]){TABLE(LC_CODE_NAME) NULL})
+
 #endif /* LITECOMP_H */

@@ -39,6 +39,32 @@ int lc_add_methods(PyObject *m, PyMethodDef *defs) {
     return PyModule_AddFunctions(m, defs);
 }
 
+int lc_add_code_table(PyObject *m, const char *attr, const char *const *names) {
+    if (PyDict_GetItemString(PyModule_GetDict(m), attr)) {
+        PyErr_Format(PyExc_ImportError, "litecomp._C: two kernel families export '%s'", attr);
+        return -1;
+    }
+    PyObject *d = PyDict_New();
+    if (!d) return -1;
+    for (long code = 0; names[code]; code++) {
+        PyObject *v = PyLong_FromLong(code);
+        int rc = v ? PyDict_SetItemString(d, names[code], v) : -1;
+        Py_XDECREF(v);
+        if (rc < 0 || PyDict_Size(d) != code + 1) {
+            if (rc == 0)
+                PyErr_Format(PyExc_ImportError, "litecomp._C.%s: name '%s' listed twice", attr,
+                             names[code]);
+            Py_DECREF(d);
+            return -1;
+        }
+    }
+    PyObject *proxy = PyDictProxy_New(d);
+    Py_DECREF(d);
+    if (!proxy) return -1;
+    if (PyModule_AddObject(m, attr, proxy) < 0) { Py_DECREF(proxy); return -1; }
+    return 0;
+}
+
 static struct PyModuleDef moduledef = {
     PyModuleDef_HEAD_INIT, "litecomp._C",
     "litecomp's C kernels.  Call them through the litecomp Python API, which checks and\n"

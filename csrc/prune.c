@@ -762,8 +762,17 @@ static lc_status nm_mask(const void *x, int code, uint8_t *out, int64_t outer, i
 }
 
 /* ------------------------------------------------------------------ norms */
-/* p codes: 0 = general p > 0 (sum |x|^p)^(1/p), 1 = L1, 2 = L2, 3 = max |x|, 4 = min |x|. */
-enum { NORM_P = 0, NORM_L1 = 1, NORM_L2 = 2, NORM_INF = 3, NORM_NEGINF = 4 };
+/* The norms channel_norms and block_norms compute, exported as _C.norm_kinds.  Each is named
+ * by the norm order it computes, as float() reads it (the Python layer maps an order to its
+ * kind that way); "p" is the general path (sum |x|^p)^(1/p) for any other order p > 0.
+ * inf is max |x|, -inf min |x|. */
+#define NORM_KINDS(X)        \
+    X(NORM_P, "p")           \
+    X(NORM_L1, "1")          \
+    X(NORM_L2, "2")          \
+    X(NORM_INF, "inf")       \
+    X(NORM_NEGINF, "-inf")
+enum { NORM_KINDS(LC_CODE_ENUM) NORM_NKINDS };
 
 static inline double norm_acc(double acc, double v, int kind, double p) {
     double a = fabs(v);
@@ -1011,7 +1020,8 @@ static PyObject *py_channel_norms(PyObject *self, PyObject *args) {
     PyArrayObject *x, *o;
     if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
-    if (outer * C * inner != PyArray_SIZE(x) || PyArray_SIZE(o) != C || kind < 0 || kind > 4) {
+    if (kind < 0 || kind >= NORM_NKINDS) return lc_raise_status(LC_ERR_RANGE, "kind");
+    if (outer * C * inner != PyArray_SIZE(x) || PyArray_SIZE(o) != C) {
         PyErr_SetString(lc_ShapeError, "x: geometry does not match its size");
         return NULL;
     }
@@ -1034,7 +1044,8 @@ static PyObject *py_block_norms(PyObject *self, PyObject *args) {
     PyArrayObject *x, *o;
     if (lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) return NULL;
     if (!lc_is_float_code(code)) return lc_raise_status(LC_ERR_DTYPE, "x");
-    if (PyArray_NDIM(x) != 2 || br < 1 || bc < 1 || kind < 0 || kind > 4) {
+    if (kind < 0 || kind >= NORM_NKINDS) return lc_raise_status(LC_ERR_RANGE, "kind");
+    if (PyArray_NDIM(x) != 2 || br < 1 || bc < 1) {
         PyErr_SetString(lc_ShapeError, "x: expected a 2-D array and a positive block shape");
         return NULL;
     }
@@ -1139,4 +1150,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int lc_init_prune(PyObject *m) { return lc_add_methods(m, methods); }
+int lc_init_prune(PyObject *m) {
+    if (LC_ADD_CODE_TABLE(m, "norm_kinds", NORM_KINDS) < 0) return -1;
+    return lc_add_methods(m, methods);
+}

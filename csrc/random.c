@@ -36,7 +36,13 @@ static inline double normal01(uint64_t h) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-typedef enum { DIST_UNIFORM = 0, DIST_NORMAL = 1, DIST_BITS = 2 } dist_kind;
+/* What fill_random draws, exported as _C.random_dists: uniform(a, b) in [a, b), normal with
+ * mean a and standard deviation b, or the raw 64-bit hashes (uint64). */
+#define RANDOM_DISTS(X)         \
+    X(DIST_UNIFORM, "uniform")  \
+    X(DIST_NORMAL, "normal")    \
+    X(DIST_BITS, "bits")
+enum { RANDOM_DISTS(LC_CODE_ENUM) DIST_NDISTS };
 
 static void fill(void *out, int code, int64_t n, uint64_t seed, uint64_t stream, int dist,
                  double a, double b) {
@@ -66,7 +72,7 @@ static PyObject *py_fill_random(PyObject *self, PyObject *args, PyObject *kw) {
                                      &seed, &stream, &dist, &a, &b))
         return NULL;
     if (lc_check_array(out, "out", code, 1) < 0) return NULL;
-    if (dist < DIST_UNIFORM || dist > DIST_BITS) {
+    if (dist < 0 || dist >= DIST_NDISTS) {
         PyErr_Format(lc_ArgumentError, "dist: unknown distribution code %d", dist);
         return NULL;
     }
@@ -88,4 +94,7 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int lc_init_random(PyObject *m) { return lc_add_methods(m, methods); }
+int lc_init_random(PyObject *m) {
+    if (LC_ADD_CODE_TABLE(m, "random_dists", RANDOM_DISTS) < 0) return -1;
+    return lc_add_methods(m, methods);
+}

@@ -19,7 +19,7 @@ from . import errors, dtypes, core, random, examples  # noqa: E402
 from . import qmatmul  # noqa: E402
 from .core import tensor_stats, to_float32, TensorStats  # noqa: E402
 from . import distill  # noqa: E402
-from . import prune, sparse  # noqa: E402  (pruning and sparse storage, issue 4)
+from . import prune, sparse  # noqa: E402
 from .errors import (  # noqa: E402
     LitecompError, ArgumentError, DTypeError, ShapeError, NonFiniteError, FormatError,
     UnsafeCheckpointError,

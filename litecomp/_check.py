@@ -7,6 +7,7 @@ code) and raise litecomp errors that name the argument and the problem.
 
 import math
 import numbers
+import warnings
 from typing import NamedTuple
 
 import numpy as np
@@ -101,3 +102,26 @@ def check_axis(axis, ndim: int, name: str = "axis") -> int:
     if not -ndim <= axis < ndim:
         raise ArgumentError(f"{name}: {axis} is out of range for a {ndim}-D array")
     return axis % ndim
+
+
+def renamed(value, old_value, name: str, old_name: str, *, deprecated=True):
+    """An argument that also answers to an older spelling: ``value`` unless only
+    ``old_value`` was given (None means not given).  Giving both is an ArgumentError.  The
+    old spelling warns (DeprecationWarning) when ``deprecated``; torch's own spelling of an
+    argument a function mirrors (``dim`` for ``axis``) is kept without a warning."""
+    if old_value is None:
+        return value
+    if value is not None:
+        raise ArgumentError(f"{name}: given twice, as {name}= and as {old_name}= "
+                            f"(its old spelling); pass {name}= only")
+    if deprecated:
+        warnings.warn(f"{old_name}= is deprecated; pass {name}= (same meaning)",
+                      DeprecationWarning, stacklevel=3)
+    return old_value
+
+
+def required(value, name: str):
+    """``value``, or an ArgumentError naming the argument when it was not given (None)."""
+    if value is None:
+        raise ArgumentError(f"{name}: required")
+    return value

@@ -140,8 +140,9 @@ def _renumbered(exc, take):
 
 
 def fused_linear(student_hidden, student_weight, teacher, *, kind="kl", temperature=1.0,
-                 alpha=0.0, beta=None, labels=None, ignore_index=-100, student_bias=None,
-                 reduction="mean", chunk=None, grad=True) -> FusedLinearResult:
+                 alpha=0.0, beta=None, lam=None, labels=None, ignore_index=-100,
+                 student_bias=None, reduction="mean", chunk=None,
+                 grad=True) -> FusedLinearResult:
     """A distillation loss on the student's logits ``student_hidden @ student_weight.T +
     student_bias`` and its gradients for the hidden states, weight and bias, without ever
     holding the ``[N, V]`` logits: rows go through in chunks.
@@ -152,7 +153,7 @@ def fused_linear(student_hidden, student_weight, teacher, *, kind="kl", temperat
     ``(teacher_hidden [..., d_t], teacher_weight [V, d_t])`` or
     ``(teacher_hidden, teacher_weight, teacher_bias)``, whose logits are made a chunk at a
     time too.  No gradient flows into the teacher.
-    kind, temperature, alpha, beta, labels, ignore_index, reduction: as in :func:`loss`
+    kind, temperature, alpha, beta, lam, labels, ignore_index, reduction: as in :func:`loss`
     (``alpha`` with ``labels`` mixes in the hard-label cross entropy; ignored rows are left
     out of the matmuls).
     chunk: rows per chunk (default :func:`default_chunk`); memory grows with it, speed
@@ -166,7 +167,7 @@ def fused_linear(student_hidden, student_weight, teacher, *, kind="kl", temperat
     gradient not asked for.  The row kernels give the same bits for any thread count; the
     matmuls are NumPy's BLAS, whose last bits may depend on its build.
     """
-    cfg = _d._settings(kind, temperature, alpha, beta, labels)
+    cfg = _d._settings(kind, temperature, alpha, beta, lam, labels)
     check_choice(reduction, "reduction", _d.REDUCTIONS)
     ignore = check_int(-100 if ignore_index is None else ignore_index, "ignore_index")
     want = _which_grads(grad)

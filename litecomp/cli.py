@@ -6,7 +6,6 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
 from .commands import COMMANDS
 from .errors import LitecompError
 
@@ -47,10 +46,6 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:  # `litecomp inspect big.pth | head`
         return 0
-
-
-def _version_string() -> str:
-    return f"litecomp {__version__}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -46,18 +46,19 @@ from typing import NamedTuple
 import numpy as np
 
 from . import _C
-from ._check import as_array, as_kernel_input, check_choice, check_float, check_int
+from ._check import (
+    as_array, as_kernel_input, check_choice, check_float, check_int, renamed,
+)
 from .errors import ArgumentError, ShapeError
 
-KINDS = {
-    "kl": 0, "soft_cross_entropy": 1, "reverse_kl": 2, "jsd": 3, "skew_kl": 4,
-    "skew_reverse_kl": 5, "tvd": 6, "mse": 7, "cosine": 8,
-}
+#: The losses the row kernels compute, {name: code}: csrc/distill.c's table (DISTILL_KINDS).
+KINDS = _C.distill_kinds
 _ALIASES = {"kl_div": "kl", "forward_kl": "kl", "ce": "soft_cross_entropy",
             "soft_ce": "soft_cross_entropy", "rkl": "reverse_kl", "skl": "skew_kl",
             "srkl": "skew_reverse_kl", "cos": "cosine"}
 REDUCTIONS = ("mean", "sum", "none", "batchmean")
 _T2_KINDS = ("kl", "soft_cross_entropy")
+_SKEW_KINDS = ("skew_kl", "skew_reverse_kl")
 _DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
@@ -124,12 +125,12 @@ def _grad_buffer(out, shape, f64):
 class _Settings(NamedTuple):
     kind: str           # the kernel's kind (jsd/skew at their limits become kl/reverse_kl)
     temperature: float
-    beta: float
+    beta: float         # JSD's beta or the skew losses' lambda, as the kernel takes it
     alpha: float
     tfac: float         # T^2 for kl and soft_cross_entropy, else 1
 
 
-def _settings(kind, temperature, alpha, beta, labels) -> _Settings:
+def _settings(kind, temperature, alpha, beta, lam, labels) -> _Settings:
     """Check the loss options shared by :func:`loss` and :func:`fused_linear`."""
     name = _ALIASES.get(kind, kind)
     check_choice(name, "kind", tuple(KINDS))
@@ -147,18 +148,22 @@ def _settings(kind, temperature, alpha, beta, labels) -> _Settings:
         raise ArgumentError("labels: alpha > 0 needs hard labels")
     tfac = temperature * temperature if name in _T2_KINDS else 1.0
     b = 0.0
+    if lam is not None and name not in _SKEW_KINDS:
+        raise ArgumentError(f"lam: only skew_kl and skew_reverse_kl take lam, not {name}")
     if name == "jsd":
         b = check_float(0.5 if beta is None else beta, "beta", 0.0, 1.0)
         if b == 0.0:
             name = "kl"
         elif b == 1.0:
             name = "reverse_kl"
-    elif name in ("skew_kl", "skew_reverse_kl"):
-        b = check_float(0.1 if beta is None else beta, "beta", 0.0, 1.0)
+    elif name in _SKEW_KINDS:
+        lam = renamed(lam, beta, "lam", "beta")
+        b = check_float(0.1 if lam is None else lam, "lam", 0.0, 1.0)
         if b == 0.0:
             name = "kl" if name == "skew_kl" else "reverse_kl"
     elif beta is not None:
-        raise ArgumentError(f"beta: only jsd, skew_kl and skew_reverse_kl take beta, not {name}")
+        raise ArgumentError(f"beta: only jsd takes beta (the skew losses take lam), "
+                            f"not {name}")
     return _Settings(name, temperature, b, alpha, tfac)
 
 
@@ -171,14 +176,16 @@ def _row_kernel(cfg, s2, scode, t2, tcode, lab, ignore, weight, grad, row_loss):
 
 
 def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_index=None,
-         labels=None, alpha=0.0, beta=None, grad=True, out=None):
+         labels=None, alpha=0.0, beta=None, lam=None, grad=True, out=None):
     """The loss ``kind`` (see the module table) and its gradient: ``(loss, grad)``.
 
-    beta: JSD's beta (default 0.5) or the skew losses' lambda (default 0.1).
+    beta: JSD's beta (default 0.5).  lam: the skew losses' lambda (default 0.1); ``beta=``
+    still sets it, with a DeprecationWarning.
     out: an optional float32 (float64 for float64 input) array of the student's shape that
-    receives the gradient (it is also returned).
+    receives the gradient (it is also returned; it may be ``student`` itself, a float32
+    (float64) C-contiguous array, which is then overwritten with its gradient).
     """
-    cfg = _settings(kind, temperature, alpha, beta, labels)
+    cfg = _settings(kind, temperature, alpha, beta, lam, labels)
     check_choice(reduction, "reduction", REDUCTIONS)
     ignore = -100 if ignore_index is None else check_int(ignore_index, "ignore_index")
 
@@ -234,12 +241,12 @@ def jsd(student, teacher, *, beta=0.5, **kw):
 
 def skew_kl(student, teacher, *, lam=0.1, **kw):
     """Skew KL(p || lam p + (1-lam) q) (DistiLLM); lam=0 is forward KL."""
-    return loss("skew_kl", student, teacher, beta=lam, **kw)
+    return loss("skew_kl", student, teacher, lam=lam, **kw)
 
 
 def skew_reverse_kl(student, teacher, *, lam=0.1, **kw):
     """Skew reverse KL(q || lam q + (1-lam) p) (DistiLLM); lam=0 is reverse KL."""
-    return loss("skew_reverse_kl", student, teacher, beta=lam, **kw)
+    return loss("skew_reverse_kl", student, teacher, lam=lam, **kw)
 
 
 def attention_kl(student_scores, teacher_scores, *, reduction="mean", grad=True, out=None):
@@ -283,7 +290,7 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0,
     Negative ids mark unused slots; the other ids of a row must be distinct.
     """
     mode = {"zero": "renormalize", "renorm": "renormalize"}.get(mode, mode)
-    check_choice(mode, "mode", ("renormalize", "tail"))
+    check_choice(mode, "mode", tuple(_C.topk_modes))
     check_choice(reduction, "reduction", REDUCTIONS)
     temperature = check_float(temperature, "temperature", lo=0.0)
     if temperature == 0.0:
@@ -316,8 +323,8 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0,
     weight, div = _reduce_setup(reduction, n_valid, shape[0] if len(shape) > 1 else 1)
     g = _grad_buffer(out, shape, sk.array.dtype == np.float64) if grad else None
     row_loss = np.empty(n, np.float64)
-    total = _C.distill_sparse(s2, sk.code, idx, lp, mode == "tail", lab, ignore, temperature,
-                              temperature * temperature, weight,
+    total = _C.distill_sparse(s2, sk.code, idx, lp, _C.topk_modes[mode], lab, ignore,
+                              temperature, temperature * temperature, weight,
                               None if g is None else g.reshape(n, shape[-1]), row_loss)
     value = row_loss.reshape(shape[:-1]) if reduction == "none" else (total / div if div else 0.0)
     return value, g
@@ -329,46 +336,3 @@ __all__ = ["loss", "kl_div", "soft_cross_entropy", "reverse_kl", "jsd", "skew_kl
 
 # the lm_head matmul fused with these losses (it uses the helpers above)
 from ._distill_linear import FusedLinearResult, default_chunk, fused_linear  # noqa: E402
-
-
-
-# ------------------------------------------------------------------ litecomp demo
-def _np_log_softmax(x):
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-def demo_step(ctx) -> str:
-    """Distillation: fused KL (T=2) loss + gradient on logits of the model's fc head."""
-    import time
-    from . import random as _random
-    from ._table import render_table
-
-    w, b = ctx.state_dict["fc.weight"], ctx.state_dict["fc.bias"]
-    rows = 32 if ctx.small else 256
-    h = _random.normal((rows, w.shape[1]), seed=ctx.seed + 11)
-    teacher = h @ w.T + b                                   # [rows, vocab] teacher logits
-    student = 0.8 * teacher + _random.normal(teacher.shape, 0.0, float(teacher.std()),
-                                             seed=ctx.seed + 12)
-    T = 2.0
-    t0 = time.perf_counter()
-    value, g = kl_div(student, teacher, temperature=T)
-    ours = time.perf_counter() - t0
-    t0 = time.perf_counter()                                # the same in plain NumPy float32
-    lq, lp = _np_log_softmax(student / T), _np_log_softmax(teacher / T)
-    p = np.exp(lp)
-    np_value = float(np.sum(p * (lp - lq), dtype=np.float64)) * T * T / rows
-    np_grad = (np.exp(lq) - p) * (T / rows)
-    theirs = time.perf_counter() - t0
-    err = float(np.abs(g - np_grad).max())
-    gbps = (student.nbytes + teacher.nbytes + g.nbytes) / ours / 1e9
-    print(render_table(
-        ["", "rows x vocab", "time", "loss", "max |grad diff|"],
-        [["litecomp kl_div (C)", f"{rows} x {teacher.shape[1]:,}", f"{ours * 1e3:.1f} ms",
-          f"{value:.6f}", f"{err:.1e}"],
-         ["NumPy (log_softmax, exp, sum)", "", f"{theirs * 1e3:.1f} ms", f"{np_value:.6f}", ""]],
-        align=["<", ">", ">", ">", ">"]))
-    print(f"throughput {rows / ours:,.0f} rows/s, {gbps:.1f} GB/s (inputs + gradient); "
-          f"{theirs / ours:.1f}x NumPy")
-    return (f"KL T=2 loss+grad on {rows}x{teacher.shape[1]:,} logits in {ours * 1e3:.0f} ms "
-            f"({theirs / ours:.0f}x NumPy, loss {value:.4f})")

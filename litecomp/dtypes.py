@@ -40,10 +40,10 @@ FLOAT_DTYPES = WEIGHT_DTYPES + ("float8_e4m3fn", "float8_e5m2")
 
 
 def name_of(dtype) -> str:
-    """litecomp's name for a NumPy dtype (``'bfloat16'``, ``'float32'``, ...)."""
+    """litecomp's name for a NumPy dtype (``'bfloat16'``, ``'float32'``, ``'bool'``, ...),
+    which is also the name every checkpoint table in ``litecomp.io.dtypes`` is keyed by."""
     dt = np.dtype(dtype)
-    name = dt.name if dt.kind != "b" else "bool"
-    return name
+    return "bool" if dt.kind == "b" else dt.name
 
 
 def code_of(dtype) -> int:
@@ -67,10 +67,6 @@ def raw_view(a: np.ndarray) -> np.ndarray:
     """View an array as the plain NumPy dtype C reads it as (bf16 -> uint16, fp8 -> uint8)."""
     raw = _TABLE[name_of(a.dtype)][2]
     return a if a.dtype == raw else a.view(raw)
-
-
-def is_float(dtype) -> bool:
-    return name_of(dtype) in FLOAT_DTYPES
 
 
 def table():

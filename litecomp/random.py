@@ -11,7 +11,7 @@ from . import _C
 from . import dtypes as _dt
 from ._check import check_float, check_int, check_choice
 
-_UNIFORM, _NORMAL, _BITS = 0, 1, 2
+_DIST = _C.random_dists  # csrc/random.c's table: {"uniform": code, "normal": ..., "bits": ...}
 _U64 = 2 ** 64 - 1
 
 
@@ -26,7 +26,7 @@ def uniform(shape, low=0.0, high=1.0, *, seed=0, stream=0, dtype=np.float32) -> 
     high = check_float(high, "high")
     out, code = _out(shape, dtype)
     _C.fill_random(out, code, check_int(seed, "seed", 0, _U64),
-                   check_int(stream, "stream", 0, _U64), _UNIFORM, low, high)
+                   check_int(stream, "stream", 0, _U64), _DIST["uniform"], low, high)
     return out
 
 
@@ -36,7 +36,7 @@ def normal(shape, mean=0.0, std=1.0, *, seed=0, stream=0, dtype=np.float32) -> n
     std = check_float(std, "std", 0.0)
     out, code = _out(shape, dtype)
     _C.fill_random(out, code, check_int(seed, "seed", 0, _U64),
-                   check_int(stream, "stream", 0, _U64), _NORMAL, mean, std)
+                   check_int(stream, "stream", 0, _U64), _DIST["normal"], mean, std)
     return out
 
 
@@ -44,5 +44,5 @@ def bits(shape, *, seed=0, stream=0) -> np.ndarray:
     """Raw 64-bit hashes, uint64 (for random scores and tie-breaking)."""
     out = np.empty(shape, np.uint64)
     _C.fill_random(out, _dt.code_of(np.uint64), check_int(seed, "seed", 0, _U64),
-                   check_int(stream, "stream", 0, _U64), _BITS, 0.0, 0.0)
+                   check_int(stream, "stream", 0, _U64), _DIST["bits"], 0.0, 0.0)
     return out

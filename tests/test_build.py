@@ -8,7 +8,6 @@ import zipfile
 import pytest
 
 import litecomp
-from litecomp import _C, dtypes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,20 +47,6 @@ def test_version_and_info_commands():
     info = json.loads(run_cli("info", "--json").stdout)
     assert info["version"] == litecomp.__version__
     assert info["openmp"] == litecomp.build_info()["openmp"]
-
-
-C_NAMES = {"float32": "F32", "float64": "F64", "float16": "F16", "bfloat16": "BF16",
-           "float8_e4m3fn": "F8E4M3FN", "float8_e5m2": "F8E5M2", "int8": "I8", "uint8": "U8",
-           "int16": "I16", "int32": "I32", "int64": "I64", "bool": "BOOL", "uint16": "U16",
-           "uint32": "U32", "uint64": "U64"}
-
-
-def test_dtype_codes_names_and_sizes_agree_with_c():
-    c = _C.dtype_table()
-    py = dtypes.table()
-    assert set(c) == set(py)
-    for code, (name, size) in py.items():
-        assert c[code] == (C_NAMES[name], size), (code, name)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,

@@ -34,6 +34,17 @@ def test_demo_in_process_and_step_selection(capsys, tmp_path):
     assert "steps: unknown step(s) nope" in err
 
 
+def test_demo_steps_are_the_modules_of_the_demo_package_in_order():
+    import pkgutil
+
+    from litecomp import demo
+    names = [m.NAME for m in demo.step_modules()]
+    assert names == ["model", "save/reload", "prune", "quantize", "distill"]
+    assert all(m.run.__doc__.strip() for m in demo.step_modules())
+    # every module of the package is a listed step (none written and forgotten)
+    assert sorted(m.name for m in pkgutil.iter_modules(demo.__path__)) == sorted(demo.STEPS)
+
+
 def test_info_json_and_threads_flag(capsys):
     assert cli.main(["--threads", "1", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)

@@ -213,6 +213,27 @@ def test_jsd_beta_limits_are_forward_and_reverse_kl(rng):
     assert a == pytest.approx(b, rel=1e-6) and 0 < a < np.log(2)
 
 
+def test_skew_lambda_is_lam_and_beta_its_deprecated_spelling(rng):
+    import warnings
+    s, t = _data(rng, n=3, v=64)
+    for kind, fn in (("skew_kl", D.skew_kl), ("skew_reverse_kl", D.skew_reverse_kl)):
+        want = fn(s, t, lam=0.3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = D.loss(kind, s, t, lam=0.3)
+        assert got[0] == want[0] and got[1].tobytes() == want[1].tobytes()
+        assert want[0] != fn(s, t)[0]                       # lam matters (default 0.1)
+        with pytest.warns(DeprecationWarning, match="beta= is deprecated; pass lam="):
+            old = D.loss(kind, s, t, beta=0.3)
+        assert old[0] == want[0] and old[1].tobytes() == want[1].tobytes()
+        with pytest.raises(litecomp.ArgumentError, match="^lam: given twice"):
+            D.loss(kind, s, t, lam=0.3, beta=0.3)
+    with pytest.raises(litecomp.ArgumentError, match="^lam: only skew"):
+        D.loss("jsd", s, t, lam=0.3)
+    with pytest.raises(litecomp.ArgumentError, match="^beta: only jsd"):
+        D.loss("kl", s, t, beta=0.3)
+
+
 def test_grad_false_out_buffer_and_noncontiguous(rng):
     s, t = _data(rng, n=4, v=100)
     l, g = D.kl_div(s, t, grad=False)

@@ -228,9 +228,9 @@ def test_nm_errors():
 @pytest.mark.parametrize("p", [1, 2, np.inf, -np.inf, 3, 0.5, "fro"])
 def test_channel_norms_match_reference(dtype, p, rng):
     w = rng.standard_normal((5, 7, 3)).astype(dtype)
-    for dim in (0, 1, 2, -1):
-        got = prune.channel_norms(w, p, dim)
-        want = ref.channel_norms(w, 2 if p == "fro" else p, dim)
+    for axis in (0, 1, 2, -1):
+        got = prune.channel_norms(w, p, axis)
+        want = ref.channel_norms(w, 2 if p == "fro" else p, axis)
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
@@ -246,10 +246,44 @@ def test_ln_structured(rng):
     assert (~got2.any(axis=1)).sum() == 2 + 2
     with pytest.raises(litecomp.ShapeError, match="^w"):
         prune.ln_structured(np.ones(5, np.float32), 1, 2, 0)
-    with pytest.raises(litecomp.ArgumentError, match="^n"):
+    with pytest.raises(litecomp.ArgumentError, match="^norm"):
         prune.ln_structured(w, 1, -1, 0)
-    with pytest.raises(litecomp.ArgumentError, match="^dim"):
+    with pytest.raises(litecomp.ArgumentError, match="^axis"):
         prune.ln_structured(w, 1, 2, 2)
+
+
+def test_structured_spellings_norm_axis_and_their_aliases(rng):
+    """norm/axis are the names; torch's dim= is an alias without a warning, n= (an N:M
+    count elsewhere) a deprecated one; the same mask every way."""
+    import warnings
+    w = rng.standard_normal((6, 10)).astype(np.float32)
+    want = prune.ln_structured(w, 2, 2, 0)
+    assert (~want.all(axis=1)).sum() == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(prune.ln_structured(w, 2, norm=2, axis=0), want)
+        np.testing.assert_array_equal(prune.ln_structured(w, 2, 2, dim=0), want)
+        np.testing.assert_array_equal(prune.random_structured(w, 3, dim=1, seed=4),
+                                      prune.random_structured(w, 3, axis=1, seed=4))
+        np.testing.assert_allclose(prune.channel_norms(w, norm=1, axis=1),
+                                   np.abs(w.astype(np.float64)).sum(axis=0), rtol=1e-12)
+    with pytest.warns(DeprecationWarning, match="n= is deprecated; pass norm="):
+        got = prune.ln_structured(w, 2, n=2, dim=0)   # torch's keyword spelling
+    np.testing.assert_array_equal(got, want)
+    with pytest.warns(DeprecationWarning) as caught:
+        norms = prune.channel_norms(w, n=2, dim=0)
+    assert sorted(str(c.message) for c in caught) == [
+        "dim= is deprecated; pass axis= (same meaning)",
+        "n= is deprecated; pass norm= (same meaning)"]
+    np.testing.assert_array_equal(norms, prune.channel_norms(w, 2, 0))
+    with pytest.raises(litecomp.ArgumentError, match="^norm: given twice"):
+        prune.ln_structured(w, 2, 2, 0, n=2)
+    with pytest.raises(litecomp.ArgumentError, match="^axis: given twice"):
+        prune.random_structured(w, 2, 0, dim=0)
+    with pytest.raises(litecomp.ArgumentError, match="^norm: required"):
+        prune.ln_structured(w, 2, axis=0)
+    with pytest.raises(litecomp.ArgumentError, match="^axis: required"):
+        prune.ln_structured(w, 2, 2)
 
 
 def test_random_methods_counts_and_seed():

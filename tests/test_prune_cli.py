@@ -92,6 +92,21 @@ def test_prune_command_amount_int_vs_float(checkpoint, tmp_path):
         assert int((litecomp.load(out)["fc.weight"] == 0).sum()) == want
 
 
+def test_prune_command_block_shape_and_its_old_spelling(checkpoint, tmp_path, capsys):
+    sd, path = checkpoint
+    new, old = str(tmp_path / "new.safetensors"), str(tmp_path / "old.safetensors")
+    assert cli.main(["prune", path, new, "--method", "block", "--block-shape", "2x8"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    want = prune.apply(sd["fc.weight"], prune.block(sd["fc.weight"], 0.5, (2, 8)))
+    assert litecomp.load(new)["fc.weight"].tobytes() == want.tobytes()
+    assert cli.main(["prune", path, old, "--method", "block", "--block", "2x8"]) == 0
+    assert "--block is deprecated; use --block-shape" in capsys.readouterr().err
+    assert litecomp.load(old)["fc.weight"].tobytes() == want.tobytes()
+    assert cli.main(["prune", path, old, "--method", "block", "--block", "2x8",
+                     "--block-shape", "2x8"]) == 1
+    assert "--block-shape: given twice" in capsys.readouterr().err
+
+
 def test_prune_command_errors(checkpoint, tmp_path, capsys):
     _, path = checkpoint
     out = str(tmp_path / "x.safetensors")

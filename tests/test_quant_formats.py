@@ -194,6 +194,21 @@ def test_quantize_cli(tmp_path, capsys):
     assert "linear1.weight" in text and "SQNR" in text and "4 tensors quantized" in text
     q = litecomp.load(tmp_path / "q4.safetensors")
     assert "transformer_decoder.layers.0.linear1.weight.qdata" in q
+    # nf4/fp4's absmax block is --block-size; --group-size is its deprecated spelling there
+    capsys.readouterr()
+    new, old = str(tmp_path / "nf4-new.safetensors"), str(tmp_path / "nf4-old.safetensors")
+    assert main(["quantize", src, new, "--format", "nf4", "--block-size", "32"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(["quantize", src, old, "--format", "nf4", "--group-size", "32"]) == 0
+    assert "--group-size with --format nf4 is deprecated; use --block-size" in \
+        capsys.readouterr().err
+    a, b = litecomp.load(new), litecomp.load(old)
+    assert list(a) == list(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    default = str(tmp_path / "nf4-64.safetensors")
+    assert main(["quantize", src, default, "--format", "nf4"]) == 0
+    assert litecomp.load(default)["fc.weight.absmax"].size * 2 == a["fc.weight.absmax"].size
+    assert main(["quantize", src, new, "--bits", "4", "--block-size", "32"]) == 1
+    assert "--block-size: only nf4 and fp4" in capsys.readouterr().err
     assert main(["quantize", src, str(tmp_path / "m.gguf"), "--format", "gguf:Q8_0"]) == 0
     gguf = pytest.importorskip("gguf")
     r = gguf.GGUFReader(str(tmp_path / "m.gguf"))

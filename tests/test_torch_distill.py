@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -115,6 +114,23 @@ def test_other_devices_use_torch_math():
     out = DistillationLoss("kl", temperature=2.0)(s, t)
     out.backward()
     assert s.grad.shape == s.shape
+
+
+def test_skew_lambda_spelling_lam_and_deprecated_beta():
+    s, t = _pair(n=3, v=20, dtype=torch.float32)
+    want = DistillationLoss("skew_kl", lam=0.3)(s, t)
+    with pytest.warns(DeprecationWarning, match="beta= is deprecated; pass lam="):
+        fn = DistillationLoss("skew_kl", beta=0.3)
+    assert fn(s, t).item() == want.item()
+    assert want.item() != DistillationLoss("skew_kl")(s, t).item()
+    st = s.detach().double()
+    tt = t.double()
+    ref = distillation_loss_torch("skew_reverse_kl", st, tt, lam=0.3)
+    with pytest.warns(DeprecationWarning, match="beta= is deprecated; pass lam="):
+        old = distillation_loss_torch("skew_reverse_kl", st, tt, beta=0.3)
+    assert old.item() == ref.item()
+    assert ref.item() == pytest.approx(
+        litecomp.distill.skew_reverse_kl(st.numpy(), tt.numpy(), lam=0.3)[0], rel=1e-12)
 
 
 def test_bad_kind():

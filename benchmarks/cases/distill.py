@@ -1,8 +1,9 @@
 """Distillation: fused loss + gradient against torch eager (forward + backward), same threads.
 
-The issue's size: [2048, 98631] (N rows of the example model's vocabulary).  torch's eager
-versions keep several [N, V] float32 temporaries (0.8 GB each; JSD about 11 GB in all),
-which a 24 GB machine holds; litecomp's extra memory is its one [N, V] gradient.
+The size that matters: [2048, 98631] (2048 rows of the example model's vocabulary).
+torch's eager versions keep several [N, V] float32 temporaries (0.8 GB each; JSD about
+11 GB in all), which a 24 GB machine holds; litecomp's extra memory is its one [N, V]
+gradient.
 """
 
 import math

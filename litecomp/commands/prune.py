@@ -1,5 +1,7 @@
 """litecomp prune: prune a checkpoint's weights and save it, dense or sparse."""
 
+import argparse
+
 NAME = "prune"
 HELP = "prune a checkpoint (l1, ln, nm, block or global) and save it, optionally sparse"
 
@@ -18,8 +20,9 @@ def add_arguments(p):
                         "global: one magnitude threshold over all selected tensors")
     add_selection_arguments(p, "prune")
     p.add_argument("--nm", metavar="N:M", default="2:4", help="N:M for --method nm (2:4)")
-    p.add_argument("--block", metavar="RxC", default="1x4",
+    p.add_argument("--block-shape", metavar="RxC", default=None,
                    help="block shape for --method block (1x4)")
+    p.add_argument("--block", default=None, help=argparse.SUPPRESS)  # old --block-shape
     p.add_argument("--sparse", action="store_true",
                    help="store pruned tensors compressed (sparse-bitmask, or N:M form)")
 
@@ -42,20 +45,16 @@ def add_selection_arguments(p, verb):
 
 def selection(args):
     """(targets, ignore) from the command line, as lists of patterns (or None)."""
+    from . import renamed_option
+
     def split(text):
         return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
-    if args.layers is not None:
-        if args.targets is not None:
-            from ..errors import ArgumentError
-            raise ArgumentError("--layers: is the older spelling of --targets; give one")
-        import sys
-        print("litecomp: --layers is deprecated; use --targets", file=sys.stderr)
-    return split(args.targets if args.targets is not None else args.layers), split(args.ignore)
+    targets = renamed_option(args.targets, args.layers, "--targets", "--layers")
+    return split(targets), split(args.ignore)
 
 
 def _amount(text):
     """torch's amount from the command line: '1000' is a count, '0.5' or '1.0' a fraction."""
-    import argparse
     try:
         return int(text)
     except ValueError:
@@ -77,7 +76,8 @@ def _parse_pair(text, sep, what):
 
 
 def stage_of(args):
-    """The recipe stage that --method/--amount/--nm/--block/--targets/--ignore describe."""
+    """The recipe stage that --method/--amount/--nm/--block-shape/--targets/--ignore
+    describe."""
     targets, ignore = selection(args)
     stage = {"method": "magnitude", "targets": targets, "ignore": ignore}
     if args.method == "nm":
@@ -86,7 +86,9 @@ def stage_of(args):
         stage["amount"] = args.amount
         stage.update(METHODS[args.method])
         if args.method == "block":
-            stage["block_shape"] = _parse_pair(args.block, "x", "--block")
+            from . import renamed_option
+            text = renamed_option(args.block_shape, args.block, "--block-shape", "--block")
+            stage["block_shape"] = _parse_pair(text or "1x4", "x", "--block-shape")
     return {k: v for k, v in stage.items() if v is not None}
 
 

@@ -13,6 +13,8 @@ def add_arguments(p):
     p.add_argument("--bits", type=int, default=8, help="2, 3, 4, 5, 6 or 8 (default 8)")
     p.add_argument("--group-size", type=int, default=None,
                    help="one scale per this many values along the last axis")
+    p.add_argument("--block-size", type=int, default=None,
+                   help="nf4/fp4: values per absmax block (default 64)")
     p.add_argument("--scheme", choices=("symmetric", "affine"), default="symmetric")
     p.add_argument("--per-tensor", action="store_true",
                    help="one scale per tensor (default without --group-size: per output channel)")
@@ -30,10 +32,15 @@ def run(args):
 
     from .. import io
     from .._table import format_bytes, render_table
+    from ..errors import ArgumentError
     from ..quant import state
     from ..select import Selector
+    from . import renamed_option
     from .prune import selection
     targets, ignore = selection(args)
+    if args.block_size is not None and args.format not in ("nf4", "fp4"):
+        raise ArgumentError(f"--block-size: only nf4 and fp4 take a block size, not "
+                            f"{args.format} (use --group-size)")
     sd = io.load(args.input, key=args.key)
     before = os.path.getsize(args.input) if os.path.isfile(args.input) else \
         sum(v.nbytes for v in sd.values())
@@ -45,7 +52,9 @@ def run(args):
         nq = sum(k != "F32" for k in kinds.values())
     else:
         if args.format in ("nf4", "fp4"):
-            stage = {"method": args.format, "block_size": args.group_size or 64}
+            block = renamed_option(args.block_size, args.group_size, "--block-size",
+                                   f"--group-size with --format {args.format}")
+            stage = {"method": args.format, "block_size": block or 64}
         elif args.format == "kmeans":
             stage = {"method": "kmeans", "bits": args.bits}
         else:

@@ -149,7 +149,7 @@ def _arrays(state_dict, fmt) -> dict:
                                 "not an array or tensor")
         if not a.dtype.isnative:
             a = a.astype(a.dtype.newbyteorder("="))
-        dname = _dt.name_of(a.dtype)
+        dname = _ldt.name_of(a.dtype)
         ok = {"torch": _dt.TORCH, "safetensors": _dt.SAFETENSORS_OF}.get(fmt)
         if ok is not None and dname not in ok:
             raise DTypeError(f"state_dict: {name!r} has dtype {a.dtype}, which the {fmt} "

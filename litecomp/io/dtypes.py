@@ -4,8 +4,6 @@ float8 kinds through ml_dtypes)."""
 import ml_dtypes
 import numpy as np
 
-_ml = ml_dtypes
-
 # litecomp/numpy dtype name -> (torch dtype name, legacy typed-storage class or None).
 # dtypes with a storage class are pickled as _rebuild_tensor_v2 on a typed storage; the
 # rest as _rebuild_tensor_v3 on an UntypedStorage (torch/_tensor.py does the same).
@@ -49,21 +47,12 @@ SAFETENSORS_OF = {v: k for k, v in SAFETENSORS.items()}
 
 def numpy_dtype(name: str) -> np.dtype:
     """NumPy dtype for a NumPy/ml_dtypes dtype name ('bfloat16', 'float8_e4m3fn', ...)."""
-    if hasattr(_ml, name):
-        return np.dtype(getattr(_ml, name))
+    if hasattr(ml_dtypes, name):
+        return np.dtype(getattr(ml_dtypes, name))
     return np.dtype(name)
-
-
-def name_of(dtype) -> str:
-    dt = np.dtype(dtype)
-    return "bool" if dt.kind == "b" else dt.name
-
-
-STORAGE_CLASSES = {storage: name for name, (_t, storage) in TORCH.items() if storage}
 
 
 def contiguous(a):
     """C-contiguous ``a`` (no copy when it already is), keeping 0-d arrays 0-d, unlike
     ``np.ascontiguousarray``."""
-    import numpy as np
     return a if a.flags.c_contiguous else np.array(a, order="C")

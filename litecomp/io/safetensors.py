@@ -11,6 +11,7 @@ import struct
 
 import numpy as np
 
+from ..dtypes import name_of
 from ..errors import FormatError
 from . import dtypes as _dt
 
@@ -144,7 +145,7 @@ def write(arrays: dict, f, metadata=None):
         header["__metadata__"] = dict(metadata)
     for n in names:
         a = arrays[n]
-        header[n] = {"dtype": _dt.SAFETENSORS_OF[_dt.name_of(a.dtype)],
+        header[n] = {"dtype": _dt.SAFETENSORS_OF[name_of(a.dtype)],
                      "shape": list(a.shape), "data_offsets": list(offsets[n])}
     js = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     js += b" " * (-len(js) % 8)

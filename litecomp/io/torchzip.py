@@ -17,6 +17,7 @@ try:
 except ImportError:  # numpy < 2
     byte_bounds = np.byte_bounds
 
+from ..dtypes import name_of
 from ..errors import FormatError
 from . import dtypes as _dt
 from . import zipfmt
@@ -166,7 +167,7 @@ def plan_storages(arrays: dict):
             item = region.dtype.itemsize
             for name, a in zip(names, members):
                 start = byte_bounds(a)[0]
-                tensors[name] = (idx, _dt.name_of(a.dtype), region.size, (start - lo) // item,
+                tensors[name] = (idx, name_of(a.dtype), region.size, (start - lo) // item,
                                  a.shape, tuple(s // item for s in a.strides))
             continue
         for name, a in zip(names, members):
@@ -177,7 +178,7 @@ def plan_storages(arrays: dict):
             for s in reversed(c.shape):
                 strides.append(acc)
                 acc *= s
-            tensors[name] = (idx, _dt.name_of(c.dtype), c.size, 0, c.shape,
+            tensors[name] = (idx, name_of(c.dtype), c.size, 0, c.shape,
                              tuple(reversed(strides)))
     return storages, {n: tensors[n] for n in arrays}
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _C
 from .. import dtypes as _dt
-from .._check import as_array, as_kernel_input, check_axis, check_int
+from .._check import as_array, as_kernel_input, check_axis, check_int, renamed, required
 from ..errors import ArgumentError, DTypeError, NonFiniteError, ShapeError
 from . import scores, schedule
 from .report import SparsityReport, sparsity
@@ -215,58 +215,60 @@ def per_row(w, amount, *, importance_scores=None, mask=None) -> np.ndarray:
 
 
 # ------------------------------------------------------------------ structured
-_NORM_KINDS = {1: 1, 2: 2}
+# csrc/prune.c's table (NORM_KINDS): each kernel norm is named by its order, "p" is the
+# general path for any other order.
+_NORM_KIND_OF_ORDER = {float(name): code for name, code in _C.norm_kinds.items() if name != "p"}
 
 
-def _norm_kind(n):
-    if isinstance(n, str):
-        if n == "fro":
-            return 2, 2.0
-        raise ArgumentError(f"n: {n!r} is not supported; use a number, 'fro' or +-inf")
-    if isinstance(n, bool) or not isinstance(n, numbers.Real):
-        raise ArgumentError(f"n: expected a number, got {type(n).__name__} {n!r}")
-    n = float(n)
-    if n == np.inf:
-        return 3, n
-    if n == -np.inf:
-        return 4, n
-    if not n > 0:
-        raise ArgumentError(f"n: {n} must be positive (or +-inf)")
-    return _NORM_KINDS.get(n, 0), n
+def _norm_kind(norm):
+    """(kernel norm kind, order p) for a norm order: a number > 0, +-inf or 'fro'."""
+    if isinstance(norm, str):
+        if norm == "fro":
+            return _NORM_KIND_OF_ORDER[2.0], 2.0
+        raise ArgumentError(f"norm: {norm!r} is not supported; use a number, 'fro' or +-inf")
+    if isinstance(norm, bool) or not isinstance(norm, numbers.Real):
+        raise ArgumentError(f"norm: expected a number, got {type(norm).__name__} {norm!r}")
+    p = float(norm)
+    if not (p > 0 or p == -np.inf):
+        raise ArgumentError(f"norm: {p} must be positive (or +-inf)")
+    return _NORM_KIND_OF_ORDER.get(p, _C.norm_kinds["p"]), p
 
 
-def channel_norms(w, n, dim) -> np.ndarray:
-    """Ln norm (float64) of every channel of ``w`` along ``dim``, over all other dims."""
+def channel_norms(w, norm=None, axis=None, *, n=None, dim=None) -> np.ndarray:
+    """The ``norm``-order norm (float64) of every channel of ``w`` along ``axis``, taken over
+    all other axes.  ``n=`` and ``dim=`` are the old spellings of ``norm`` and ``axis``."""
+    norm = required(renamed(norm, n, "norm", "n"), "norm")
+    axis = required(renamed(axis, dim, "axis", "dim"), "axis")
     k = as_kernel_input(w, "w")
-    dim = check_axis(dim, k.array.ndim, "dim")
-    kind, p = _norm_kind(n)
+    axis = check_axis(axis, k.array.ndim, "axis")
+    kind, p = _norm_kind(norm)
     shape = k.array.shape
-    outer = int(np.prod(shape[:dim], dtype=np.int64))
-    inner = int(np.prod(shape[dim + 1:], dtype=np.int64))
-    out = np.empty(shape[dim], np.float64)
-    _C.channel_norms(k.raw, k.code, outer, shape[dim], inner, kind, p, out)
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    out = np.empty(shape[axis], np.float64)
+    _C.channel_norms(k.raw, k.code, outer, shape[axis], inner, kind, p, out)
     return out
 
 
-def _structured(w, amount, dim, mask, channel_scores):
-    """Shared by ln/random_structured: prune the lowest-scoring channels along dim among
-    the channels the previous mask has not fully pruned."""
-    dim = check_axis(dim, w.ndim, "dim")
+def _structured(w, amount, axis, mask, channel_scores):
+    """Shared by ln/random_structured: prune the lowest-scoring channels along ``axis``
+    among the channels the previous mask has not fully pruned."""
+    axis = check_axis(required(axis, "axis"), w.ndim, "axis")
     m = _mask(mask, w.shape)
-    nch = w.shape[dim]
+    nch = w.shape[axis]
     if m is None:
         elig = None
         n_elig = nch
     else:
-        axes = tuple(i for i in range(w.ndim) if i != dim)
-        elig = np.ascontiguousarray(m.any(axis=axes))
+        others = tuple(i for i in range(w.ndim) if i != axis)
+        elig = np.ascontiguousarray(m.any(axis=others))
         n_elig = int(elig.sum())
     k = count_to_prune(amount, n_elig)
-    cs = channel_scores(m, dim)
+    cs = channel_scores(m, axis)
     keep = _select([as_kernel_input(cs, "scores", dtypes=_SCORE_DTYPES)], [elig], k,
                    absolute=False)[0]
     shape = [1] * w.ndim
-    shape[dim] = nch
+    shape[axis] = nch
     out = np.broadcast_to(keep.reshape(shape), w.shape).copy()
     if m is not None:
         out &= m
@@ -281,34 +283,41 @@ def _check_structured(w):
     return w
 
 
-def ln_structured(w, amount, n, dim, *, importance_scores=None, mask=None) -> np.ndarray:
-    """Prune whole channels along ``dim`` with the smallest Ln norm (n = 1, 2, inf, any p > 0,
-    'fro'), as ``torch.nn.utils.prune.ln_structured``.  With ``mask`` the norms are taken
-    of the masked weight (torch prunes the already-pruned tensor) and fully pruned channels
-    are not candidates."""
+def ln_structured(w, amount, norm=None, axis=None, *, importance_scores=None, mask=None,
+                  n=None, dim=None) -> np.ndarray:
+    """Prune whole channels along ``axis`` with the smallest norm of order ``norm`` (1, 2,
+    inf, -inf, any p > 0, 'fro'), as ``torch.nn.utils.prune.ln_structured(module, name,
+    amount, n, dim)``: positional torch-style calls work as they are, ``dim=`` is accepted
+    as torch spells it, and ``n=`` still works with a DeprecationWarning (``n`` is an N:M
+    count in litecomp).  With ``mask`` the norms are taken of the masked weight (torch
+    prunes the already-pruned tensor) and fully pruned channels are not candidates."""
+    norm = required(renamed(norm, n, "norm", "n"), "norm")
+    axis = renamed(axis, dim, "axis", "dim", deprecated=False)
     w = _check_structured(w)
     src = w if importance_scores is None else importance_scores
     src_name = "w" if importance_scores is None else "importance_scores"
     _scores(src, src_name, w.shape)  # shape and dtype check
 
-    def norms(m, dim):
+    def norms(m, axis):
         x = as_array(src, src_name)
         if _dt.name_of(x.dtype) not in _dt.WEIGHT_DTYPES:
             x = x.astype(np.float64)
         if m is not None:
             x = apply(x, m)
-        return channel_norms(x, n, dim)
+        return channel_norms(x, norm, axis)
 
-    _norm_kind(n)
-    return _structured(w, amount, dim, mask, norms)
+    _norm_kind(norm)
+    return _structured(w, amount, axis, mask, norms)
 
 
-def random_structured(w, amount, dim, *, seed=0, mask=None) -> np.ndarray:
-    """Prune ``amount`` whole channels along ``dim`` chosen at random (from ``seed``)."""
+def random_structured(w, amount, axis=None, *, seed=0, mask=None, dim=None) -> np.ndarray:
+    """Prune ``amount`` whole channels along ``axis`` chosen at random (from ``seed``), as
+    ``torch.nn.utils.prune.random_structured`` (whose ``dim=`` is accepted too)."""
     from .. import random as _random
+    axis = renamed(axis, dim, "axis", "dim", deprecated=False)
     w = _check_structured(w)
-    return _structured(w, amount, dim, mask,
-                       lambda m, dim: _random.bits(w.shape[dim], seed=seed))
+    return _structured(w, amount, axis, mask,
+                       lambda m, axis: _random.bits(w.shape[axis], seed=seed))
 
 
 # ------------------------------------------------------------------ N:M and blocks

@@ -69,14 +69,14 @@ def _norm(a, p, axis):
     return (a ** p).sum(axis=axis) ** (1.0 / p)
 
 
-def channel_norms(x, p, dim):
-    """Ln norm of every slice x[..., c, ...] along ``dim`` (float64)."""
+def channel_norms(x, norm, axis):
+    """The order-``norm`` norm of every slice x[..., c, ...] along ``axis`` (float64)."""
     x = _as_f64(x)
-    axes = tuple(i for i in range(x.ndim) if i != dim % x.ndim)
-    return _norm(x, p, axes) if axes else np.abs(x)
+    axes = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+    return _norm(x, norm, axes) if axes else np.abs(x)
 
 
-def block_norms(x, block_shape, p=2):
+def block_norms(x, block_shape, norm=2):
     """Norms of [br, bc] blocks of a 2-D array (edge blocks partial)."""
     x = _as_f64(x)
     br, bc = block_shape
@@ -84,7 +84,7 @@ def block_norms(x, block_shape, p=2):
     out = np.empty((-(-R // br), -(-C // bc)))
     for i in range(out.shape[0]):
         for j in range(out.shape[1]):
-            out[i, j] = _norm(x[i * br:(i + 1) * br, j * bc:(j + 1) * bc].ravel(), p, 0)
+            out[i, j] = _norm(x[i * br:(i + 1) * br, j * bc:(j + 1) * bc].ravel(), norm, 0)
     return out
 
 

@@ -15,6 +15,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from .. import distill as _d
+from .._check import renamed
 from . import from_numpy, to_numpy
 
 _C_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
@@ -31,10 +32,13 @@ def _xlog(p, d):
 
 
 def distillation_loss_torch(kind, student, teacher, *, temperature=1.0, reduction="mean",
-                            ignore_index=-100, labels=None, alpha=0.0, beta=None):
+                            ignore_index=-100, labels=None, alpha=0.0, beta=None, lam=None):
     """The definition of every litecomp distillation loss in plain torch ops (autograd
-    differentiates it).  Used for tensors the C kernels do not take, and as a reference."""
+    differentiates it).  Used for tensors the C kernels do not take, and as a reference.
+    beta: JSD's beta; lam: the skew losses' lambda (``beta=`` for them is deprecated)."""
     kind = _d._ALIASES.get(kind, kind)
+    if kind in _d._SKEW_KINDS:
+        lam, beta = renamed(lam, beta, "lam", "beta"), None
     T = float(temperature)
     v = student.shape[-1]
     s = student.reshape(-1, v)
@@ -60,10 +64,10 @@ def distillation_loss_torch(kind, student, teacher, *, temperature=1.0, reductio
             lm = torch.log(b * p + (1 - b) * q)
             rl = b * _xlog(p, lp - lm).sum(-1) + (1 - b) * _xlog(q, lq - lm).sum(-1)
         elif kind == "skew_kl":
-            lam = 0.1 if beta is None else float(beta)
+            lam = 0.1 if lam is None else float(lam)
             rl = _xlog(p, lp - torch.log(lam * p + (1 - lam) * q)).sum(-1)
         elif kind == "skew_reverse_kl":
-            lam = 0.1 if beta is None else float(beta)
+            lam = 0.1 if lam is None else float(lam)
             rl = _xlog(q, lq - torch.log(lam * q + (1 - lam) * p)).sum(-1)
         elif kind == "tvd":
             rl = 0.5 * (q - p).abs().sum(-1)
@@ -96,7 +100,7 @@ class _FusedLoss(torch.autograd.Function):
         lab = None if labels is None else to_numpy(labels)
         value, g = _d.loss(cfg["kind"], s, t, temperature=cfg["temperature"],
                            reduction=cfg["reduction"], ignore_index=cfg["ignore_index"],
-                           labels=lab, alpha=cfg["alpha"], beta=cfg["beta"],
+                           labels=lab, alpha=cfg["alpha"], beta=cfg["beta"], lam=cfg["lam"],
                            grad=ctx.needs_input_grad[0])
         ctx.none = cfg["reduction"] == "none"
         ctx.grad = None if g is None else from_numpy(g).to(student.dtype)
@@ -123,14 +127,15 @@ class DistillationLoss(nn.Module):
     """``loss = DistillationLoss("kl", temperature=2.0)(student_logits, teacher_logits)``.
 
     kind: any of ``litecomp.distill.KINDS`` (kl, soft_cross_entropy, reverse_kl, jsd,
-    skew_kl, skew_reverse_kl, tvd, mse, cosine); beta: JSD's beta or the skew lambda;
+    skew_kl, skew_reverse_kl, tvd, mse, cosine); beta: JSD's beta; lam: the skew
+    losses' lambda (``beta=`` for them still works, with a DeprecationWarning);
     alpha with ``labels`` in forward adds ``alpha * CE(labels)``; rows whose label is
     ignore_index are skipped.  CPU float tensors run the fused C kernel; other devices the
     same math in torch.
     """
 
     def __init__(self, kind="kl", *, temperature=1.0, reduction="mean", alpha=0.0, beta=None,
-                 ignore_index=-100):
+                 lam=None, ignore_index=-100):
         super().__init__()
         name = _d._ALIASES.get(kind, kind)
         if name not in _d.KINDS:
@@ -138,8 +143,10 @@ class DistillationLoss(nn.Module):
         if reduction not in _d.REDUCTIONS:
             raise _d.ArgumentError(f"reduction: {reduction!r} is not one of "
                                    f"{', '.join(_d.REDUCTIONS)}")
+        if name in _d._SKEW_KINDS:
+            lam, beta = renamed(lam, beta, "lam", "beta"), None
         self.cfg = dict(kind=name, temperature=float(temperature), reduction=reduction,
-                        alpha=float(alpha), beta=beta, ignore_index=int(ignore_index))
+                        alpha=float(alpha), beta=beta, lam=lam, ignore_index=int(ignore_index))
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.cfg.items())
@@ -154,7 +161,8 @@ class DistillationLoss(nn.Module):
         c = self.cfg
         return distillation_loss_torch(c["kind"], student, teacher, temperature=c["temperature"],
                                        reduction=c["reduction"], ignore_index=c["ignore_index"],
-                                       labels=labels, alpha=c["alpha"], beta=c["beta"])
+                                       labels=labels, alpha=c["alpha"], beta=c["beta"],
+                                       lam=c["lam"])
 
 
 # ------------------------------------------------------------------ fused lm_head + loss
@@ -174,7 +182,7 @@ class _FusedLinear(torch.autograd.Function):
         res = _d.fused_linear(
             to_numpy(hidden), to_numpy(weight), tch, kind=cfg["kind"],
             temperature=cfg["temperature"], alpha=cfg["alpha"], beta=cfg["beta"],
-            labels=None if labels is None else to_numpy(labels),
+            lam=cfg["lam"], labels=None if labels is None else to_numpy(labels),
             ignore_index=cfg["ignore_index"], reduction=cfg["reduction"],
             student_bias=None if bias is None else to_numpy(bias), chunk=cfg["chunk"],
             grad=want or False)
@@ -242,8 +250,8 @@ class FusedLinearDistillationLoss(nn.Module):
     The teacher is its logits, or ``(teacher_hidden, teacher_head)`` with the head an
     nn.Linear, a weight tensor or a (weight, bias) pair -- then its logits are made a chunk
     at a time too.  The student's head may be any of those three forms as well.  kind,
-    temperature, alpha, beta, ignore_index, reduction ("mean", "sum" or "batchmean"): as in
-    ``DistillationLoss``.  The gradients are computed in forward (the only time the logits
+    temperature, alpha, beta, lam, ignore_index, reduction ("mean", "sum" or "batchmean"): as
+    in ``DistillationLoss``.  The gradients are computed in forward (the only time the logits
     exist) and kept for backward: ``[N, d]`` plus the head's own size.  Tensors on another
     device, or of a dtype the kernels do not take, go through the same math in torch ops
     (materialising the logits).  ``head`` names the model attribute that
@@ -251,7 +259,7 @@ class FusedLinearDistillationLoss(nn.Module):
     """
 
     def __init__(self, kind="kl", *, temperature=1.0, reduction="mean", alpha=0.0, beta=None,
-                 ignore_index=-100, chunk=None, head=None):
+                 lam=None, ignore_index=-100, chunk=None, head=None):
         super().__init__()
         if reduction not in ("mean", "sum", "batchmean"):
             raise _d.ArgumentError(f"reduction: {reduction!r} is not one of 'mean', 'sum', "
@@ -259,8 +267,10 @@ class FusedLinearDistillationLoss(nn.Module):
         name = _d._ALIASES.get(kind, kind)
         if name not in _d.KINDS:
             raise _d.ArgumentError(f"kind: {kind!r} is not one of {', '.join(_d.KINDS)}")
+        if name in _d._SKEW_KINDS:
+            lam, beta = renamed(lam, beta, "lam", "beta"), None
         self.cfg = dict(kind=name, temperature=float(temperature), reduction=reduction,
-                        alpha=float(alpha), beta=beta, ignore_index=int(ignore_index),
+                        alpha=float(alpha), beta=beta, lam=lam, ignore_index=int(ignore_index),
                         chunk=chunk)
         self.head = head
 
@@ -295,7 +305,8 @@ class FusedLinearDistillationLoss(nn.Module):
         return distillation_loss_torch(c["kind"], s_logits, t_logits,
                                        temperature=c["temperature"],
                                        reduction=c["reduction"], ignore_index=c["ignore_index"],
-                                       labels=labels, alpha=c["alpha"], beta=c["beta"])
+                                       labels=labels, alpha=c["alpha"], beta=c["beta"],
+                                       lam=c["lam"])
 
 
 def distill_step(student, teacher, batch, loss, optimizer, *, features=None):

@@ -6,16 +6,18 @@ import re
 
 from .._table import format_bytes, render_table
 
+NAME = "quantize"
+
 
 def _layer_of(name):
     m = re.match(r"(.*layers\.\d+)\.", name)
     return m.group(1).replace("transformer_decoder.", "") if m else name
 
 
-def step_quantize(ctx) -> str:
+def run(ctx) -> str:
     """Quantize the weights: int8 per channel and int4 groups of 128; size and SQNR."""
     from ..io import save
-    from .state import quantize_state_dict
+    from ..quant import quantize_state_dict
     sd = ctx.state_dict
     group = 32 if ctx.small else 128  # the tiny model's rows are only 64 wide
     recipes = {"int8": {"*": {"bits": 8, "axis": 0}},

@@ -9,11 +9,13 @@ import numpy as np
 
 from .._table import format_bytes, render_table
 
+NAME = "prune"
 
-def step_prune(ctx) -> str:
+
+def run(ctx) -> str:
     """Prune fc.weight 50% (L1), bake, save the fc layer dense and sparse, compare sizes."""
     from .. import save, sparse
-    from . import bake, l1_unstructured, sparsity
+    from ..prune import bake, l1_unstructured, sparsity
     sd = ctx.state_dict
     w = sd["fc.weight"]
     t = time.perf_counter()

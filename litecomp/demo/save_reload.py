@@ -8,6 +8,8 @@ import numpy as np
 
 from .._table import format_bytes, render_table
 
+NAME = "save/reload"
+
 
 def identical(a, b) -> bool:
     """Same dtype, shape and bits (NaN payloads and -0.0 included)."""
@@ -19,9 +21,9 @@ def identical(a, b) -> bool:
     return np.array_equal(a.reshape(-1).view(raw), b.reshape(-1).view(raw))
 
 
-def step_save_reload(ctx) -> str:
+def run(ctx) -> str:
     """Save the model as .pth (torch format) and .safetensors, reload, verify."""
-    from . import load, save
+    from ..io import load, save
     sd = ctx.state_dict
     rows, parts = [], []
     for fmt, name in (("torch", "model.pth"), ("safetensors", "model.safetensors")):
