@@ -209,6 +209,11 @@ def fused_linear(student_hidden, student_weight, teacher, *, kind="kl", temperat
 
     lab = _d._labels(labels, lead, ignore)
     rows = None if lab is None else np.flatnonzero(lab != ignore)
+    if rows is not None and rows.size:
+        bad = rows[(lab[rows] < 0) | (lab[rows] >= v)]
+        if bad.size:   # checked here, where the row number is the caller's
+            raise ArgumentError(f"labels: row {bad[0]} has label {lab[bad[0]]}, outside "
+                                f"[0, {v})")
     n_valid = n if rows is None else rows.size
     weight, div = _d._reduce_setup(reduction, n_valid, lead[0] if lead else 1)
     chunk = default_chunk(v) if chunk is None else check_int(chunk, "chunk", 1)

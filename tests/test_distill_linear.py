@@ -234,8 +234,10 @@ def test_errors(rng):
         D.fused_linear(h, w, (thead[0],))
     with pytest.raises(ArgumentError, match="grad: "):
         D.fused_linear(h, w, thead, grad=("hidden", "teacher"))
-    with pytest.raises(ArgumentError, match="labels"):
-        D.fused_linear(h, w, thead, labels=np.full(45, 333))
+    bad_lab = lab.copy()
+    bad_lab[41] = 333
+    with pytest.raises(ArgumentError, match="labels: row 41 has label 333"):
+        D.fused_linear(h, w, thead, labels=bad_lab, chunk=8)
     with pytest.raises(ArgumentError, match="chunk"):
         D.fused_linear(h, w, thead, chunk=0)
     with pytest.raises(ArgumentError, match="kind"):
