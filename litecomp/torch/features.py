@@ -22,8 +22,8 @@ class FeatureDistillation(nn.Module):
     example=inputs)``; after ``student(x)`` and ``teacher(x)`` have run, ``feats()`` is the
     summed loss over the pairs (times ``weight``).
 
-    layers: a dict or a list of pairs of module names (``model.named_modules()``), student
-    first.  A layer's output is its first tensor (``[..., width]``, every leading index one
+    pairs: a dict ``{student module: teacher module}`` or a list of such pairs of names
+    (``model.named_modules()``).  A layer's output is its first tensor (``[..., width]``, every leading index one
     row).  kind: ``"mse"`` (mean squared error over the width) or ``"cosine"`` (1 - cosine
     similarity), averaged over rows.  example: inputs both models are run on once, without
     gradient, to learn the widths; a projection ``nn.Linear(student width, teacher width,
@@ -32,14 +32,14 @@ class FeatureDistillation(nn.Module):
     ``remove()`` takes the hooks off the models.
     """
 
-    def __init__(self, student, teacher, layers, *, example, kind="mse", weight=1.0,
+    def __init__(self, student, teacher, pairs, *, example, kind="mse", weight=1.0,
                  project=False):
         super().__init__()
         if kind not in ("mse", "cosine"):
             raise _d.ArgumentError(f"kind: {kind!r} is not one of 'mse', 'cosine'")
-        pairs = list(layers.items() if isinstance(layers, dict) else layers)
-        if not pairs:
-            raise _d.ArgumentError("layers: expected at least one (student, teacher) pair")
+        pairs = list(pairs.items() if isinstance(pairs, dict) else pairs)
+        if not pairs or any(len(p) != 2 for p in pairs):
+            raise _d.ArgumentError("pairs: expected (student module, teacher module) names")
         self.pairs = pairs
         self.weight = float(weight)
         self.loss = DistillationLoss(kind)
@@ -50,7 +50,7 @@ class FeatureDistillation(nn.Module):
             modules = dict(model.named_modules())
             for name in names:
                 if name not in modules:
-                    raise _d.ArgumentError(f"layers: {side} has no module {name!r}")
+                    raise _d.ArgumentError(f"pairs: the {side} has no module {name!r}")
                 self._hooks.append(modules[name].register_forward_hook(self._keeper(side, name)))
         with torch.no_grad():
             was = student.training, teacher.training
@@ -86,7 +86,7 @@ class FeatureDistillation(nn.Module):
                 try:
                     fs, ft = self._seen["student"][s], self._seen["teacher"][t]
                 except KeyError as exc:
-                    raise _d.ArgumentError(f"layers: no output of {exc.args[0]!r} yet; run "
+                    raise _d.ArgumentError(f"pairs: no output of {exc.args[0]!r} yet; run "
                                            "the student and the teacher first") from None
                 total = total + self.loss(proj(fs), ft.detach())
         finally:
