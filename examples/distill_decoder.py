@@ -138,10 +138,17 @@ def main(argv=None):
     if "--quick" in argv:                 # smaller defaults; explicit options still win
         p.set_defaults(teacher_steps=20, student_steps=10, width=32, layers=2, seq=32, batch=8)
     a = p.parse_args(argv)
-    t0 = time.perf_counter()
+    torch_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
-    litecomp.set_num_threads(a.threads)
-    torch.manual_seed(a.seed)
+    try:
+        with litecomp.threads(a.threads):
+            return run(a)
+    finally:
+        torch.set_num_threads(torch_threads)
+
+
+def run(a):
+    t0 = time.perf_counter()
     tmp = None
     path = a.text
     if path is None:
@@ -173,23 +180,21 @@ def main(argv=None):
           f"held out: the last {test_ids.numel():,}")
     teacher = train_ce(model(w, n, a.seed), batches(a.seed + 1), a.teacher_steps, 3e-3)
     t_teacher = time.perf_counter() - t0
+    # the same student architecture, initialisation and batches, twice
     scratch = train_ce(model(w // 2, max(1, n // 2), a.seed + 2), batches(a.seed + 3),
                        a.student_steps, 3e-3)
     loss = lt.FusedLinearDistillationLoss("kl", temperature=a.temperature, alpha=a.alpha)
     distilled = train_distilled(model(w // 2, max(1, n // 2), a.seed + 2), teacher,
                                 batches(a.seed + 3), a.student_steps, 3e-3, loss)
-    res = {name: held_out_loss(m, test_ids, a.seq)
-           for name, m in (("teacher", teacher), ("student from scratch", scratch),
-                           ("distilled student", distilled))}
-    sizes = {"teacher": teacher, "student from scratch": scratch, "distilled student": distilled}
-    steps = {"teacher": a.teacher_steps, "student from scratch": a.student_steps,
-             "distilled student": a.student_steps}
-    print(f"{'model':22s} {'layers':>6s} {'width':>5s} {'params':>8s} {'steps':>5s}  "
+    print(f"{'model':22s} {'layers':>6s} {'width':>5s} {'params':>9s} {'steps':>5s}  "
           f"held-out loss (nats/char)")
-    for name, value in res.items():
-        m = sizes[name]
+    res = {}
+    for name, m, steps in (("teacher", teacher, a.teacher_steps),
+                           ("student from scratch", scratch, a.student_steps),
+                           ("distilled student", distilled, a.student_steps)):
+        res[name] = value = held_out_loss(m, test_ids, a.seq)
         print(f"{name:22s} {len(m.transformer_decoder.layers):6d} {m.fc.in_features:5d} "
-              f"{sum(p.numel() for p in m.parameters()):8,d} {steps[name]:5d}  {value:.4f}"
+              f"{sum(p.numel() for p in m.parameters()):9,d} {steps:5d}  {value:.4f}"
               f"  (perplexity {math.exp(value):.2f})")
     print(f"teacher trained in {t_teacher:.0f} s; total {time.perf_counter() - t0:.0f} s")
     return res

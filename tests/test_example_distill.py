@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+import litecomp
+
 torch = pytest.importorskip("torch")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -21,15 +23,11 @@ def _load():
 
 def test_quick_run_prints_three_held_out_losses(capsys, tmp_path):
     ex = _load()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)            # tiny models: one thread is fastest and reproducible
-    try:
-        res = ex.main(["--quick"])
-        text = ex.make_text(str(tmp_path / "t.txt"), 5_000, seed=1)
-        again = ex.main(["--quick", "--text", text, "--teacher-steps", "5",
-                         "--student-steps", "3"])
-    finally:
-        torch.set_num_threads(threads)
+    threads = torch.get_num_threads(), litecomp.get_num_threads()
+    res = ex.main(["--quick"])                       # one thread by default (--threads)
+    text = ex.make_text(str(tmp_path / "t.txt"), 5_000, seed=1)
+    again = ex.main(["--quick", "--text", text, "--teacher-steps", "5", "--student-steps", "3"])
+    assert (torch.get_num_threads(), litecomp.get_num_threads()) == threads   # restored
     out = capsys.readouterr().out
     assert list(res) == ["teacher", "student from scratch", "distilled student"]
     assert all(math.isfinite(v) and 0 < v < math.log(64) for v in res.values())
