@@ -8,6 +8,9 @@ needed.  Environment switches:
     LITECOMP_MARCH_NATIVE=1   add -march=native (opt-in; the wheel then only runs here)
     LITECOMP_NO_OPENMP=1      skip the OpenMP probe and build serially
     LITECOMP_DEBUG=1          -O0 -g, for gdb and sanitizers
+    LITECOMP_SANITIZE=address,undefined
+                              build with those -fsanitize= checks (-O1 -g, UB aborts);
+                              .ci/sanitize builds so in a copy and runs the tests
 """
 
 import glob
@@ -68,8 +71,17 @@ class BuildExt(build_ext):
         cc = self.compiler
         unix = cc.compiler_type == "unix"
         for ext in self.extensions:
+            sanitize = os.environ.get("LITECOMP_SANITIZE", "").strip()
             if unix:
                 opt = ["-O0", "-g"] if _flag("LITECOMP_DEBUG") else ["-O3"]
+                if sanitize:
+                    # -fno-sanitize-recover: a UBSan report aborts, so a run cannot pass
+                    # with reports in its log.
+                    checks = ["-fsanitize=" + sanitize, "-fno-sanitize-recover=all",
+                              "-fno-omit-frame-pointer"]
+                    opt = ["-O1", "-g", *checks]
+                    ext.extra_link_args += checks
+                    ext.define_macros.append(("LC_SANITIZE", f'"{sanitize}"'))
                 # -ffp-contract=off: the scalar reference must not be fused into FMAs behind
                 # our back, or SIMD paths (and other compilers) could not match it bit for bit.
                 ext.extra_compile_args += opt + [

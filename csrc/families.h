@@ -11,4 +11,6 @@
     X(quant)           \
     X(gguf)            \
     X(codebook)        \
-    X(qmatmul)
+    X(matmul)          \
+    X(calib)           \
+    X(shrink)

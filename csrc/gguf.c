@@ -11,32 +11,9 @@
  */
 #include "litecomp.h"
 #include "quant.h"
+#include "gguf.h"
 
 #include <stddef.h>
-
-#define QK 32   /* values per block of the legacy formats */
-#define QK_K 256 /* values per K-quant super-block */
-
-typedef struct { uint16_t d; int8_t qs[QK]; } block_q8_0;
-typedef struct { uint16_t d; uint8_t qs[QK / 2]; } block_q4_0;
-typedef struct { uint16_t d, m; uint8_t qs[QK / 2]; } block_q4_1;
-typedef struct { uint16_t d; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_0;
-typedef struct { uint16_t d, m; uint8_t qh[4]; uint8_t qs[QK / 2]; } block_q5_1;
-/* Q4_K: 8 sub-blocks of 32; 6-bit scales and mins packed in 12 bytes (see get_scale_min). */
-typedef struct { uint16_t d, dmin; uint8_t scales[12]; uint8_t qs[QK_K / 2]; } block_q4_K;
-/* Q6_K: 16 sub-blocks of 16; low 4 bits in ql, high 2 bits in qh, int8 scales, fp16 d last. */
-typedef struct { uint8_t ql[QK_K / 2]; uint8_t qh[QK_K / 4]; int8_t scales[QK_K / 16]; uint16_t d; } block_q6_K;
-
-_Static_assert(sizeof(block_q8_0) == 34, "Q8_0 block is 34 bytes");
-_Static_assert(sizeof(block_q4_0) == 18, "Q4_0 block is 18 bytes");
-_Static_assert(sizeof(block_q4_1) == 20, "Q4_1 block is 20 bytes");
-_Static_assert(sizeof(block_q5_0) == 22, "Q5_0 block is 22 bytes");
-_Static_assert(sizeof(block_q5_1) == 24, "Q5_1 block is 24 bytes");
-_Static_assert(sizeof(block_q4_K) == 144, "Q4_K block is 144 bytes");
-_Static_assert(sizeof(block_q6_K) == 210, "Q6_K block is 210 bytes");
-
-/* ggml type ids (GGMLQuantizationType). */
-enum { T_Q4_0 = 2, T_Q4_1 = 3, T_Q5_0 = 6, T_Q5_1 = 7, T_Q8_0 = 8, T_Q4_K = 12, T_Q6_K = 14 };
 
 static inline float h2f(uint16_t h) { return lc_f16_to_f32(h); }
 static inline uint16_t f2h(float f) { return lc_f32_to_f16(f); }
@@ -581,32 +558,48 @@ LC_TARGET_AVX2 static int quantize_q4_0_avx2(const float *x, void *out) {
     b->d = f2h(d);
     return 1;
 }
-#define SIMD_Q(name) quantize_##name##_avx512
-#define SIMD2_Q(name) quantize_##name##_avx2
-#else
-#define SIMD_Q(name) NULL
-#define SIMD2_Q(name) NULL
+/* The SIMD quantizers each format has (f32 input; they return 0 for non-finite input). */
+#define AVX512_q8_0 quantize_q8_0_avx512
+#define AVX512_q4_0 quantize_q4_0_avx512
+#define AVX512_q4_1 quantize_q4_1_avx512
+#define AVX512_q5_0 quantize_q5_0_avx512
+#define AVX512_q5_1 quantize_q5_1_avx512
+#define AVX2_q8_0 quantize_q8_0_avx2
+#define AVX2_q4_0 quantize_q4_0_avx2
 #endif
+#ifndef AVX512_q8_0
+#define AVX512_q8_0 NULL
+#define AVX512_q4_0 NULL
+#define AVX512_q4_1 NULL
+#define AVX512_q5_0 NULL
+#define AVX512_q5_1 NULL
+#define AVX2_q8_0 NULL
+#define AVX2_q4_0 NULL
+#endif
+#define AVX512_q4_K NULL
+#define AVX512_q6_K NULL
+#define AVX2_q4_1 NULL
+#define AVX2_q5_0 NULL
+#define AVX2_q5_1 NULL
+#define AVX2_q4_K NULL
+#define AVX2_q6_K NULL
 
 /* ------------------------------------------------------------------ dispatch */
 typedef struct {
-    int type, block, bytes;
+    int type;
+    const char *name;
+    int block, bytes;
     void (*quantize)(const float *, void *);
     void (*dequantize)(const void *, float *);
     int (*quantize_avx512)(const float *, void *); /* optional, f32 input, 0 = non-finite */
     int (*quantize_avx2)(const float *, void *);   /* optional, likewise */
 } gguf_format;
 
-#define FMT(T, name, blk, simd, simd2)                                                 \
-    {T, blk, (int)sizeof(block_##name), (void (*)(const float *, void *))quantize_##name##_ref, \
-     (void (*)(const void *, float *))dequantize_##name##_ref, simd, simd2}
-static const gguf_format formats[] = {
-    FMT(T_Q8_0, q8_0, QK, SIMD_Q(q8_0), SIMD2_Q(q8_0)),
-    FMT(T_Q4_0, q4_0, QK, SIMD_Q(q4_0), SIMD2_Q(q4_0)),
-    FMT(T_Q4_1, q4_1, QK, SIMD_Q(q4_1), NULL), FMT(T_Q5_0, q5_0, QK, SIMD_Q(q5_0), NULL),
-    FMT(T_Q5_1, q5_1, QK, SIMD_Q(q5_1), NULL), FMT(T_Q4_K, q4_K, QK_K, NULL, NULL),
-    FMT(T_Q6_K, q6_K, QK_K, NULL, NULL),
-};
+/* One entry per row of LC_GGUF_TYPES (gguf.h). */
+#define FMT(NAME, id, s, blk)                                                            \
+    {id, #NAME, blk, (int)sizeof(block_##s), (void (*)(const float *, void *))quantize_##s##_ref, \
+     (void (*)(const void *, float *))dequantize_##s##_ref, AVX512_##s, AVX2_##s},
+static const gguf_format formats[] = {LC_GGUF_TYPES(FMT)};
 #undef FMT
 
 static const gguf_format *find_format(int type) {
@@ -710,13 +703,17 @@ static PyObject *py_gguf_dequantize(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_gguf_block_info(PyObject *self, PyObject *args) {
-    (void)self;
-    int type;
-    if (!PyArg_ParseTuple(args, "i", &type)) return NULL;
-    const gguf_format *f = format_arg(type);
-    if (!f) return NULL;
-    return Py_BuildValue("(ii)", f->block, f->bytes);
+/* {name: (ggml type id, values per block, bytes per block)} for every format here. */
+static PyObject *py_gguf_formats(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    PyObject *d = PyDict_New();
+    for (size_t i = 0; d && i < sizeof formats / sizeof formats[0]; i++) {
+        const gguf_format *f = &formats[i];
+        PyObject *v = Py_BuildValue("(iii)", f->type, f->block, f->bytes);
+        if (!v || PyDict_SetItemString(d, f->name, v) < 0) Py_CLEAR(d);
+        Py_XDECREF(v);
+    }
+    return d;
 }
 
 static PyMethodDef methods[] = {
@@ -724,8 +721,8 @@ static PyMethodDef methods[] = {
      "gguf_quantize(x, code, type, out): ggml blocks of a float array."},
     {"gguf_dequantize", py_gguf_dequantize, METH_VARARGS,
      "gguf_dequantize(data, type, out): float32 values of ggml blocks."},
-    {"gguf_block_info", py_gguf_block_info, METH_VARARGS,
-     "gguf_block_info(type) -> (values per block, bytes per block)."},
+    {"gguf_formats", py_gguf_formats, METH_NOARGS,
+     "{name: (ggml type id, values per block, bytes per block)}."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -100,7 +100,20 @@ int lc_check_size(PyArrayObject *a, const char *name, int64_t n);
 #define LC_NOGIL_END Py_END_ALLOW_THREADS
 
 /* ------------------------------------------------------------------ threads */
-/* The kernels' thread count (litecomp.set_num_threads).  Use as
+/* Settings shared by threads are C11 atomics (relaxed: each is one independent int). */
+#ifndef __STDC_NO_ATOMICS__
+#include <stdatomic.h>
+#define LC_ATOMIC_INT atomic_int
+#define LC_ATOMIC_LOAD(v) atomic_load_explicit(&(v), memory_order_relaxed)
+#define LC_ATOMIC_STORE(v, x) atomic_store_explicit(&(v), (x), memory_order_relaxed)
+#else
+#define LC_ATOMIC_INT volatile int
+#define LC_ATOMIC_LOAD(v) (v)
+#define LC_ATOMIC_STORE(v, x) ((v) = (x))
+#endif
+
+/* The kernels' thread count for the calling thread: its own `with litecomp.threads(n):`
+ * value, else the process default (litecomp.set_num_threads).  Use as
  *   #pragma omp parallel for num_threads(lc_threads()) schedule(static)
  * over fixed blocks. */
 int lc_threads(void);
@@ -111,9 +124,7 @@ void lc_set_threads(int n);
  * scheduler slice (milliseconds) on a busy one.  Results never depend on it (fixed blocks,
  * fixed reduction order). */
 #define LC_PARALLEL_MIN ((int64_t)1 << 18)
-static inline int lc_threads_for(int64_t work) {
-    return work >= LC_PARALLEL_MIN ? lc_threads() : 1;
-}
+int lc_threads_for(int64_t work);
 
 #define LC_BLOCK ((int64_t)1 << 16) /* elements per work block; fixed, never per-thread */
 static inline int64_t lc_nblocks(int64_t n, int64_t block) { return (n + block - 1) / block; }
@@ -135,8 +146,9 @@ typedef enum {
 
 int lc_simd(void);          /* the level kernels should use now: min(detected, cap) */
 int lc_simd_detected(void); /* what this CPU and OS support                          */
-void lc_simd_cap(int level);/* litecomp.set_simd / LITECOMP_SIMD                     */
-int lc_cpu_has_avxvnni(void);
+void lc_simd_cap(int level);/* litecomp.set_simd / LITECOMP_SIMD (process-wide)      */
+int lc_get_simd_cap(void);
+int lc_cpu_has_avx_vnni(void);
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
 #define LC_X86 1

@@ -794,27 +794,109 @@ static inline double norm_finish(double acc, int kind, double p) {
 }
 
 /* Norm of every channel c of x viewed as [outer, C, inner], over outer and inner, in double;
- * order within a channel: outer then inner.  Parallel over channel chunks. */
-static void channel_norms(const void *x, int code, int64_t outer, int64_t C, int64_t inner,
-                          int kind, double p, double *out) {
-    const int64_t chunk = 16;
-    int64_t nchunks = lc_nblocks(C, chunk);
-    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
-    for (int64_t q = 0; q < nchunks; q++) {
-        int64_t c0 = q * chunk, c1 = C - c0 < chunk ? C : c0 + chunk;
-        double acc[16];
-        for (int64_t c = c0; c < c1; c++) acc[c - c0] = norm_init(kind);
-        for (int64_t o = 0; o < outer; o++)
-            for (int64_t c = c0; c < c1; c++) {
-                int64_t base = (o * C + c) * inner;
-                double a = acc[c - c0];
-                for (int64_t i = 0; i < inner; i++)
-                    a = norm_acc(a, lc_load_f64(x, code, base + i), kind, p);
-                acc[c - c0] = a;
-            }
-        for (int64_t c = c0; c < c1; c++) out[c] = norm_finish(acc[c - c0], kind, p);
+ * order within a channel: outer then inner.  Parallel over chunks of channels; the channels
+ * of a chunk are summed side by side (independent sums, each in the order above), so the
+ * adds of different channels overlap instead of waiting on one another.  With inner == 1 a
+ * chunk is CN_WIDE channels, so every row is read in long contiguous runs; otherwise
+ * CN_CHUNK channels, CN_CHUNK sequential streams.  The common cases (L1 / L2 of float32,
+ * float64, float16, bfloat16) have their loops written out: the same operations as
+ * norm_acc, without its two switches per element. */
+#define CN_CHUNK 16
+#define CN_WIDE 256
+#define CN_LOOP(T, LOAD, STEP)                                                      \
+    for (int64_t o = 0; o < outer; o++) {                                           \
+        const T *row = (const T *)x + (o * C + c0) * inner;                          \
+        if (inner == 1) {                                                           \
+            for (int64_t c = 0; c < w; c++) { double v = LOAD(row[c]); STEP; }      \
+        } else {                                                                    \
+            for (int64_t i = 0; i < inner; i++)                                     \
+                for (int64_t c = 0; c < w; c++) {                                   \
+                    double v = LOAD(row[c * inner + i]);                            \
+                    STEP;                                                           \
+                }                                                                   \
+        }                                                                           \
+    }
+#define CN_F32(u) ((double)(u))
+#define CN_F16(u) ((double)lc_f16_to_f32(u))
+#define CN_BF16(u) ((double)lc_bf16_to_f32(u))
+#define CN_L1 acc[c] += fabs(v)
+#define CN_L2 acc[c] += v * v
+#define CN_KINDS(T, LOAD)                                               \
+    if (kind == NORM_L1) { CN_LOOP(T, LOAD, CN_L1) } else { CN_LOOP(T, LOAD, CN_L2) }
+
+static void channel_norms_chunk(const void *x, int code, int64_t outer, int64_t C,
+                                int64_t inner, int64_t c0, int64_t w, int kind, double p,
+                                double *acc) {
+    if (kind == NORM_L1 || kind == NORM_L2) {
+        switch (code) {
+        case LC_F32: CN_KINDS(float, CN_F32) return;
+        case LC_F64: CN_KINDS(double, CN_F32) return;
+        case LC_F16: CN_KINDS(uint16_t, CN_F16) return;
+        case LC_BF16: CN_KINDS(uint16_t, CN_BF16) return;
+        default: break;
+        }
+    }
+    for (int64_t o = 0; o < outer; o++)
+        for (int64_t i = 0; i < inner; i++)
+            for (int64_t c = 0; c < w; c++)
+                acc[c] = norm_acc(acc[c], lc_load_f64(x, code, (o * C + c0 + c) * inner + i),
+                                  kind, p);
+}
+#undef CN_KINDS
+#undef CN_L2
+#undef CN_L1
+#undef CN_BF16
+#undef CN_F16
+#undef CN_F32
+#undef CN_LOOP
+
+/* One tensor of a channel_norms call; `first` numbers its first chunk among all jobs'. */
+typedef struct {
+    const void *x;
+    int code;
+    int64_t outer, C, inner, first;
+    double *out;
+} cn_job;
+
+static int64_t cn_chunk_of(const cn_job *j) { return j->inner == 1 ? CN_WIDE : CN_CHUNK; }
+
+/* The norms of every job in one parallel loop over all their chunks: a step that scores
+ * many small tensors wakes the thread team once, not once per tensor (on a busy machine a
+ * wake-up can cost a scheduler slice).  Chunks are independent, so neither the schedule nor
+ * the thread count changes a bit of the result. */
+static void channel_norms_jobs(cn_job *jobs, int64_t njobs, int kind, double p) {
+    int64_t total = 0, work = 0;
+    for (int64_t t = 0; t < njobs; t++) {
+        jobs[t].first = total;
+        total += lc_nblocks(jobs[t].C, cn_chunk_of(&jobs[t]));
+        work += jobs[t].outer * jobs[t].C * jobs[t].inner;
+    }
+    int nt = lc_threads_for(work);
+    (void)nt; /* used by the OpenMP clauses only */
+    LC_OMP(parallel for num_threads(nt) if (nt > 1) schedule(dynamic, 1))
+    for (int64_t u = 0; u < total; u++) {
+        int64_t lo = 0, hi = njobs - 1; /* the job whose chunks hold u */
+        while (lo < hi) {
+            int64_t mid = (lo + hi + 1) / 2;
+            if (jobs[mid].first <= u) lo = mid; else hi = mid - 1;
+        }
+        const cn_job *j = &jobs[lo];
+        int64_t chunk = cn_chunk_of(j), c0 = (u - j->first) * chunk;
+        int64_t w = j->C - c0 < chunk ? j->C - c0 : chunk;
+        double acc[CN_WIDE];
+        for (int64_t c = 0; c < w; c++) acc[c] = norm_init(kind);
+        channel_norms_chunk(j->x, j->code, j->outer, j->C, j->inner, c0, w, kind, p, acc);
+        for (int64_t c = 0; c < w; c++) j->out[c0 + c] = norm_finish(acc[c], kind, p);
     }
 }
+
+static void channel_norms(const void *x, int code, int64_t outer, int64_t C, int64_t inner,
+                          int kind, double p, double *out) {
+    cn_job job = {x, code, outer, C, inner, 0, out};
+    channel_norms_jobs(&job, 1, kind, p);
+}
+#undef CN_WIDE
+#undef CN_CHUNK
 
 /* Norms of [br, bc] blocks of a [R, C] matrix (edge blocks are partial), in double; order
  * within a block: row then column.  Parallel over block rows. */
@@ -935,8 +1017,10 @@ static PyObject *py_select_lowest(PyObject *self, PyObject *args) {
         segs[i].n = PyArray_SIZE(x);
     }
     lc_status st;
+    int64_t total = 0; /* a small selection stays on this thread: same result, no team wake-up */
+    for (Py_ssize_t i = 0; i < nseg; i++) total += segs[i].n;
     LC_NOGIL_BEGIN
-    st = select_lowest(segs, nseg, code, absolute, (int64_t)k, 11, LC_BLOCK, lc_threads());
+    st = select_lowest(segs, nseg, code, absolute, (int64_t)k, 11, LC_BLOCK, lc_threads_for(total));
     LC_NOGIL_END
     free(segs);
     if (st == LC_ERR_RANGE) {
@@ -1030,6 +1114,48 @@ static PyObject *py_channel_norms(PyObject *self, PyObject *args) {
     LC_NOGIL_BEGIN
     channel_norms(xp, code, outer, C, inner, kind, p, op);
     LC_NOGIL_END
+    Py_RETURN_NONE;
+}
+
+/* channel_norms_list(jobs: list of (x, code, outer, C, inner, out f64[C]), kind, p) */
+static PyObject *py_channel_norms_list(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *lo;
+    int kind;
+    double p;
+    if (!PyArg_ParseTuple(args, "O!id", &PyList_Type, &lo, &kind, &p)) return NULL;
+    if (kind < 0 || kind >= NORM_NKINDS) return lc_raise_status(LC_ERR_RANGE, "kind");
+    Py_ssize_t n = PyList_GET_SIZE(lo);
+    cn_job *jobs = malloc((size_t)(n ? n : 1) * sizeof *jobs);
+    if (!jobs) return PyErr_NoMemory();
+    for (Py_ssize_t t = 0; t < n; t++) {
+        PyObject *xo, *oo;
+        int code;
+        long long outer, C, inner;
+        PyArrayObject *x, *o;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(lo, t), "OiLLLO;jobs: expected (x, code, outer, "
+                              "C, inner, out) tuples", &xo, &code, &outer, &C, &inner, &oo) ||
+            lc_arg_array(xo, "x", code, 0, &x) < 0 || lc_arg_array(oo, "out", LC_F64, 1, &o) < 0) {
+            free(jobs);
+            return NULL;
+        }
+        if (!lc_is_float_code(code)) {
+            free(jobs);
+            return lc_raise_status(LC_ERR_DTYPE, "x");
+        }
+        if (outer < 0 || C < 0 || inner < 0 || outer * C * inner != PyArray_SIZE(x) ||
+            PyArray_SIZE(o) != C) {
+            free(jobs);
+            PyErr_SetString(lc_ShapeError, "x: geometry does not match its size");
+            return NULL;
+        }
+        cn_job j = {PyArray_DATA(x), code, outer, C, inner, 0, PyArray_DATA(o)};
+        jobs[t] = j;
+    }
+    LC_NOGIL_BEGIN
+    channel_norms_jobs(jobs, (int64_t)n, kind, p);
+    LC_NOGIL_END
+    free(jobs);
     Py_RETURN_NONE;
 }
 
@@ -1141,6 +1267,9 @@ static PyMethodDef methods[] = {
      "nm_mask(scores, code, out, outer, L, inner, n, m, absolute): prune n of every m."},
     {"channel_norms", py_channel_norms, METH_VARARGS,
      "channel_norms(x, code, outer, C, inner, kind, p, out): per-channel norms."},
+    {"channel_norms_list", py_channel_norms_list, METH_VARARGS,
+     "channel_norms_list(jobs, kind, p): channel_norms of (x, code, outer, C, inner, out) "
+     "jobs in one parallel pass."},
     {"block_norms", py_block_norms, METH_VARARGS,
      "block_norms(x, code, br, bc, kind, p, out): norms of 2-D blocks."},
     {"accumulate_sumsq", py_accumulate_sumsq, METH_VARARGS,

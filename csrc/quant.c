@@ -3,10 +3,10 @@
  * with its clipped-STE and LSQ gradients, and float16/bfloat16/float8 casts.
  *
  * Parameter layout.  Every kernel sees the tensor as a 3-D view (A, C, B) of a C-contiguous
- * array and a `mode` saying which parameter slot element (a, c, b) uses:
- *   mode 0  per tensor:   slot 0                   (A = 1, C = 1, B = numel)
- *   mode 1  per channel:  slot c                   (axis k: A = prod(shape[:k]), C = shape[k])
- *   mode 2  per run:      slot a (C must be 1)     (groups: A = numel / group, B = group)
+ * array and a view mode (LC_QUANT_VIEWS) saying which parameter slot element (a, c, b) uses:
+ *   tensor   slot 0                   (A = 1, C = 1, B = numel)
+ *   channel  slot c                   (axis k: A = prod(shape[:k]), C = shape[k])
+ *   group    slot a (C must be 1)     (runs of a group: A = numel / group, B = group)
  * So the parameter is constant along every run of B contiguous elements; the kernels
  * process such runs in fixed chunks of at most LC_BLOCK elements, one task per chunk.
  *
@@ -14,11 +14,11 @@
  * thread that the OS preempts on a busy machine does not hold up the others; results do not
  * depend on which thread runs a task (partials are indexed by task and combined in order).
  *
- * Rounding (`zp_in_round`, the three ways torch rounds; they differ only near ties):
- *   0: q = clamp(nearbyint(x * inv_s) + zp)       torch quint4x2, litecomp.quant.quantize
- *   1: q = clamp(nearbyint(x * inv_s + zp))       torch quantize_per_channel
- *   2: q = clamp(nearbyint(fma(x, inv_s, zp)))    torch quantize_per_tensor (fbgemm, FMA)
- * with inv_s = 1.0f / s in float32 and round half to even.  Only variant 2 fuses; the
+ * Rounding (LC_QUANT_ROUNDINGS, the three ways torch rounds; they differ only near ties):
+ *   round_then_add  q = clamp(nearbyint(x * inv_s) + zp)     torch quint4x2, quant.quantize
+ *   add_then_round  q = clamp(nearbyint(x * inv_s + zp))     torch quantize_per_channel
+ *   fma_then_round  q = clamp(nearbyint(fma(x, inv_s, zp)))  torch quantize_per_tensor (fbgemm)
+ * with inv_s = 1.0f / s in float32 and round half to even.  Only fma_then_round fuses; the
  * build's -ffp-contract=off keeps the others unfused.  The scalar code is
  * the definition; the AVX-512 / AVX2 paths give the same bits (roundscale/round with
  * round-to-nearest-even, no FMA anywhere).
@@ -31,16 +31,25 @@
 
 #define CHUNK 1024 /* floats converted at a time for non-f32 inputs */
 
+/* Code tables (docs/conventions.md): the view modes and rounding rules above, exported as
+ * _C.quant_views and _C.quant_roundings. */
+#define QUANT_VIEWS(X) X(VIEW_TENSOR, "tensor") X(VIEW_CHANNEL, "channel") X(VIEW_GROUP, "group")
+#define QUANT_ROUNDINGS(X)                                                              \
+    X(ROUND_THEN_ADD, "round_then_add") X(ADD_THEN_ROUND, "add_then_round")              \
+    X(FMA_THEN_ROUND, "fma_then_round")
+enum { QUANT_VIEWS(LC_CODE_ENUM) VIEW_NKINDS };
+enum { QUANT_ROUNDINGS(LC_CODE_ENUM) ROUND_NKINDS };
+
 typedef struct {
     int64_t A, C, B;
     int mode;
 } qview;
 
 static inline int64_t slot_of(const qview *v, int64_t a, int64_t c) {
-    return v->mode == 0 ? 0 : v->mode == 1 ? c : a;
+    return v->mode == VIEW_TENSOR ? 0 : v->mode == VIEW_CHANNEL ? c : a;
 }
 static inline int64_t nslots(const qview *v) {
-    return v->mode == 0 ? 1 : v->mode == 1 ? v->C : v->A;
+    return v->mode == VIEW_TENSOR ? 1 : v->mode == VIEW_CHANNEL ? v->C : v->A;
 }
 
 /* Reductions over long runs: each run (a, c) of B elements is cut into chunks of LC_BLOCK,
@@ -51,7 +60,7 @@ static inline int64_t chunks_per_run(const qview *v) { return v->B ? lc_nblocks(
  * make one task per few elements; reductions then give each slot one task that walks its
  * runs a = 0..A-1 in order (no partials), and elementwise kernels use flat blocks. */
 #define SHORT_RUN 64
-static inline int short_runs(const qview *v) { return v->mode == 1 && v->B < SHORT_RUN; }
+static inline int short_runs(const qview *v) { return v->mode == VIEW_CHANNEL && v->B < SHORT_RUN; }
 
 /* Elementwise kernels: flat blocks of LC_BLOCK elements, each cut where a run ends, so the
  * parameter slot is constant on every segment.  seg_next() returns the end of the segment
@@ -253,7 +262,7 @@ static int quantize_chunk(const float *x, int64_t n, float inv_s, float pre, int
 
 static lc_status quant_affine(const void *x, int code, const qview *v, const float *scales,
                               const int32_t *zps, int32_t qmin, int32_t qmax, void *out,
-                              int out_signed, int zp_in_round) {
+                              int out_signed, int rounding) {
     int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
     int bad = 0;
     LC_OMP(parallel for num_threads(lc_threads_for(n)) schedule(dynamic, 16) reduction(|:bad))
@@ -263,14 +272,15 @@ static lc_status quant_affine(const void *x, int code, const qview *v, const flo
         for (int64_t pos = t * LC_BLOCK, s, stop; pos < end; pos = stop) {
             stop = seg_next(v, pos, end, &s);
             float inv_s = 1.0f / scales[s];
-            float pre = zp_in_round ? (float)zps[s] : 0.0f;
+            int zp_first = rounding != ROUND_THEN_ADD; /* zp joins the rounded sum */
+            float pre = zp_first ? (float)zps[s] : 0.0f;
             for (int64_t c0 = pos; c0 < stop; c0 += CHUNK) {
                 int64_t m = stop - c0 < CHUNK ? stop - c0 : CHUNK;
                 const float *src;
                 if (code == LC_F32) src = (const float *)x + c0;
                 else { lc_to_f32(x, code, c0, m, buf); src = buf; }
-                bad |= quantize_chunk(src, m, inv_s, pre, zp_in_round == 2,
-                                      zp_in_round ? 0 : zps[s], qmin, qmax, (uint8_t *)out + c0,
+                bad |= quantize_chunk(src, m, inv_s, pre, rounding == FMA_THEN_ROUND,
+                                      zp_first ? 0 : zps[s], qmin, qmax, (uint8_t *)out + c0,
                                       out_signed);
             }
         }
@@ -300,39 +310,6 @@ static lc_status dequant_affine(const void *q, int q_signed, const qview *v, con
         }
     }
     return LC_OK;
-}
-
-/* ------------------------------------------------------------------ bit packing */
-/* Dense packing, row by row: row r's codes form one little-endian bit stream; code i of the
- * row occupies stream bits [i*bits, (i+1)*bits), least significant bit first, and stream bit
- * j is bit (j % 8) of byte j / 8.  Each row starts on a byte boundary; unused high bits of a
- * row's last byte are zero.  For 4 bits this is torch's quint4x2 order (even index -> low
- * nibble), for 2 bits ggml's; 8 bits is the identity. */
-static void pack_row(const uint8_t *c, int64_t n, int bits, uint8_t *o, int64_t nbytes) {
-    memset(o, 0, (size_t)nbytes);
-    uint32_t mask = (1u << bits) - 1u;
-    uint64_t acc = 0;
-    int have = 0;
-    int64_t j = 0;
-    for (int64_t i = 0; i < n; i++) {
-        acc |= (uint64_t)(c[i] & mask) << have;
-        have += bits;
-        while (have >= 8) { o[j++] = (uint8_t)acc; acc >>= 8; have -= 8; }
-    }
-    if (have > 0) o[j] = (uint8_t)acc;
-}
-
-static void unpack_row(const uint8_t *p, int64_t n, int bits, uint8_t *c) {
-    uint32_t mask = (1u << bits) - 1u;
-    uint64_t acc = 0;
-    int have = 0;
-    int64_t j = 0;
-    for (int64_t i = 0; i < n; i++) {
-        while (have < bits) { acc |= (uint64_t)p[j++] << have; have += 8; }
-        c[i] = (uint8_t)(acc & mask);
-        acc >>= bits;
-        have -= bits;
-    }
 }
 
 /* ------------------------------------------------------------------ fake quantization */
@@ -647,7 +624,7 @@ static lc_status quant_hist(const void *x, int code, const qview *v, const float
                             const float *hi, int64_t bins, int64_t *out) {
     int64_t ns = nslots(v);
     memset(out, 0, (size_t)(ns * bins) * sizeof(int64_t));
-    if (v->mode == 0) { /* one slot: per-chunk partial histograms added in chunk order */
+    if (v->mode == VIEW_TENSOR) { /* one slot: per-chunk partial histograms added in chunk order */
         int64_t n = v->A * v->C * v->B, nb = lc_nblocks(n, LC_BLOCK);
         int64_t *part = calloc((size_t)((nb ? nb : 1) * bins), sizeof(int64_t));
         if (!part) return LC_ERR_NOMEM;
@@ -664,7 +641,7 @@ static lc_status quant_hist(const void *x, int code, const qview *v, const float
     /* per slot: each slot's runs are visited by one task (counts are order-free anyway) */
     LC_OMP(parallel for num_threads(lc_threads_for(v->A * v->C * v->B)) schedule(dynamic, 16))
     for (int64_t s = 0; s < ns; s++) {
-        if (v->mode == 1)
+        if (v->mode == VIEW_CHANNEL)
             for (int64_t a = 0; a < v->A; a++)
                 hist_run(x, code, (a * v->C + s) * v->B, v->B, lo[s], hi[s], bins, out + s * bins);
         else
@@ -675,7 +652,8 @@ static lc_status quant_hist(const void *x, int code, const qview *v, const float
 
 /* ------------------------------------------------------------------ Python entry points */
 static int parse_view(PyArrayObject *x, long long A, long long C, long long B, int mode, qview *v) {
-    if (A < 0 || C < 0 || B < 0 || mode < 0 || mode > 2 || (mode == 2 && C != 1) ||
+    if (A < 0 || C < 0 || B < 0 || mode < 0 || mode >= VIEW_NKINDS ||
+        (mode == VIEW_GROUP && C != 1) ||
         A * C * B != (long long)PyArray_SIZE(x)) {
         PyErr_Format(lc_ShapeError, "x: view (%lld, %lld, %lld) mode %d does not fit %lld elements",
                      A, C, B, mode, (long long)PyArray_SIZE(x));
@@ -726,12 +704,16 @@ static PyObject *py_quant_minmax(PyObject *self, PyObject *args) {
 static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
     (void)self;
     PyArrayObject *x, *s, *z, *out;
-    int code, mode, qmin, qmax, zp_in_round = 0;
+    int code, mode, qmin, qmax, rounding = ROUND_THEN_ADD;
     long long A, C, B;
     if (!PyArg_ParseTuple(args, "O!iLLLiO!O!iiO!|i", &PyArray_Type, &x, &code, &A, &C, &B, &mode,
                           &PyArray_Type, &s, &PyArray_Type, &z, &qmin, &qmax, &PyArray_Type, &out,
-                          &zp_in_round))
+                          &rounding))
         return NULL;
+    if (rounding < 0 || rounding >= ROUND_NKINDS) {
+        PyErr_Format(lc_ArgumentError, "rounding: unknown rounding code %d", rounding);
+        return NULL;
+    }
     qview v;
     if (lc_check_array(x, "x", code, 0) < 0 || parse_view(x, A, C, B, mode, &v) < 0 ||
         check_params(&v, s, z) < 0)
@@ -763,7 +745,7 @@ static PyObject *py_quant_affine(PyObject *self, PyObject *args) {
     void *o = PyArray_DATA(out);
     lc_status st;
     LC_NOGIL_BEGIN
-    st = quant_affine(p, code, &v, sc, zp, qmin, qmax, o, out_signed, zp_in_round);
+    st = quant_affine(p, code, &v, sc, zp, qmin, qmax, o, out_signed, rounding);
     LC_NOGIL_END
     if (st != LC_OK) return lc_raise_status(st, "x");
     Py_RETURN_NONE;
@@ -821,8 +803,8 @@ static PyObject *py_pack_bits(PyObject *self, PyObject *args) {
     LC_NOGIL_BEGIN
     LC_OMP(parallel for num_threads(lc_threads_for(rows * cols)) schedule(dynamic, 16))
     for (long long r = 0; r < rows; r++) {
-        if (unpack) unpack_row(pp + r * rowbytes, cols, bits, cp + r * cols);
-        else pack_row(cp + r * cols, cols, bits, pp + r * rowbytes, rowbytes);
+        if (unpack) lc_unpack_row(pp + r * rowbytes, cols, bits, cp + r * cols);
+        else lc_pack_row(cp + r * cols, cols, bits, pp + r * rowbytes, rowbytes);
     }
     LC_NOGIL_END
     Py_RETURN_NONE;
@@ -963,7 +945,7 @@ static PyMethodDef methods[] = {
     {"quant_minmax", py_quant_minmax, METH_VARARGS,
      "quant_minmax(x, code, A, C, B, mode, min_out, max_out): per-slot min/max (finite only)."},
     {"quant_affine", py_quant_affine, METH_VARARGS,
-     "quant_affine(x, code, A, C, B, mode, scales, zps, qmin, qmax, out): integer codes."},
+     "quant_affine(x, code, A, C, B, mode, scales, zps, qmin, qmax, out[, rounding]): integer codes."},
     {"dequant_affine", py_dequant_affine, METH_VARARGS,
      "dequant_affine(q, A, C, B, mode, scales, zps, out): (q - zp) * s."},
     {"pack_bits", py_pack_bits, METH_VARARGS,
@@ -975,4 +957,9 @@ static PyMethodDef methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-int lc_init_quant(PyObject *m) { return lc_add_methods(m, methods); }
+int lc_init_quant(PyObject *m) {
+    if (LC_ADD_CODE_TABLE(m, "quant_views", QUANT_VIEWS) < 0 ||
+        LC_ADD_CODE_TABLE(m, "quant_roundings", QUANT_ROUNDINGS) < 0)
+        return -1;
+    return lc_add_methods(m, methods);
+}

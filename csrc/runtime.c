@@ -91,15 +91,42 @@ int lc_check_size(PyArrayObject *a, const char *name, int64_t n) {
 }
 
 /* ------------------------------------------------------------------ threads */
-static int g_threads = 1;
+/* Two levels, so that Python threads cannot disturb each other's calls:
+ *   g_threads  the process default (set_num_threads, LITECOMP_NUM_THREADS), atomic;
+ *   t_threads  the calling OS thread's own value while it is inside `with threads(n):`
+ *              (0: none), which no other thread can see or change.
+ * A kernel reads lc_threads() on the thread that called it; the value only sizes the team
+ * (work is split into fixed blocks), so even a default changed by another thread between
+ * two of a kernel's parallel regions cannot change a result -- and kernels that size
+ * buffers per thread read it once (prune.c's `nt`). */
+static LC_ATOMIC_INT g_threads = 1;
+static _Thread_local int t_threads = 0;
+static _Thread_local int t_team = 0; /* widest team this thread asked for: team_probe() */
 
-int lc_threads(void) { return g_threads; }
-void lc_set_threads(int n) { g_threads = n < 1 ? 1 : n; }
+int lc_threads(void) {
+    int n = t_threads ? t_threads : LC_ATOMIC_LOAD(g_threads);
+    if (n > t_team) t_team = n;
+    return n;
+}
+int lc_threads_for(int64_t work) {
+    if (work >= LC_PARALLEL_MIN) return lc_threads();
+    if (t_team < 1) t_team = 1;
+    return 1;
+}
+void lc_set_threads(int n) {
+    n = n < 1 ? 1 : n;
+    LC_ATOMIC_STORE(g_threads, n);
+    if (t_threads) t_threads = n; /* inside `threads()`: what you set is what you get */
+}
 
 /* ------------------------------------------------------------------ SIMD */
-static int g_simd_detected = -1;
-static int g_simd_cap = LC_SIMD_AVX512_VNNI;
-static int g_avxvnni = 0;
+/* The SIMD cap is process-wide only (an atomic): kernels read lc_simd() inside parallel
+ * regions, on OpenMP worker threads, which could not see a calling thread's own value.
+ * Every path gives the same bits, so a cap another thread changes can change which path
+ * runs, never a result. */
+static LC_ATOMIC_INT g_simd_detected = -1;
+static LC_ATOMIC_INT g_simd_cap = LC_SIMD_AVX512_VNNI;
+static int g_avx_vnni = 0;
 
 static void detect_simd(void) {
     int level = LC_SIMD_SCALAR;
@@ -111,25 +138,31 @@ static void detect_simd(void) {
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("avx512vl"))
         level = LC_SIMD_AVX512;
-    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni"))
+    if (level == LC_SIMD_AVX512 && __builtin_cpu_supports("avx512vnni")) /* gcc's spelling */
         level = LC_SIMD_AVX512_VNNI;
 #if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
-    g_avxvnni = __builtin_cpu_supports("avxvnni");
+    g_avx_vnni = __builtin_cpu_supports("avxvnni");
 #endif
 #endif
-    g_simd_detected = level;
+    LC_ATOMIC_STORE(g_simd_detected, level);
 }
 
 int lc_simd_detected(void) {
-    if (g_simd_detected < 0) detect_simd();
-    return g_simd_detected;
+    int d = LC_ATOMIC_LOAD(g_simd_detected);
+    if (d < 0) { /* first call is at module init, under the GIL */
+        detect_simd();
+        d = LC_ATOMIC_LOAD(g_simd_detected);
+    }
+    return d;
 }
 int lc_simd(void) {
     int d = lc_simd_detected();
-    return d < g_simd_cap ? d : g_simd_cap;
+    int cap = LC_ATOMIC_LOAD(g_simd_cap);
+    return d < cap ? d : cap;
 }
-void lc_simd_cap(int level) { g_simd_cap = level; }
-int lc_cpu_has_avxvnni(void) { lc_simd_detected(); return g_avxvnni; }
+void lc_simd_cap(int level) { LC_ATOMIC_STORE(g_simd_cap, level); }
+int lc_get_simd_cap(void) { return LC_ATOMIC_LOAD(g_simd_cap); }
+int lc_cpu_has_avx_vnni(void) { lc_simd_detected(); return g_avx_vnni; }
 
 /* ------------------------------------------------------------------ Python entry points */
 static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
@@ -146,7 +179,39 @@ static PyObject *py_set_num_threads(PyObject *self, PyObject *arg) {
 
 static PyObject *py_get_num_threads(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
-    return PyLong_FromLong(lc_threads());
+    return PyLong_FromLong(t_threads ? t_threads : LC_ATOMIC_LOAD(g_threads));
+}
+
+/* The calling thread's own thread count (`with threads(n):`; 0: none). */
+static PyObject *py_thread_override(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    return PyLong_FromLong(t_threads);
+}
+
+static PyObject *py_set_thread_override(PyObject *self, PyObject *arg) {
+    (void)self;
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return NULL;
+    if (n < 0 || n > 4096) {
+        PyErr_Format(lc_ArgumentError, "n: thread count must be in [0, 4096], got %ld", n);
+        return NULL;
+    }
+    t_threads = (int)n;
+    Py_RETURN_NONE;
+}
+
+static PyObject *py_simd_cap(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    return PyLong_FromLong(lc_get_simd_cap());
+}
+
+/* The widest team a kernel on this thread asked for since the last call, then reset:
+ * lets a test see that an input is big enough for the threads to split the work. */
+static PyObject *py_team_probe(PyObject *self, PyObject *noargs) {
+    (void)self; (void)noargs;
+    int t = t_team;
+    t_team = 0;
+    return PyLong_FromLong(t);
 }
 
 static PyObject *py_set_simd_cap(PyObject *self, PyObject *arg) {
@@ -178,15 +243,21 @@ static PyObject *py_build_info(PyObject *self, PyObject *noargs) {
 #else
     const char *compiler = "unknown";
 #endif
-    return Py_BuildValue("{s:O,s:i,s:i,s:i,s:i,s:O,s:s,s:i,s:O}",
+#ifndef LC_SANITIZE
+#define LC_SANITIZE ""
+#endif
+    return Py_BuildValue("{s:O,s:i,s:i,s:i,s:i,s:O,s:s,s:i,s:L,s:L,s:s,s:O}",
                          "openmp", openmp ? Py_True : Py_False,
                          "openmp_version", omp_version,
                          "omp_num_procs", procs,
                          "simd_detected", lc_simd_detected(),
                          "simd", lc_simd(),
-                         "avxvnni", lc_cpu_has_avxvnni() ? Py_True : Py_False,
+                         "avx_vnni", lc_cpu_has_avx_vnni() ? Py_True : Py_False,
                          "compiler", compiler,
                          "num_dtypes", (int)LC_NUM_DTYPES,
+                         "parallel_min", (long long)LC_PARALLEL_MIN,
+                         "block", (long long)LC_BLOCK,
+                         "sanitize", LC_SANITIZE,
 #ifdef LC_X86
                          "x86", Py_True
 #else
@@ -212,6 +283,13 @@ static PyObject *py_dtype_table(PyObject *self, PyObject *noargs) {
 static PyMethodDef methods[] = {
     {"set_num_threads", py_set_num_threads, METH_O, "Set the kernels' thread count."},
     {"get_num_threads", py_get_num_threads, METH_NOARGS, "The kernels' thread count."},
+    {"thread_override", py_thread_override, METH_NOARGS,
+     "This thread's own thread count (0: none, the process default applies)."},
+    {"set_thread_override", py_set_thread_override, METH_O,
+     "Set this thread's own thread count (0: none)."},
+    {"simd_cap", py_simd_cap, METH_NOARGS, "The process-wide SIMD cap."},
+    {"team_probe", py_team_probe, METH_NOARGS,
+     "Widest team a kernel on this thread asked for since the last call (then 0)."},
     {"set_simd_cap", py_set_simd_cap, METH_O, "Cap the SIMD level (0 forces scalar)."},
     {"simd_level", py_simd_level, METH_NOARGS, "The SIMD level kernels use now."},
     {"build_info", py_build_info, METH_NOARGS, "Compile-time and CPU facts."},

@@ -16,7 +16,6 @@ from ._runtime import (  # noqa: E402
     set_num_threads, set_simd, simd, threads,
 )
 from . import errors, dtypes, core, random, examples  # noqa: E402
-from . import qmatmul  # noqa: E402
 from .core import tensor_stats, to_float32, TensorStats  # noqa: E402
 from . import distill  # noqa: E402
 from . import prune, sparse  # noqa: E402
@@ -27,16 +26,26 @@ from .errors import (  # noqa: E402
 from . import io  # noqa: E402
 from .io import load, save, open  # noqa: E402,A004 - litecomp.open; builtins.open untouched
 from . import quant  # noqa: E402
+from . import calib  # noqa: E402
 
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads", "threads",
     "set_simd", "get_simd", "simd", "detected_simd", "available_simd",
-    "errors", "dtypes", "core", "random", "examples", "qmatmul",
+    "errors", "dtypes", "core", "random", "examples",
     "distill",
     "tensor_stats", "to_float32", "TensorStats",
     "LitecompError", "ArgumentError", "DTypeError", "ShapeError", "NonFiniteError",
     "FormatError", "UnsafeCheckpointError",
     "io", "load", "save",  # not "open": `from litecomp import *` must not shadow open()
     "prune", "sparse",
-    "quant",
+    "quant", "calib",
 ]
+
+
+def __getattr__(name):
+    # litecomp.qmatmul moved to litecomp.quant.matmul; the old module is imported (and warns)
+    # only when someone asks for it, so `import litecomp` stays silent.
+    if name == "qmatmul":
+        import importlib
+        return importlib.import_module(".qmatmul", __name__)
+    raise AttributeError(f"module 'litecomp' has no attribute {name!r}")

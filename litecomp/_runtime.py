@@ -23,24 +23,29 @@ def available_cores() -> int:
 
 
 def set_num_threads(n: int) -> None:
-    """Set the number of threads litecomp's kernels use (results do not depend on it)."""
+    """Set the number of threads litecomp's kernels use, for the whole process (results do
+    not depend on it).  Inside a ``with threads(m):`` block it also sets that block's
+    value, so the caller sees what it set; other threads' blocks keep theirs."""
     _C.set_num_threads(check_int(n, "n", 1, 4096))
 
 
 def get_num_threads() -> int:
-    """The number of threads litecomp's kernels use."""
+    """The number of threads litecomp's kernels use when called from this thread."""
     return _C.get_num_threads()
 
 
 @contextlib.contextmanager
 def threads(n: int):
-    """``with litecomp.threads(n):`` run the block's kernels on n threads, then restore."""
-    old = get_num_threads()
-    set_num_threads(n)
+    """``with litecomp.threads(n):`` run this thread's kernels on n threads inside the
+    block, then restore.  The setting belongs to the calling thread: kernels that other
+    Python threads run at the same time keep their own count."""
+    n = check_int(n, "n", 1, 4096)
+    old = _C.thread_override()
+    _C.set_thread_override(n)
     try:
         yield
     finally:
-        _C.set_num_threads(old)
+        _C.set_thread_override(old)
 
 
 def _level_number(level) -> int:
@@ -51,18 +56,16 @@ def _level_number(level) -> int:
     return check_int(level, "level", 0, len(SIMD_LEVELS) - 1)
 
 
-_simd_cap = len(SIMD_LEVELS) - 1
-
-
 def set_simd(level) -> None:
-    """Cap the SIMD level kernels may use: 'scalar' forces the reference path everywhere.
+    """Cap the SIMD level kernels may use, for the whole process: 'scalar' forces the
+    reference path everywhere.
 
     The effective level is the lower of the cap and what this CPU supports.  The
-    ``LITECOMP_SIMD`` environment variable sets the cap at import.
+    ``LITECOMP_SIMD`` environment variable sets the cap at import.  Unlike the thread
+    count the cap is process-wide (kernels read it on their worker threads); every level
+    gives the same bits, so it only ever changes speed.
     """
-    global _simd_cap
-    _simd_cap = _level_number(level)
-    _C.set_simd_cap(_simd_cap)
+    _C.set_simd_cap(_level_number(level))
 
 
 def get_simd() -> str:
@@ -82,32 +85,47 @@ def available_simd() -> tuple:
 
 @contextlib.contextmanager
 def simd(level):
-    """``with litecomp.simd("scalar"):`` cap the SIMD level inside the block, then restore."""
-    old = _simd_cap
+    """``with litecomp.simd("scalar"):`` cap the SIMD level inside the block, then restore
+    (process-wide, see ``set_simd``: a test and debugging knob for one thread at a time)."""
+    old = _C.simd_cap()
     set_simd(level)
     try:
         yield
     finally:
-        set_simd(old)
+        _C.set_simd_cap(old)
+
+
+class _BuildInfo(dict):
+    """build_info()'s dict; the old key "avxvnni" still reads "avx_vnni" (with a warning)."""
+
+    def __missing__(self, key):
+        if key == "avxvnni":
+            import warnings
+            warnings.warn('build_info()["avxvnni"] is now spelled "avx_vnni"',
+                          DeprecationWarning, stacklevel=2)
+            return self["avx_vnni"]
+        raise KeyError(key)
 
 
 def build_info() -> dict:
-    """How this litecomp was built and what it will use on this machine."""
+    """How this litecomp was built and what it will use on this machine.  ``avx_vnni``: the
+    CPU has AVX-VNNI (256-bit VNNI, which only the quantized matmul kernels use)."""
     c = _C.build_info()
-    return {
+    return _BuildInfo({
         "version": __version__,
         "openmp": c["openmp"],
         "openmp_version": c["openmp_version"],
         "simd": SIMD_LEVELS[c["simd"]],
         "simd_detected": SIMD_LEVELS[c["simd_detected"]],
-        "avxvnni": c["avxvnni"],
+        "avx_vnni": c["avx_vnni"],
         "num_threads": get_num_threads(),
         "available_cores": available_cores(),
         "compiler": c["compiler"],
+        "sanitize": c["sanitize"],
         "python": platform.python_version(),
         "numpy": __import__("numpy").__version__,
         "platform": f"{sys.platform}-{platform.machine()}",
-    }
+    })
 
 
 def _init_from_env() -> None:

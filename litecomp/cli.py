@@ -46,6 +46,9 @@ def main(argv=None) -> int:
         return 1
     except BrokenPipeError:  # `litecomp inspect big.pth | head`
         return 0
+    except KeyboardInterrupt:  # Ctrl-C: the work stops between tensors, nothing is written
+        print("litecomp: interrupted; no output was written", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,7 +28,7 @@ from typing import Optional
 from .errors import ArgumentError, FormatError
 from .select import Selector, patterns
 
-__all__ = ["Method", "METHODS", "Stage", "stages", "load", "methods_of"]
+__all__ = ["Method", "METHODS", "Stage", "stages", "load", "methods_of", "require_data_free"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,38 @@ METHODS = {
     "fp4": Method("quant", ("block_size", "double_quant"), "bitsandbytes FP4, blockwise absmax"),
     "kmeans": Method("quant", ("bits", "axis", "sparse", "keep_zeros"),
                      "k-means weight sharing (2**bits values per tensor or channel)"),
+    # calibrated (litecomp.calib.apply_stage with Hessians, litecomp.torch.oneshot)
+    "gptq": Method("quant", ("bits", "group_size", "scheme", "act_order", "static_groups",
+                             "damp", "block_size"),
+                   "GPTQ: quantize column by column, error spread by the inverse Hessian",
+                   calibrated=True),
+    "sparsegpt": Method("prune", ("sparsity", "n", "m", "block_size", "damp", "bits",
+                                  "group_size", "scheme"),
+                        "SparseGPT: OBS pruning with weight updates; with bits, also quantize",
+                        calibrated=True),
+    "wanda": Method("prune", ("sparsity", "n", "m"),
+                    "Wanda: prune the lowest |w| * sqrt(mean x^2) per output row, or N:M",
+                    calibrated=True),
+    "awq": Method("quant", ("bits", "group_size", "scheme", "grid", "clip", "mappings"),
+                  "AWQ: per-input-channel scales from activations (folded into the preceding "
+                  "op), clipping search, then round-to-nearest", calibrated=True),
+    "smoothquant": Method("smooth", ("alpha", "mappings"),
+                          "SmoothQuant: move activation outliers into the weights (s = "
+                          "max|x|^a / max|w|^(1-a), folded into the preceding op)",
+                          calibrated=True),
+    # structured shrinking: litecomp.shrink.shrink_state_dict
+    "shrink_ffn": Method("shrink", ("sparsity", "amount", "criterion", "granularity",
+                                    "round_to"), "remove FFN units (litecomp.shrink.ffn)"),
+    "shrink_heads": Method("shrink", ("sparsity", "amount", "criterion", "granularity",
+                                      "round_to", "gqa", "attention"),
+                           "remove attention heads, GQA-aware (litecomp.shrink.heads)"),
+    "shrink_hidden": Method("shrink", ("sparsity", "amount", "criterion", "round_to"),
+                            "remove residual-stream channels (litecomp.shrink.hidden)"),
+    "shrink_vocab": Method("shrink", ("keep_ids", "token_ids", "vocab_size"),
+                           "keep only some vocabulary ids (litecomp.shrink.vocab)"),
+    "lowrank": Method("shrink", ("rank", "energy", "budget", "algorithm", "oversample",
+                                 "power_iters", "seed"),
+                      "factorize Linear weights by truncated SVD (litecomp.lowrank)"),
 }
 
 _COMMON = ("method", "targets", "ignore")
@@ -74,6 +106,11 @@ class Stage:
     @property
     def family(self) -> str:
         return METHODS[self.method].family
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the method needs calibration data (Hessians or activations)."""
+        return METHODS[self.method].calibrated
 
     @property
     def selector(self) -> Selector:
@@ -107,7 +144,7 @@ def _stage(d, i) -> Stage:
     if method is None:
         raise ArgumentError(f"{where}: a stage needs a 'method' (one of "
                             f"{', '.join(METHODS)})")
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise ArgumentError(f"{where}: unknown method {method!r}; known: "
                             f"{', '.join(METHODS)}")
     spec = METHODS[method]
@@ -129,6 +166,8 @@ def load(path) -> list:
             text = f.read()
     except OSError as exc:
         raise ArgumentError(f"recipe: cannot read {path!r} ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"recipe: {path!r} is not UTF-8 text ({exc})") from None
     if path.endswith((".yaml", ".yml")):
         try:
             import yaml
@@ -137,12 +176,12 @@ def load(path) -> list:
                                 "give the recipe as .json") from None
         try:
             data = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, RecursionError) as exc:
             raise FormatError(f"recipe: {path!r} is not valid YAML ({exc})") from None
     else:
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise FormatError(f"recipe: {path!r} is not valid JSON ({exc})") from None
     if isinstance(data, dict) and "stages" in data and "method" not in data:
         data = data["stages"]
@@ -169,6 +208,16 @@ def stages(recipe, *, family=None) -> list:
                     f"{s.where()}: method {s.method!r} is a {s.family} method, not {family}; "
                     f"{family} methods: {', '.join(methods_of(family))}")
     return out
+
+
+def require_data_free(plan, where="this workflow") -> None:
+    """ArgumentError for the first stage whose method needs calibration data."""
+    for s in plan:
+        if s.calibrated:
+            raise ArgumentError(
+                f"{s.where()}: method {s.method!r} needs calibration data, which {where} "
+                "does not have; run it with litecomp.calib.apply_stage(state_dict, stage, "
+                "hessians) (or `--hessians` on the command line) or litecomp.torch.oneshot")
 
 
 def methods_of(family) -> list:

@@ -43,7 +43,7 @@ def test_demo_steps_are_the_modules_of_the_demo_package_in_order():
 
     from litecomp import demo
     names = [m.NAME for m in demo.step_modules()]
-    assert names == ["model", "save/reload", "prune", "quantize", "distill"]
+    assert names == ["model", "save/reload", "prune", "quantize", "calibrated", "shrink", "distill"]
     assert all(m.run.__doc__.strip() for m in demo.step_modules())
     # every module of the package is a listed step (none written and forgotten)
     assert sorted(m.name for m in pkgutil.iter_modules(demo.__path__)) == sorted(demo.STEPS)

@@ -14,7 +14,8 @@ from litecomp.reference import distill as ref_distill
 from litecomp.reference import prune as ref_prune
 from litecomp.reference import random as ref_random
 
-TABLES = ("distill_kinds", "topk_modes", "norm_kinds", "random_dists")
+TABLES = ("distill_kinds", "topk_modes", "norm_kinds", "random_dists", "quant_views",
+          "quant_roundings", "matmul_paths", "matmul_layouts", "matmul_sources")
 
 
 @pytest.mark.parametrize("table", TABLES)
@@ -109,3 +110,96 @@ def test_random_dists_every_code_draws_its_named_distribution():
                                   ref_random.bits(1000, 3, 1))
     with pytest.raises(litecomp.ArgumentError, match="dist"):
         _C.fill_random(np.empty(4, np.float32), 0, 0, 0, len(_C.random_dists), 0.0, 1.0)
+
+
+def test_quant_views_every_code_selects_its_named_slots(rng):
+    from litecomp._check import as_kernel_input
+    from litecomp.quant.core import VIEW, _view, minmax
+    from litecomp.reference import quant as ref_quant
+    assert VIEW is _C.quant_views
+    assert set(VIEW) == {"tensor", "channel", "group"}
+    x = rng.standard_normal((4, 6)).astype(np.float32)
+    slots = {"tensor": 1, "channel": 6, "group": 8}
+    for name, (axis, group) in {"tensor": (None, None), "channel": (1, None),
+                                "group": (None, 3)}.items():
+        view = _view(x.shape, axis, group)
+        assert view[3] == VIEW[name]
+        mn, mx = minmax(as_kernel_input(x, "x"), view)
+        want_mn, want_mx = ref_quant.minmax(x, view)
+        assert mn.size == slots[name], name
+        np.testing.assert_array_equal(mn, want_mn.astype(np.float32), err_msg=name)
+        np.testing.assert_array_equal(mx, want_mx.astype(np.float32), err_msg=name)
+    with pytest.raises(litecomp.ShapeError, match=f"mode {len(VIEW)} does not fit"):
+        _C.quant_minmax(x, 0, 1, 1, 24, len(VIEW), np.empty(1, np.float32),
+                        np.empty(1, np.float32))
+
+
+def test_quant_roundings_every_code_rounds_as_named():
+    """round_then_add: clamp(rint(x * inv) + zp); add_then_round: clamp(rint(x * inv + zp));
+    fma_then_round: the same with a fused multiply-add (torch's three ways)."""
+    from litecomp.quant.core import ROUNDING, _view
+    assert ROUNDING is _C.quant_roundings
+
+    def codes(x, s, zp, rounding):
+        out = np.empty(1, np.int8)
+        _C.quant_affine(np.array([x], np.float32), 0, *_view((1,), None, None),
+                        np.array([s], np.float32), np.array([zp], np.int32), -128, 127, out,
+                        rounding)
+        return int(out[0])
+    # 0.5 - 2^-25: rounding first gives 0 + 1; adding 1 first rounds the float sum to 1.5 -> 2
+    x = np.float32(0.5) - np.float32(2 ** -25)
+    assert {n: codes(x, 1.0, 1, c) for n, c in ROUNDING.items()} == {
+        "round_then_add": 1, "add_then_round": 2, "fma_then_round": 2}
+    # -1.05 * (1/0.1) rounds to -10.5 in float32 (-> -10 + 3 = -7, and -7.5 -> -8); the fused
+    # multiply-add keeps the exact product, just above -10.5 (-> -7)
+    assert {n: codes(np.float32(-1.05), 0.1, 3, c) for n, c in ROUNDING.items()} == {
+        "round_then_add": -7, "add_then_round": -8, "fma_then_round": -7}
+    # what the torch-exact functions use names only rules C has
+    from litecomp.quant.core import _TORCH_ROUNDING
+    assert set(_TORCH_ROUNDING.values()) <= set(ROUNDING)
+    with pytest.raises(litecomp.ArgumentError, match=f"rounding: unknown rounding code {len(ROUNDING)}"):
+        codes(1.0, 1.0, 1, len(ROUNDING))
+
+
+def test_matmul_paths_are_the_simd_names_and_every_one_gives_the_same_bits(rng):
+    from litecomp.quant import matmul as qm
+    assert qm.PATHS is _C.matmul_paths
+    assert set(_C.matmul_paths) == {"scalar", "avx2", "avx_vnni", "avx512_vnni", "auto"}
+    assert set(_C.matmul_paths) - {"auto", "avx_vnni"} <= set(litecomp._runtime.SIMD_LEVELS)
+    assert qm.available_paths()[0] == "scalar"
+    W = rng.standard_normal((20, 64)).astype(np.float32)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    L = litecomp.quant.prepare_linear(litecomp.quant.quantize(W, 8, axis=0))
+    want = L(x, path="scalar")
+    for name in qm.available_paths() + ["auto"]:
+        np.testing.assert_array_equal(L(x, path=name), want, err_msg=name)
+    out = np.empty((3, 20), np.float32)
+    with pytest.raises(litecomp.ArgumentError, match=f"path: unknown path code {len(qm.PATHS)}"):
+        _C.matmul_i8_linear(x, L._packed, L._rowsum, L._sw, None, out, 20, 64, len(qm.PATHS))
+
+
+def test_matmul_layouts_and_sources_every_code_does_what_its_name_says(rng):
+    from litecomp.reference import matmul as ref_matmul
+    codes = rng.integers(0, 16, (17, 64)).astype(np.uint8)
+    for name, code in _C.matmul_layouts.items():
+        src = codes.view(np.int8) if name == "i8" else codes
+        packed = _C.matmul_pack(code, src, _C.matmul_sources["stream"], 17, 64, 64, 8)
+        packed = packed[0] if name == "i8" else packed
+        np.testing.assert_array_equal(packed, ref_matmul.pack(name, src), err_msg=name)
+    W = rng.standard_normal((17, 64)).astype(np.float32)
+    data = {"stream": (litecomp.quant.pack_codes(codes, 4), 4),
+            "bitsandbytes": (litecomp.quant.quantize_4bit(W, "nf4").data, 4),
+            "Q4_0": (litecomp.quant.gguf.quantize(W, "Q4_0"), 4),
+            "Q4_1": (litecomp.quant.gguf.quantize(W, "Q4_1"), 4),
+            "Q8_0": (litecomp.quant.gguf.quantize(W, "Q8_0"), 8)}
+    assert set(data) == set(_C.matmul_sources)
+    for name, code in _C.matmul_sources.items():
+        d, bits = data[name]
+        d = np.ascontiguousarray(d)
+        packed = _C.matmul_pack(_C.matmul_layouts["blk8"], d, code, 17, 64, 64, bits)
+        want = ref_matmul.source_codes(name, d, 17, 64, 64, bits)
+        np.testing.assert_array_equal(packed, ref_matmul.pack("blk8", want), err_msg=name)
+    with pytest.raises(litecomp.ArgumentError, match="layout: unknown layout code"):
+        _C.matmul_pack(len(_C.matmul_layouts), codes, 0, 17, 64, 64, 8)
+    with pytest.raises(litecomp.ArgumentError, match="source: unknown source code"):
+        _C.matmul_pack(1, codes, len(_C.matmul_sources), 17, 64, 64, 8)

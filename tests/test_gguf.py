@@ -162,3 +162,34 @@ def test_quantize_into_out():
     np.testing.assert_array_equal(out, lg.quantize(x, "Q4_0"))
     with pytest.raises(litecomp.ArgumentError, match="^out"):
         lg.quantize(x, "Q4_0", out=np.empty((16, 8 * 18), np.int8))
+
+
+def test_format_table_is_cs_and_matches_the_gguf_package():
+    """FORMATS comes from the block structs in csrc/gguf.h (LC_GGUF_TYPES), and every id and
+    size there is ggml's."""
+    from litecomp import _C
+    assert lg.FORMATS == _C.gguf_formats()
+    assert set(lg.FORMATS) == {"Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q4_K", "Q6_K"}
+    for name, (tid, block, nbytes) in lg.FORMATS.items():
+        t = getattr(T, name)
+        assert tid == t.value
+        assert (block, nbytes) == gguf.constants.GGML_QUANT_SIZES[t]
+
+
+def test_write_gguf_targets_ignore(tmp_path):
+    from litecomp.errors import ArgumentError
+    rng = np.random.default_rng(7)
+    sd = {f"l{i}.weight": rng.standard_normal((8, 64)).astype(np.float32) for i in range(3)}
+    kinds = lg.write_gguf(tmp_path / "t.gguf", sd, "Q8_0", min_elements=1,
+                          targets="l*.weight", ignore=["l1.*"])
+    assert kinds == {"l0.weight": "Q8_0", "l1.weight": "F32", "l2.weight": "Q8_0"}
+    r = gguf.GGUFReader(str(tmp_path / "t.gguf"))
+    got = {t.name: t.tensor_type.name for t in r.tensors}
+    assert got == kinds
+    assert lg.write_gguf(tmp_path / "s.gguf", sd, "Q8_0", min_elements=1,
+                         select=lambda n: n == "l2.weight")["l2.weight"] == "Q8_0"
+    with pytest.raises(ArgumentError, match="match none"):
+        lg.write_gguf(tmp_path / "n.gguf", sd, "Q8_0", targets="attn.*")
+    assert not (tmp_path / "n.gguf").exists()
+    with pytest.raises(ArgumentError, match="not both"):
+        lg.write_gguf(tmp_path / "n.gguf", sd, targets="l0.*", select=lambda n: True)

@@ -268,3 +268,32 @@ def test_npz_with_pickled_objects_is_refused(tmp_path):
     with pytest.raises(FormatError):
         litecomp.load(tmp_path / "c.npz")
     assert not marker.exists()
+
+
+def test_npy_headers_numpy_cannot_parse_or_with_negative_sizes(tmp_path):
+    """numpy's header parser lets tokenize errors and negative sizes through."""
+    import io as _io
+    bad = {"tokenize": b"\x93NUMPY\x01\x00v\x00{'descr': '<f4',\x00" + b" " * 100 + b"\n",
+           "negative": None}
+    h = _io.BytesIO()
+    np.lib.format.write_array_header_1_0(h, {"descr": "<f4", "fortran_order": False,
+                                             "shape": (-1, 3)})
+    bad["negative"] = h.getvalue() + bytes(24)
+    for name, member in bad.items():
+        for comp in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            path = tmp_path / f"{name}-{comp}.npz"
+            with zipfile.ZipFile(path, "w", compression=comp) as z:
+                z.writestr("w.npy", member)
+            with pytest.raises(FormatError, match="w.npy"):
+                litecomp.load(path)
+            with litecomp.open(path) as ck, pytest.raises(FormatError):
+                ck.info("w")
+
+
+def test_npz_info_reads_only_the_header(tmp_path):
+    a = np.zeros((512, 1024), np.float32)
+    np.savez_compressed(tmp_path / "z.npz", a=a, b=np.arange(3, dtype=">i2"))
+    with litecomp.open(tmp_path / "z.npz") as ck:
+        assert ck.info("a") == (np.dtype(np.float32), (512, 1024))
+        assert ck.info("b") == (np.dtype(np.int16), (3,))
+    assert litecomp.load(tmp_path / "z.npz")["a"].flags.writeable

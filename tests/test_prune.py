@@ -234,6 +234,46 @@ def test_channel_norms_match_reference(dtype, p, rng):
         np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((1000, 300), 1), ((40, 37, 200), 1), ((300, 17), 0),
+                                        ((3, 5, 4), 2)])
+def test_channel_norms_sum_in_the_defined_order(dtype, shape, axis, rng):
+    """L1 / L2 are sequential float64 sums over a channel's values, outer then inner: bit for
+    bit np.add.accumulate of them, for any thread count (channels wider than one chunk, 16 or
+    256 at a time, and large enough for the parallel path)."""
+    w = rng.standard_normal(shape).astype(dtype)
+    vals = np.moveaxis(w.astype(np.float64), axis, 0).reshape(shape[axis], -1)
+    want = {1: np.add.accumulate(np.abs(vals), axis=1)[:, -1],
+            2: np.sqrt(np.add.accumulate(vals * vals, axis=1)[:, -1])}
+    for threads in (1, 2):
+        with litecomp.threads(threads):
+            for p in (1, 2):
+                np.testing.assert_array_equal(prune.channel_norms(w, p, axis), want[p])
+
+
+def test_channel_norms_each_is_channel_norms_of_every_item(rng):
+    """One call over many arrays (one parallel pass) gives each array's own norms, bit for
+    bit, for any thread count; empty items, other dtypes and axes mix freely."""
+    items = [(rng.standard_normal((600, 300)).astype(np.float32), 1),
+             (rng.standard_normal((40, 37, 200)).astype(np.float64), 1),
+             (rng.standard_normal((0, 5)).astype(np.float32), 1),
+             (rng.standard_normal((5, 0)).astype(np.float32), 1),
+             (rng.standard_normal((33, 7)).astype(ml_dtypes.bfloat16), -2),
+             (rng.standard_normal((64, 512)).astype(np.float16)[:, ::2], 0)]  # a strided view
+    for norm in (1, 2, np.inf, 3):
+        for threads in (1, 2):
+            with litecomp.threads(threads):
+                got = prune.channel_norms_each(items, norm)
+            assert len(got) == len(items)
+            for (w, axis), g in zip(items, got):
+                np.testing.assert_array_equal(g, prune.channel_norms(w, norm, axis))
+    assert prune.channel_norms_each([], 2) == []
+    with pytest.raises(litecomp.ArgumentError, match=r"^items\[0\] axis"):
+        prune.channel_norms_each([(items[0][0], 2)], 2)
+    with pytest.raises(litecomp.DTypeError, match=r"^items\[0\]"):
+        prune.channel_norms_each([(np.ones((2, 2), np.int32), 0)], 2)
+
+
 def test_ln_structured(rng):
     w = rng.standard_normal((6, 10)).astype(np.float32)
     norms = np.linalg.norm(w, axis=1)

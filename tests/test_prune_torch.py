@@ -189,3 +189,11 @@ def test_activation_stats_match_manual_hooks():
     s = prune.scores.wanda(w, stats["0"])
     mask = prune.per_row(w, 0.5, importance_scores=s)
     assert (mask.sum(axis=1) == 6).all()
+
+
+def test_apply_masks_checks_every_mask_before_changing_the_model():
+    lin = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    good = np.ones((3, 4), bool)
+    with pytest.raises(litecomp.ShapeError, match="1.weight"):
+        lt.apply_masks(lin, {"0.weight": good, "1.weight": np.ones((9, 9), bool)})
+    assert not hasattr(lin[0], "weight_mask")        # the first mask was not applied either

@@ -130,7 +130,7 @@ def test_bad_recipe_files(tmp_path):
 def test_family_check():
     with pytest.raises(ArgumentError, match="'rtn' is a quant method, not prune"):
         recipe.stages({"method": "rtn"}, family="prune")
-    assert recipe.methods_of("prune") == ["magnitude", "random"]
+    assert recipe.methods_of("prune") == ["magnitude", "random", "sparsegpt", "wanda"]
 
 
 # ------------------------------------------------------------------ prune_state_dict

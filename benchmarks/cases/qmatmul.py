@@ -4,7 +4,7 @@ the L3 cache holds, as in a real model where every layer's weights come from DRA
 
 import numpy as np
 
-from litecomp import qmatmul as qm
+import litecomp.quant as Q
 
 from ..harness import Run, case, missing, optional_import
 
@@ -31,10 +31,11 @@ def _int8_case(N, K, M, anchor_kind):
         torch, lin, qlin = _torch_linear(n, k)
         if torch is None:
             w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32) * 0.02
-            L = qm.Int8Linear.from_float(w)
+            L = Q.prepare_linear(Q.quantize(w, 8, axis=0))
             x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
             return Run(litecomp=lambda: L(x), anchor=missing(f"torch {anchor_kind}", "torch"))
-        L = qm.Int8Linear.from_float(lin.weight.detach().numpy(), lin.bias.detach().numpy())
+        L = Q.prepare_linear(Q.quantize(lin.weight.detach().numpy(), 8, axis=0),
+                             bias=lin.bias.detach().numpy())
         xt = torch.randn(m, k)
         x = xt.numpy()
         f = qlin if anchor_kind == "quantize_dynamic int8" else lin
@@ -62,16 +63,16 @@ def _gemv_case(kind, cold):
         rng = np.random.default_rng(0)
         w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
         if kind == "int4 g128":
-            layer = qm.BlockLinear.from_float(w, bits=4, group_size=128)
+            layer = Q.prepare_linear(Q.quantize(w, 4, group_size=128))
         elif kind == "gguf Q4_0":
             gguf = optional_import("gguf")
             if gguf is None:
-                layer = qm.BlockLinear.from_float(w, bits=4, group_size=32)
+                layer = Q.prepare_linear(Q.quantize(w, 4, group_size=32))
             else:
                 data = gguf.quants.quantize(w, gguf.GGMLQuantizationType.Q4_0)
-                layer = qm.BlockLinear.from_gguf(data, "Q4_0", w.shape)
+                layer = Q.prepare_linear(data, qtype="Q4_0", shape=w.shape)
         else:
-            layer = qm.NF4Linear.from_float(w)
+            layer = Q.prepare_linear(Q.quantize_4bit(w, "nf4"))
         copies = 1
         if cold and not quick:  # > 260 MiB L3: every call reads its weights from DRAM
             copies = max(1, (400 << 20) // layer.nbytes)

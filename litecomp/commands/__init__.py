@@ -7,6 +7,7 @@ COMMANDS = [
     "inspect",
     "prune",
     "quantize",
+    "shrink",
 ]
 
 

@@ -14,18 +14,26 @@ def add_arguments(p):
     p.add_argument("--amount", type=_amount, default=0.5,
                    help="a fraction like 0.5 (default) or a count like 1000, as torch "
                         "reads them (1 prunes one entry, 1.0 all); ignored by nm")
-    p.add_argument("--method", choices=tuple(METHODS), default="l1",
+    p.add_argument("--method", choices=tuple(METHODS) + CALIBRATED, default="l1",
                    help="l1: per-tensor magnitude; ln: whole output rows by L2 norm; "
                         "nm: N:M groups along the input axis; block: blocks by L2 norm; "
-                        "global: one magnitude threshold over all selected tensors")
+                        "global: one magnitude threshold over all selected tensors; "
+                        "sparsegpt, wanda: calibrated, with --hessians (--amount is the "
+                        "sparsity, or --nm N:M)")
+    p.add_argument("--hessians", metavar="FILE", default=None,
+                   help="layer Hessians (<layer>.hessian + <layer>.count) for sparsegpt / "
+                        "wanda, or for calibrated stages of --recipe")
     add_selection_arguments(p, "prune")
-    p.add_argument("--nm", metavar="N:M", default="2:4", help="N:M for --method nm (2:4)")
+    p.add_argument("--nm", metavar="N:M", default=None,
+                   help="N:M for --method nm (default 2:4), or for sparsegpt / wanda")
     p.add_argument("--block-shape", metavar="RxC", default=None,
                    help="block shape for --method block (1x4)")
     p.add_argument("--block", default=None, help=argparse.SUPPRESS)  # old --block-shape
     p.add_argument("--sparse", action="store_true",
                    help="store pruned tensors compressed (sparse-bitmask, or N:M form)")
 
+
+CALIBRATED = ("sparsegpt", "wanda")
 
 # --method -> the recipe stage it stands for
 METHODS = {"l1": {"granularity": "tensor"}, "ln": {"granularity": "channel", "axis": 0},
@@ -79,9 +87,20 @@ def stage_of(args):
     """The recipe stage that --method/--amount/--nm/--block-shape/--targets/--ignore
     describe."""
     targets, ignore = selection(args)
+    if args.method in CALIBRATED:
+        stage = {"method": args.method, "targets": targets, "ignore": ignore}
+        if args.nm is not None:
+            stage["n"], stage["m"] = _parse_pair(args.nm, ":", "--nm")
+        elif isinstance(args.amount, float):
+            stage["sparsity"] = args.amount
+        else:
+            from ..errors import ArgumentError
+            raise ArgumentError(f"--amount: {args.method} takes a sparsity fraction like 0.5, "
+                                f"not a count ({args.amount})")
+        return {k: v for k, v in stage.items() if v is not None}
     stage = {"method": "magnitude", "targets": targets, "ignore": ignore}
     if args.method == "nm":
-        stage["n"], stage["m"] = _parse_pair(args.nm, ":", "--nm")
+        stage["n"], stage["m"] = _parse_pair(args.nm or "2:4", ":", "--nm")
     else:
         stage["amount"] = args.amount
         stage.update(METHODS[args.method])
@@ -106,10 +125,29 @@ def run(args):
     else:
         plan = stage_of(args)
     sd = load(args.input)
-    pruned, masks = prune.prune_state_dict(sd, plan)
+    checked = recipe.stages(plan, family="prune")
+    if any(s.calibrated for s in checked):
+        from .. import calib
+        if not args.hessians:
+            raise ArgumentError(f"--hessians: method {next(s.method for s in checked if s.calibrated)!r} "
+                                "needs the layer Hessians (a file from "
+                                "litecomp.calib.save_hessians)")
+        from .quantize import print_calib_report
+        hs = calib.load_hessians(args.hessians)
+        masks = {}
+        pruned = sd
+        report = []
+        for st in checked:
+            pruned, rep = calib.apply_stage(pruned, st, hs, masks=masks)
+            report.extend(rep)
+        print_calib_report(report)
+    else:
+        if args.hessians:
+            raise ArgumentError("--hessians: only sparsegpt and wanda use Hessians")
+        pruned, masks = prune.prune_state_dict(sd, plan)
     nm_stage = args.method == "nm" and not args.recipe
     if args.sparse and nm_stage:
-        n, m = _parse_pair(args.nm, ":", "--nm")
+        n, m = _parse_pair(args.nm or "2:4", ":", "--nm")
         out = sparse.compress(pruned, format="nm", n=n, m=m)
     else:
         out = sparse.compress(pruned) if args.sparse else pruned

@@ -24,6 +24,8 @@ STEPS = [
     "save_reload",
     "prune",
     "quantize",
+    "calibrated",
+    "shrink",
     "distill",
 ]
 

@@ -18,7 +18,7 @@ from . import npz as _npz
 from . import safetensors as _st
 from . import shards as _shards
 from . import torchzip as _tz
-from .atomic import atomic_write
+from .atomic import AtomicFiles, atomic_write
 from .checkpoint import FORMATS, Checkpoint, detect
 
 # `open` is left out on purpose: a star import must not shadow the built-in open().
@@ -80,27 +80,32 @@ def save(state_dict, path, *, format=None, max_shard_size=None, metadata=None) -
     limit = _shards.parse_size(max_shard_size)
     groups = _shards.plan(arrays, limit)
     if len(groups) == 1:
-        _write(arrays, path, fmt, metadata if fmt == "safetensors" else None)
-        _shards.remove_stale(path, keep=[])
+        with AtomicFiles() as group:
+            _write(arrays, path, fmt, metadata if fmt == "safetensors" else None, group)
+            group.on_commit.append(lambda: _shards.remove_stale(path, keep=[]))
         return path
     files, index_name = _shards.shard_names(path, len(groups))
     weight_map = {}
-    for names, fname in zip(groups, files):
-        _write({n: arrays[n] for n in names}, os.path.join(folder, fname), fmt,
-               metadata if fmt == "safetensors" else None)
-        weight_map.update(dict.fromkeys(names, fname))
-    meta = {"total_size": sum(a.nbytes for a in arrays.values())}
-    if metadata:
-        meta.update(metadata)
     index_path = os.path.join(folder, index_name)
-    with atomic_write(index_path) as f:
-        f.write(json.dumps({"metadata": meta, "weight_map": weight_map}, indent=2).encode())
-    _shards.remove_stale(path, keep=files)
+    # Every shard and the index are written first and renamed together at the end (with
+    # Ctrl-C held off): an interrupted save leaves the folder as it was.
+    with AtomicFiles() as group:
+        for names, fname in zip(groups, files):
+            _write({n: arrays[n] for n in names}, os.path.join(folder, fname), fmt,
+                   metadata if fmt == "safetensors" else None, group)
+            weight_map.update(dict.fromkeys(names, fname))
+        meta = {"total_size": sum(a.nbytes for a in arrays.values())}
+        if metadata:
+            meta.update(metadata)
+        with group.open(index_path) as f:
+            f.write(json.dumps({"metadata": meta, "weight_map": weight_map},
+                               indent=2).encode())
+        group.on_commit.append(lambda: _shards.remove_stale(path, keep=files))
     return index_path
 
 
-def _write(arrays, path, fmt, metadata):
-    with atomic_write(path) as f:
+def _write(arrays, path, fmt, metadata, group=None):
+    with (group.open(path) if group is not None else atomic_write(path)) as f:
         if fmt == "torch":
             _tz.write(arrays, f, _tz.archive_name(path))
         elif fmt == "safetensors":

@@ -1,7 +1,6 @@
 """Opening any supported checkpoint: format detection from the content, and ``Checkpoint``,
 the lazy read-only mapping ``litecomp.open`` returns (``litecomp.load`` is built on it)."""
 
-import builtins
 import mmap as _mmap
 import os
 import reprlib
@@ -11,6 +10,7 @@ import numpy as np
 
 from ..errors import ArgumentError, FormatError
 from . import legacy, npz, safetensors, shards, torchzip, zipfmt
+from .files import open_regular
 from .unpickler import TensorRef
 
 FORMATS = ("torch", "torch-legacy", "safetensors", "npz", "shards")
@@ -23,14 +23,14 @@ def detect(path) -> str:
         path = shards.resolve_folder(path)
     fmt = _sniff(path)
     if fmt == "zip":
-        with builtins.open(path, "rb") as f:
+        with open_regular(path) as f:
             fmt = zip_kind(zipfmt.read_members(f, zipfmt.file_size(f), path), path)
     return fmt
 
 
 def _sniff(path) -> str:
     """detect() from the first bytes only ("zip" for torch and npz alike)."""
-    with builtins.open(path, "rb") as f:
+    with open_regular(path) as f:
         head = f.read(16)
         size = zipfmt.file_size(f)
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
@@ -104,7 +104,7 @@ class _Source:
 
     def __init__(self, path, fmt, access, key):
         self.path = os.fspath(path)
-        self.f = builtins.open(self.path, "rb")
+        self.f = open_regular(self.path)
         try:
             size = zipfmt.file_size(self.f)
             self.buf = (_mmap.mmap(self.f.fileno(), 0, access=access)
@@ -160,8 +160,8 @@ class _Source:
         if self.format == "safetensors":
             dt, shape, _b, _e = self.header.entries[name]
             return dt, shape
-        a = self.array(name)
-        return a.dtype, a.shape
+        dt, shape = npz.info(self.buf, ref, self.path)
+        return (dt if dt.isnative else dt.newbyteorder("=")), tuple(shape)
 
     def array(self, name):
         ref = self.refs[name]

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 
 from ..errors import ArgumentError, FormatError
+from .files import open_regular
 
 MAX_INDEX = 100_000_000
 _UNITS = {"": 1, "B": 1, "KB": 10 ** 3, "MB": 10 ** 6, "GB": 10 ** 9, "TB": 10 ** 12,
@@ -102,11 +103,11 @@ def resolve_folder(folder) -> str:
 
 def read_index(path) -> Index:
     path = os.fspath(path)
-    if os.path.getsize(path) > MAX_INDEX:
-        raise FormatError(f"{path}: shard index larger than {MAX_INDEX} bytes")
     try:
-        with open(path, "rb") as f:
-            index = json.loads(f.read().decode("utf-8"))
+        with open_regular(path) as f:
+            if os.fstat(f.fileno()).st_size > MAX_INDEX:
+                raise FormatError(f"{path}: shard index larger than {MAX_INDEX} bytes")
+            index = json.loads(f.read(MAX_INDEX + 1).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise FormatError(f"{path}: shard index is not valid JSON ({exc})") from None
     wm = index.get("weight_map") if isinstance(index, dict) else None

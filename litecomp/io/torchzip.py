@@ -23,7 +23,7 @@ from . import dtypes as _dt
 from . import zipfmt
 from .unpickler import PickleWriter, TensorRef, loads, storage_from_pid
 
-MAX_PICKLE = 64 << 20       # a state dict pickle: ~150 bytes per tensor
+MAX_PICKLE = 16 << 20       # ~100 bytes per tensor; unpickler.MAX_CONTAINERS allows 60k
 
 
 class TorchZip:

@@ -21,6 +21,13 @@ from . import dtypes as _dt
 
 MAX_LONG_BYTES = 256          # LONG4 payloads beyond this are not integers a checkpoint needs
 MAX_STACK = 1 << 20
+MAX_DEPTH = 10_000            # MARKs open at once; state dicts nest a few levels deep
+# Objects one pickle may build (containers, strings, memo slots), in units of ~50 bytes
+# (a set counts 5, a memo slot 3).  Each costs one to five opcode bytes but up to 216
+# bytes of memory, so without a budget a 16 MB data.pkl (deflated: a 16 KB file) could
+# take gigabytes.  torch.save spends about 25 per tensor, so 1.5M allows 60k tensors in
+# one file and bounds what any pickle builds to under 100 MB.
+MAX_CONTAINERS = 1_500_000
 
 
 # ------------------------------------------------------------------ stand-ins
@@ -262,6 +269,11 @@ def loads(data, persistent_load, *, pos=0):
     mv = memoryview(data)
     n = len(mv)
     stack, metastack, memo = [], [], {}
+    made = 0                      # containers built (MAX_CONTAINERS)
+
+    def over_budget():
+        raise FormatError(f"checkpoint: pickle builds more than {MAX_CONTAINERS} containers; "
+                          "a state dict needs about 25 per tensor")
 
     def take(k):
         nonlocal pos
@@ -313,19 +325,25 @@ def loads(data, persistent_load, *, pos=0):
         pos += 1
         # The opcodes a torch state dict is made of come first, most frequent first.
         if op == 0x71:                                   # BINPUT
-            memo[take(1)[0]] = top()
+            memo[take(1)[0]] = top()            # 256 slots at most: not counted
         elif op == 0x68:                                 # BINGET
             get(take(1)[0])
         elif op == 0x58:                                 # BINUNICODE
             k = int.from_bytes(take(4), "little")
             stack.append(unicode(take(k)))
+            made += 1
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x4b:                                 # BININT1
             stack.append(take(1)[0])
         elif op == 0x28:                                 # MARK
-            if len(metastack) > MAX_STACK:
-                raise FormatError("checkpoint: pickle nests too deep")
+            if len(metastack) >= MAX_DEPTH:
+                raise FormatError(f"checkpoint: pickle nests more than {MAX_DEPTH} deep")
             metastack.append(stack)
             stack = []
+            made += 1
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x74:                                 # TUPLE
             t = tuple(pop_mark())         # pop_mark() rebinds `stack`: call it first
             stack.append(t)
@@ -338,9 +356,15 @@ def loads(data, persistent_load, *, pos=0):
             t = tuple(stack[-k:])
             del stack[-k:]
             stack.append(t)
+            made += 1
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x52:                                 # REDUCE
             args, func = pop(), pop()
             stack.append(_call(func, args, "REDUCE"))
+            made += 2
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x89:                                 # NEWFALSE
             stack.append(False)
         elif op == 0x51:                                 # BINPERSID
@@ -359,6 +383,9 @@ def loads(data, persistent_load, *, pos=0):
             setitems(top(), items)
         elif op == 0x7d:                                 # EMPTY_DICT
             stack.append({})
+            made += 1
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x62:                                 # BUILD
             state = pop()
             inst = top()
@@ -400,6 +427,9 @@ def loads(data, persistent_load, *, pos=0):
         elif op in (0x8c, 0x8d):                         # SHORT_BINUNICODE, BINUNICODE8
             k = take(1)[0] if op == 0x8c else struct.unpack("<Q", take(8))[0]
             stack.append(unicode(take(k)))
+            made += 1
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op in (0x54, 0x55):                         # BINSTRING, SHORT_BINSTRING
             k = struct.unpack("<i", take(4))[0] if op == 0x54 else take(1)[0]
             stack.append(str(take(k), "latin1"))
@@ -409,6 +439,9 @@ def loads(data, persistent_load, *, pos=0):
             stack.append(bytes(take(k)))
         elif op == 0x5d:                                 # EMPTY_LIST
             stack.append([])
+            made += 1
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x6c:                                 # LIST
             lst = list(pop_mark())
             stack.append(lst)
@@ -427,6 +460,9 @@ def loads(data, persistent_load, *, pos=0):
             setitems(top(), [k, v])
         elif op == 0x8f:                                 # EMPTY_SET
             stack.append(set())
+            made += 5
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x90:                                 # ADDITEMS
             items = pop_mark()
             s = top()
@@ -436,6 +472,9 @@ def loads(data, persistent_load, *, pos=0):
         elif op == 0x91:                                 # FROZENSET
             fs = frozenset(flat_key(i) for i in pop_mark())
             stack.append(fs)
+            made += 5
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x93:                                 # STACK_GLOBAL
             name, module = pop(), pop()
             if type(name) is not str or type(module) is not str:
@@ -455,6 +494,9 @@ def loads(data, persistent_load, *, pos=0):
             if not any(cls is c for c in _NEWOBJ):
                 raise UnsafeCheckpointError(f"checkpoint: NEWOBJ of {_short(cls)} is not allowed")
             stack.append(_call(cls, args, "NEWOBJ"))
+            made += 5
+            if made > MAX_CONTAINERS:
+                over_budget()
         elif op == 0x50:                                 # PERSID (text)
             end = bytes(mv[pos:pos + 1024]).find(b"\n")
             if end < 0:
@@ -464,10 +506,11 @@ def loads(data, persistent_load, *, pos=0):
             stack.append(persistent_load(pid))
         elif op == 0x6a:                                 # LONG_BINGET
             get(struct.unpack("<I", take(4))[0])
-        elif op == 0x72:                                 # LONG_BINPUT
-            memo[struct.unpack("<I", take(4))[0]] = top()
-        elif op == 0x94:                                 # MEMOIZE
-            memo[len(memo)] = top()
+        elif op in (0x72, 0x94):                         # LONG_BINPUT, MEMOIZE
+            memo[struct.unpack("<I", take(4))[0] if op == 0x72 else len(memo)] = top()
+            made += 3                           # a memo slot costs 100-150 bytes
+            if made > MAX_CONTAINERS:
+                over_budget()
         else:
             raise UnsafeCheckpointError(
                 f"checkpoint: pickle opcode 0x{op:02x} ({chr(op)!r}) is not allowed")

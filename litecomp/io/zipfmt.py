@@ -44,7 +44,7 @@ def read_members(f, file_size: int, what: str, buf=None) -> dict:
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError,
             struct.error, NotImplementedError) as exc:
         raise FormatError(f"{what}: not a readable zip archive ({exc})") from None
-    members = {}
+    members, spans = {}, []
     for info in infos:
         if info.flag_bits & 0x1:
             raise FormatError(f"{what}: member {info.filename} is encrypted")
@@ -71,6 +71,15 @@ def read_members(f, file_size: int, what: str, buf=None) -> dict:
             raise FormatError(f"{what}: member {info.filename} is stored but its sizes differ")
         members[info.filename] = Member(info.filename, offset, info.file_size,
                                         info.compress_size, info.compress_type, info.CRC)
+        spans.append((info.header_offset, offset + info.compress_size, info.filename))
+    # Members never share bytes in a real archive; entries that do are the "overlapping
+    # files" zip bomb (one deflated stream listed thousands of times).
+    spans.sort()
+    for (_s0, end0, name0), (start1, _e1, name1) in zip(spans, spans[1:]):
+        if start1 < end0:
+            raise FormatError(f"{what}: members {name0} and {name1} overlap (a zip bomb?)")
+    if len(members) != len(infos):
+        raise FormatError(f"{what}: a member name appears twice in the zip directory")
     return members
 
 
@@ -101,6 +110,17 @@ def read_member_bytes(buf, m: Member, what: str, limit: int) -> bytes:
     if zlib.crc32(data) != m.crc:
         raise FormatError(f"{what}: member {m.name} fails its CRC check")
     return data
+
+
+def read_member_head(buf, m: Member, what: str, n: int) -> bytes:
+    """The first ``n`` (decompressed) bytes of a member, without its CRC check."""
+    raw = buf[m.offset:m.offset + m.csize]
+    if m.method == zipfile.ZIP_STORED:
+        return bytes(raw[:n])
+    try:
+        return zlib.decompressobj(-15).decompress(raw, n)
+    except zlib.error as exc:
+        raise FormatError(f"{what}: member {m.name} does not decompress ({exc})") from None
 
 
 class ZipWriter:

@@ -16,6 +16,7 @@ lower flat index is pruned first, so a mask is the same for any thread count and
 level.  The C kernel (csrc/prune.c) is an O(n) radix selection on the float bits.
 """
 
+import math
 import numbers
 
 import numpy as np
@@ -28,11 +29,12 @@ from . import scores, schedule
 from .report import SparsityReport, sparsity
 from .sensitivity import sensitivity, SensitivityTable
 from .state import prune_state_dict
+from .sparsegpt import sparsegpt
 
 __all__ = [
     "l1_unstructured", "random_unstructured", "ln_structured", "random_structured",
     "global_unstructured", "per_row", "nm", "block", "apply", "bake", "sparsity",
-    "SparsityReport", "prune_state_dict", "sensitivity", "SensitivityTable", "scores", "schedule", "count_to_prune",
+    "SparsityReport", "prune_state_dict", "sensitivity", "SensitivityTable", "scores", "schedule", "count_to_prune", "sparsegpt",
 ]
 
 _SCORE_DTYPES = _dt.WEIGHT_DTYPES + ("uint64",)
@@ -243,11 +245,28 @@ def channel_norms(w, norm=None, axis=None, *, n=None, dim=None) -> np.ndarray:
     axis = check_axis(axis, k.array.ndim, "axis")
     kind, p = _norm_kind(norm)
     shape = k.array.shape
-    outer = int(np.prod(shape[:axis], dtype=np.int64))
-    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    outer, inner = math.prod(shape[:axis]), math.prod(shape[axis + 1:])
     out = np.empty(shape[axis], np.float64)
     _C.channel_norms(k.raw, k.code, outer, shape[axis], inner, kind, p, out)
     return out
+
+
+def channel_norms_each(items, norm) -> list:
+    """``[channel_norms(w, norm, axis) for w, axis in items]``, the same values, in one
+    parallel pass over all the arrays: many small tensors wake the thread team once, not
+    once each (what scoring a whole model's layers needs)."""
+    kind, p = _norm_kind(norm)
+    jobs, outs = [], []
+    for i, (w, axis) in enumerate(items):
+        k = as_kernel_input(w, f"items[{i}]")
+        axis = check_axis(axis, k.array.ndim, f"items[{i}] axis")
+        shape = k.array.shape
+        out = np.empty(shape[axis], np.float64)
+        jobs.append((k.raw, k.code, math.prod(shape[:axis]), shape[axis],
+                     math.prod(shape[axis + 1:]), out))
+        outs.append(out)
+    _C.channel_norms_list(jobs, kind, p)
+    return outs
 
 
 def _structured(w, amount, axis, mask, channel_scores):

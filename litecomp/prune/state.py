@@ -30,7 +30,7 @@ import numpy as np
 
 from .. import dtypes as _dt
 from ..errors import ArgumentError
-from ..recipe import stages as _stages
+from ..recipe import require_data_free, stages as _stages
 from ..select import select
 
 GRANULARITIES = {"magnitude": ("tensor", "row", "channel", "block", "global"),
@@ -104,6 +104,7 @@ def prune_state_dict(state_dict, recipe, *, min_ndim=2):
     """
     from . import apply, bake
     plan = _stages(recipe, family="prune")
+    require_data_free(plan, "prune_state_dict")
     out = bake(state_dict)
     masks = {}
     for stage in plan:

@@ -27,23 +27,33 @@ TORCH_QDTYPES = {"qint8": (-128, 127, True, 8), "quint8": (0, 255, False, 8),
                  "quint4x2": (0, 15, False, 4)}
 
 
+# The codes csrc/quant.c takes, from its code tables.
+#: View modes: which scale an element uses ("tensor", "channel" along an axis, or "group":
+#: runs of group_size contiguous elements).
+VIEW = _C.quant_views
+#: Rounding rules: "round_then_add" clamp(rint(x / s) + zp) (litecomp, torch quint4x2),
+#: "add_then_round" clamp(rint(x / s + zp)) (torch per channel), "fma_then_round" (torch per
+#: tensor, fbgemm's fused multiply-add).
+ROUNDING = _C.quant_roundings
+
+
 # ------------------------------------------------------------------ views and params
 def _view(shape, axis, group):
-    """(A, C, B, mode) of the kernel view: mode 0 tensor, 1 channel ``axis``, 2 runs of
+    """(A, C, B, mode) of the kernel view: per tensor, per channel ``axis``, or runs of
     ``group`` contiguous elements (groups along the last axis)."""
     n = int(np.prod(shape, dtype=np.int64))
     if group is not None:
-        return n // group, 1, group, 2
+        return n // group, 1, group, VIEW["group"]
     if axis is None:
-        return 1, 1, n, 0
+        return 1, 1, n, VIEW["tensor"]
     a = int(np.prod(shape[:axis], dtype=np.int64))
     b = int(np.prod(shape[axis + 1:], dtype=np.int64))
-    return a, shape[axis], b, 1
+    return a, shape[axis], b, VIEW["channel"]
 
 
 def _nslots(view):
     a, c, _b, mode = view
-    return 1 if mode == 0 else c if mode == 1 else a
+    return 1 if mode == VIEW["tensor"] else c if mode == VIEW["channel"] else a
 
 
 def minmax(k, view):
@@ -124,6 +134,9 @@ class QTensor:
     channel, or ``(*moved_shape[:-1], moved_shape[-1] // group_size)`` per group;
     shape: the original shape; axis: the channel axis (per channel) or the grouped axis
     (per group; that axis is moved last before packing), None per tensor.
+    perm: for GPTQ with ``act_order``, the column order the codes are stored in: ``data``
+    packs the codes of ``w[:, perm]`` (so groups are runs of that order) and ``dequantize``
+    puts the columns back; ``g_idx`` gives each original column its group.  None otherwise.
     """
     data: np.ndarray
     scales: np.ndarray
@@ -133,6 +146,20 @@ class QTensor:
     scheme: str
     axis: Optional[int] = None
     group_size: Optional[int] = None
+    perm: Optional[np.ndarray] = None
+
+    @property
+    def g_idx(self) -> Optional[np.ndarray]:
+        """int32 group index of every original column (GPTQ / compressed-tensors'
+        ``weight_g_idx``) for a grouped 2-D tensor; None otherwise."""
+        if self.group_size is None or len(self.shape) != 2 or self.axis != 1:
+            return None
+        g = np.arange(self.shape[1], dtype=np.int32) // self.group_size
+        if self.perm is None:
+            return g
+        out = np.empty_like(g)
+        out[self.perm] = g
+        return out
 
     @property
     def moved_shape(self):
@@ -163,6 +190,10 @@ class QTensor:
                           self.zero_points.astype(np.int32).ravel(), out)
         if self.group_size is not None and self.axis is not None:
             out = np.moveaxis(out, -1, self.axis)
+        if self.perm is not None:
+            restored = np.empty_like(out)
+            restored[:, self.perm] = out
+            out = restored
         out = np.ascontiguousarray(out)
         if np.dtype(dtype) in (np.float32, np.float64):
             return out.astype(dtype, copy=False)
@@ -177,9 +208,12 @@ class QTensor:
         meta = [_QMETA_VERSION, self.bits, SCHEMES.index(self.scheme),
                 -1 if self.axis is None else self.axis, self.group_size or 0,
                 len(self.shape), *self.shape]
-        return {f"{prefix}.qdata": self.data, f"{prefix}.scales": self.scales,
-                f"{prefix}.zero_points": self.zero_points,
-                f"{prefix}.qmeta": np.asarray(meta, np.int64)}
+        out = {f"{prefix}.qdata": self.data, f"{prefix}.scales": self.scales,
+               f"{prefix}.zero_points": self.zero_points,
+               f"{prefix}.qmeta": np.asarray(meta, np.int64)}
+        if self.perm is not None:
+            out[f"{prefix}.perm"] = np.asarray(self.perm, np.int64)
+        return out
 
     @classmethod
     def from_state_dict(cls, sd, prefix: str) -> "QTensor":
@@ -194,9 +228,14 @@ class QTensor:
         _v, bits, scheme, axis, group, ndim, *shape = meta
         if bits not in BITS or scheme not in (0, 1):
             raise FormatError(f"{prefix}.qmeta: bad bits {bits} or scheme {scheme}")
+        perm = sd.get(f"{prefix}.perm") if hasattr(sd, "get") else None
+        if perm is not None:
+            perm = np.asarray(perm, np.int64).ravel()
+            if len(shape) != 2 or not np.array_equal(np.sort(perm), np.arange(shape[-1])):
+                raise FormatError(f"{prefix}.perm: is not a permutation of the columns")
         q = cls(np.ascontiguousarray(data, np.uint8), np.asarray(scales, np.float32),
                 np.asarray(zps, np.uint8), bits, tuple(shape), SCHEMES[scheme],
-                None if axis < 0 else axis, group or None)
+                None if axis < 0 else axis, group or None, perm)
         rows = int(np.prod(q.moved_shape[:-1], dtype=np.int64)) if shape else 1
         cols = q.moved_shape[-1] if shape else 1
         if q.data.shape != (rows, (cols * bits + 7) // 8):
@@ -252,7 +291,7 @@ def quantize(x, bits=8, *, scheme="symmetric", axis=None, group_size=None,
             raise ShapeError(f"qparams: expected {_nslots(view)} scales and zero points, got "
                              f"{s.size} and {zp.size}")
     codes = np.empty(a.shape, np.uint8)
-    _C.quant_affine(k.raw, k.code, *view, s, zp, 0, qmax, codes)
+    _C.quant_affine(k.raw, k.code, *view, s, zp, 0, qmax, codes, ROUNDING["round_then_add"])
     rows = int(np.prod(a.shape[:-1], dtype=np.int64))
     codes = codes.reshape(rows, a.shape[-1])
     packed = codes if bits == 8 else pack_codes(codes, bits)
@@ -283,15 +322,16 @@ def _f32_input(x):
 
 # How torch rounds (see csrc/quant.c): per tensor through fbgemm's fused x * inv + zp, per
 # channel x * inv + zp unfused, quint4x2 nearbyint(x * inv) + zp.
-_ROUND_AFTER_ZP = {("tensor", "qint8"): 2, ("tensor", "quint8"): 2, ("channel", "qint8"): 1,
-                   ("channel", "quint8"): 1}
+_TORCH_ROUNDING = {("tensor", "qint8"): "fma_then_round", ("tensor", "quint8"): "fma_then_round",
+                   ("channel", "qint8"): "add_then_round", ("channel", "quint8"): "add_then_round"}
 
 
 def _torch_codes(k, view, scales, zps, name):
     qmin, qmax, signed, bits = TORCH_QDTYPES[name]
     out = np.empty(k.array.shape, np.int8 if signed else np.uint8)
-    variant = _ROUND_AFTER_ZP.get(("tensor" if view[3] == 0 else "channel", name), 0)
-    _C.quant_affine(k.raw, k.code, *view, scales, zps, qmin, qmax, out, variant)
+    per = "tensor" if view[3] == VIEW["tensor"] else "channel"
+    rounding = ROUNDING[_TORCH_ROUNDING.get((per, name), "round_then_add")]
+    _C.quant_affine(k.raw, k.code, *view, scales, zps, qmin, qmax, out, rounding)
     if bits == 4:
         return pack_codes(out.reshape(1, -1), 4).reshape(-1)
     return out

@@ -13,11 +13,11 @@ import numpy as np
 from .. import _C
 from .._check import as_array, as_kernel_input
 from ..errors import ArgumentError, DTypeError, FormatError, ShapeError
+from ..select import select as select_names
 
-#: name: (ggml type id, values per block, bytes per block)
-FORMATS = {"Q4_0": (2, 32, 18), "Q4_1": (3, 32, 20), "Q5_0": (6, 32, 22),
-           "Q5_1": (7, 32, 24), "Q8_0": (8, 32, 34), "Q4_K": (12, 256, 144),
-           "Q6_K": (14, 256, 210)}
+#: name: (ggml type id, values per block, bytes per block), from the block structs in
+#: csrc/gguf.h (LC_GGUF_TYPES), the one place they are written down.
+FORMATS = _C.gguf_formats()
 
 
 def _format(qtype):
@@ -65,14 +65,15 @@ def dequantize(data, qtype) -> np.ndarray:
 
 
 def write_gguf(path, state_dict, qtype="Q8_0", *, arch="litecomp", min_elements=1024,
-               select=None):
+               targets=None, ignore=None, select=None):
     """Write a state dict to a .gguf file with gguf's GGUFWriter.
 
     Tensors whose last axis divides into ``qtype`` blocks and that have at least
     ``min_elements`` values are stored quantized; the rest as float32 (as llama.cpp's
     converters keep norms and biases in float); int8/16/32/64 tensors are stored as they
-    are, other dtypes raise DTypeError.  ``select(name) -> bool`` narrows the quantized set
-    further.  The file is written to a temporary name and renamed, so a failure leaves no
+    are, other dtypes raise DTypeError.  ``targets`` / ``ignore`` (``litecomp.select``
+    patterns) narrow the quantized set further; ``select(name) -> bool`` is the older way to
+    say the same.  The file is written to a temporary name and renamed, so a failure leaves no
     half-written file.  Returns {name: stored type name}.
     """
     try:
@@ -80,6 +81,12 @@ def write_gguf(path, state_dict, qtype="Q8_0", *, arch="litecomp", min_elements=
     except ImportError as exc:  # pragma: no cover - gguf is installed in CI
         raise ImportError("write_gguf needs the gguf package: pip install gguf") from exc
     name, (_tid, blk, _nb) = _format(qtype)
+    if targets is not None or ignore is not None:
+        if select is not None:
+            raise ArgumentError("select: give targets/ignore or select, not both")
+        names = [k for k in state_dict]
+        chosen = set(select_names(names, targets, ignore, what="tensors"))
+        select = chosen.__contains__
     gtype = getattr(gguf.GGMLQuantizationType, name)
     path = os.fspath(path)
     tmp = f"{path}.litecomp-tmp"

@@ -13,7 +13,7 @@ from .._check import as_array, as_kernel_input
 from ..errors import ArgumentError, FormatError
 from .codebook import CodebookTensor, Quant4, codebook_quantize, quantize_4bit
 from .core import QTensor, quantize
-from ..recipe import stages
+from ..recipe import require_data_free, stages
 from ..select import select
 
 _SUFFIX = ".qmeta"
@@ -104,6 +104,7 @@ def quantize_state_dict(state_dict, recipe, *, min_ndim=2):
         if not recipe:
             return dict(state_dict), []
     plan = stages(recipe, family="quant")
+    require_data_free(plan, "quantize_state_dict")
     candidates = [k for k, v in state_dict.items()
                   if (a := as_array(v, k)).ndim >= min_ndim and a.dtype.kind in "fV"]
     chosen = {}
@@ -170,7 +171,7 @@ def dequantize_state_dict(state_dict, dtype=np.float32):
     """Float tensors again: every QTensor dequantized (to ``dtype``), the rest unchanged."""
     names = set(quantized_names(state_dict))
     part_names = ("qdata", "scales", "zero_points", "qmeta", "absmax", "absmax_q",
-                  "absmax_scale", "absmax_offset", "codebook", "mask")
+                  "absmax_scale", "absmax_offset", "codebook", "mask", "perm")
     parts = {f"{n}.{p}" for n in names for p in part_names}
     out = {}
     for key, value in state_dict.items():

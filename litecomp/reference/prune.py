@@ -58,10 +58,10 @@ def nm_mask(scores, n, m, axis=-1, absolute=True):
 
 def _norm(a, p, axis):
     a = np.abs(a)
-    if p == np.inf:
-        return a.max(axis=axis)
+    if p == np.inf:         # an empty slice: the identities, as the C kernel (torch raises)
+        return a.max(axis=axis, initial=0.0)
     if p == -np.inf:
-        return a.min(axis=axis)
+        return a.min(axis=axis, initial=np.inf)
     if p == 1:
         return a.sum(axis=axis)
     if p == 2:

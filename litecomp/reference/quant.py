@@ -2,13 +2,15 @@
 
 import numpy as np
 
+from ..quant.core import VIEW
+
 
 def minmax(x, view):
     a, c, b, mode = view
     v = np.asarray(x, np.float32).reshape(a, c, b)
-    if mode == 0:
+    if mode == VIEW["tensor"]:
         return np.array([v.min()]) + np.float32(0), np.array([v.max()]) + np.float32(0)
-    if mode == 1:
+    if mode == VIEW["channel"]:
         return v.min(axis=(0, 2)) + np.float32(0), v.max(axis=(0, 2)) + np.float32(0)
     return v.min(axis=(1, 2)) + np.float32(0), v.max(axis=(1, 2)) + np.float32(0)
 
@@ -16,9 +18,9 @@ def minmax(x, view):
 def _expand(p, view):
     a, c, b, mode = view
     p = np.asarray(p)
-    if mode == 0:
+    if mode == VIEW["tensor"]:
         return p.reshape(1, 1, 1)
-    return p.reshape(1, c, 1) if mode == 1 else p.reshape(a, 1, 1)
+    return p.reshape(1, c, 1) if mode == VIEW["channel"] else p.reshape(a, 1, 1)
 
 
 def quantize_affine(x, view, scales, zps, qmin, qmax):

@@ -72,16 +72,27 @@ class DecoderLM(nn.Module):
     ``forward(tokens)`` takes [batch, seq] token ids and returns [batch, seq, vocab] logits.
     The decoder's memory is the embedded sequence itself, so both its self-attention and its
     cross-attention get the causal mask: position i sees positions <= i only, and the logits
-    at i are a next-token prediction that cannot read token i + 1.
+    at i are a next-token prediction that cannot read token i + 1.  ``heads``,
+    ``cross_heads`` and ``ffn`` may be one per layer and ``head_dim`` need not be
+    d_model / heads: ``DecoderLM(**litecomp.shrink.ffn(...).config)`` loads a shrunk decoder
+    with ``strict=True``.
     """
 
-    def __init__(self, vocab=98631, d_model=512, heads=8, layers=6, ffn=2048):
+    def __init__(self, vocab=98631, d_model=512, heads=8, layers=6, ffn=2048, *,
+                 head_dim=None, cross_heads=None):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.positional_encoding = nn.Parameter(torch.zeros(d_model))
-        layer = nn.TransformerDecoderLayer(d_model, heads, dim_feedforward=ffn,
+        per_layer = isinstance(heads, (list, tuple)) or isinstance(ffn, (list, tuple)) or \
+            head_dim is not None or cross_heads is not None
+        layer = nn.TransformerDecoderLayer(d_model, 1 if per_layer else heads,
+                                           dim_feedforward=2 if per_layer else ffn,
                                            dropout=0.0, batch_first=True)
         self.transformer_decoder = nn.TransformerDecoder(layer, layers)
+        if per_layer:  # a shrunk decoder (litecomp.shrink): sizes per layer
+            from .shrink import decoder_layers
+            self.transformer_decoder.layers = decoder_layers(d_model, heads, layers, ffn,
+                                                             head_dim, cross_heads)
         self.fc = nn.Linear(d_model, vocab)
 
     def forward(self, tokens):
@@ -106,3 +117,5 @@ from .distill import (DistillationLoss, FusedLinearDistillationLoss,  # noqa: E4
 from .features import FeatureDistillation  # noqa: E402,F401
 from .prune import activation_stats, apply_masks, masks_from_module  # noqa: E402,F401
 from .qlinear import QuantLinear, quantize_model  # noqa: E402,F401
+from .oneshot import OneshotResult, oneshot  # noqa: E402,F401
+from .shrink import LowRankLinear, apply_lowrank, apply_shrink  # noqa: E402,F401

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils import prune as tprune
 
 from ..errors import ArgumentError, ShapeError
+from ..io.atomic import deferred_interrupt
 from ..prune.scores import ActivationStats
 
 
@@ -24,7 +25,10 @@ def apply_masks(module: nn.Module, masks: dict) -> nn.Module:
     """Prune ``module`` with litecomp masks ({"fc.weight": bool array}) through
     ``torch.nn.utils.prune.custom_from_mask``: the module gets ``weight_orig`` +
     ``weight_mask`` and a forward pre-hook, so fine-tuning keeps pruned weights at zero.
-    A parameter pruned before keeps its old mask too (torch combines them)."""
+    A parameter pruned before keeps its old mask too (torch combines them).  Every mask is
+    checked before the first is applied, and Ctrl-C is held off while they are, so the
+    module is never left pruned halfway."""
+    todo = []
     for name, mask in masks.items():
         owner, attr = _split(module, name)
         current = getattr(owner, attr, None)
@@ -34,8 +38,11 @@ def apply_masks(module: nn.Module, masks: dict) -> nn.Module:
         if tuple(m.shape) != tuple(current.shape):
             raise ShapeError(f"masks[{name!r}]: shape {m.shape} does not match the "
                              f"parameter's {tuple(current.shape)}")
-        t = torch.from_numpy(np.ascontiguousarray(m != 0)).to(current.device)
-        tprune.custom_from_mask(owner, attr, mask=t)
+        todo.append((owner, attr, torch.from_numpy(np.ascontiguousarray(m != 0)).to(
+            current.device)))
+    with deferred_interrupt():
+        for owner, attr, t in todo:
+            tprune.custom_from_mask(owner, attr, mask=t)
     return module
 
 
@@ -58,8 +65,9 @@ def activation_stats(model: nn.Module, batches, layers=None, *, targets=None,
     batches: an iterable of model inputs (a tensor, a tuple of positional arguments, or a
     dict of keyword arguments).  targets / ignore: the modules to watch
     (``litecomp.select`` patterns or class names; default every nn.Linear); ``layers``, a
-    list of exact module names, is the older spelling.  Only layers whose forward actually ran appear (MultiheadAttention's
-    out_proj is applied inside attention without calling the module, for example).
+    list of exact module names, is the older spelling.  A MultiheadAttention's
+    ``out_proj``, whose forward attention never calls, is observed too (its input is
+    recomputed: ``litecomp.torch.capture``).  Only layers that ran appear.
     """
     from . import to_numpy
     from .select import select_modules
@@ -72,30 +80,20 @@ def activation_stats(model: nn.Module, batches, layers=None, *, targets=None,
                 watched[n] = model.get_submodule(n)
             except AttributeError:
                 raise ArgumentError(f"layers: {n!r} is not a submodule of the model") from None
+    from .capture import Capture, run_batch, taps_for
     stats = {}
 
-    def hook_for(name):
-        def hook(mod, inputs):
-            x = inputs[0].detach()
-            if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
-                x = x.float()
-            a = to_numpy(x.contiguous())
-            if name not in stats:
-                stats[name] = ActivationStats(a.shape[-1])
-            stats[name].update(a)
-        return hook
+    def observe(tap, x):
+        if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            x = x.float()
+        a = to_numpy(x.contiguous())
+        if tap.key not in stats:
+            stats[tap.key] = ActivationStats(a.shape[-1])
+        stats[tap.key].update(a)
 
-    handles = [m.register_forward_pre_hook(hook_for(n)) for n, m in watched.items()]
-    try:
-        with torch.no_grad():
-            for b in batches:
-                if isinstance(b, dict):
-                    model(**b)
-                elif isinstance(b, (tuple, list)):
-                    model(*b)
-                else:
-                    model(b)
-    finally:
-        for h in handles:
-            h.remove()
+    lin = [(n, m) for n, m in watched.items() if isinstance(m, nn.Linear)]
+    taps = taps_for(model, lin)
+    with Capture(model, taps, observe), torch.no_grad():
+        for b in batches:
+            run_batch(model, b)
     return stats

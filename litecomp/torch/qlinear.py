@@ -1,9 +1,11 @@
 """Quantized Linear for torch models: ``QuantLinear`` and the ChatGLM-style module swap
 ``quantize_model(model, bits=4)``.
 
-``QuantLinear`` keeps its weight packed in buffers (so ``state_dict()`` saves the small form)
-and, on CPU float tensors, runs litecomp's C kernels on zero-copy NumPy views; on other
-devices or under autograd it dequantizes and calls ``F.linear`` (same weights, float math).
+``QuantLinear`` quantizes with ``litecomp.quant.quantize`` (a QTensor: 8-bit per output
+channel, or 4-bit groups along the input axis) and keeps the result in buffers (so
+``state_dict()`` saves the small form); on CPU float tensors it runs the
+``litecomp.quant.matmul`` kernels, which read those buffers directly; on other devices or
+under autograd it dequantizes and calls ``F.linear`` (same weights, float math).
 
 State dict of a QuantLinear (prefix omitted):
   8-bit: ``qweight`` int8 [N, K], ``scales`` float32 [N], ``bias`` (if any)
@@ -19,9 +21,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .. import qmatmul as _qm
-from ..quant.core import pack_codes, unpack_codes
 from ..errors import ArgumentError
+from ..io.atomic import deferred_interrupt
+from ..quant import matmul as _mm
+from ..quant.core import quantize
 from . import from_numpy, to_numpy
 
 
@@ -51,38 +54,44 @@ class QuantLinear(nn.Module):
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, *, bits=8, group_size=128, scheme="symmetric"):
-        w = to_numpy(linear.weight.detach().float().cpu())
+        """Quantize a Linear's weight: 8 bits symmetric per output channel, or 4 bits in
+        groups of ``group_size`` along the input axis (``litecomp.quant.quantize``; a last
+        group shorter than ``group_size`` when it does not divide in_features)."""
+        w = to_numpy(linear.weight.detach())
         b = linear.bias
         m = cls(linear.in_features, linear.out_features, b is not None, bits=bits,
                 group_size=group_size, scheme=scheme)
         if bits == 8:
             if scheme != "symmetric":
                 raise ArgumentError("scheme: 8-bit QuantLinear is symmetric per channel")
-            layer = _qm.Int8Linear.from_float(w)
-            m.qweight.copy_(from_numpy(layer.qweight))
-            m.scales.copy_(from_numpy(layer.scales))
+            q = quantize(w, 8, axis=0)
+            # uint8 codes with zero point 128 are the int8 weight with its top bit flipped
+            m.qweight.copy_(from_numpy((q.data ^ np.uint8(0x80)).view(np.int8)))
         else:
-            layer = _qm.BlockLinear.from_float(w, bits=4, group_size=group_size, scheme=scheme)
-            m.qweight.copy_(from_numpy(pack_codes(layer.codes, 4)))
-            m.scales.copy_(from_numpy(layer.scales))
-            m.zeros.copy_(from_numpy(layer.zeros.astype(np.uint8)))
+            q, k = _mm.quantize_rows(w, 4, group_size=group_size, scheme=scheme)
+            packed = q.data[:, : -(-k // 2)]
+            m.qweight.copy_(from_numpy(np.ascontiguousarray(packed)))
+            if k % 2:  # the padding code shares the last byte; store it as 0
+                m.qweight[:, -1] &= 15
+            m.zeros.copy_(from_numpy(q.zero_points))
+        m.scales.copy_(from_numpy(q.scales))
         if b is not None:
             m.bias.copy_(b.detach().float())
         return m.to(linear.weight.device)
 
     def _kernel_layer(self):
-        """The packed litecomp layer, rebuilt whenever the buffers change (load_state_dict)."""
+        """The packed litecomp layer, rebuilt whenever the buffers change (load_state_dict);
+        the kernels read the buffers as they are (no unpacking in Python)."""
         key = tuple((t.data_ptr(), t._version) for t in self.buffers())
         if self._layer is None or key != self._layer_key:
             bias = to_numpy(self.bias) if self.bias is not None else None
             if self.bits == 8:
-                self._layer = _qm.Int8Linear(to_numpy(self.qweight), to_numpy(self.scales), bias)
+                self._layer = _mm.Int8Linear(to_numpy(self.qweight), to_numpy(self.scales), bias)
             else:
-                codes = unpack_codes(to_numpy(self.qweight), self.in_features, 4)
-                self._layer = _qm.BlockLinear(codes, to_numpy(self.scales),
-                                              to_numpy(self.zeros).astype(np.int32),
-                                              bits=4, group_size=self.group_size, bias=bias,
-                                              kind=self.scheme)
+                self._layer = _mm.BlockLinear.from_rows(
+                    to_numpy(self.qweight), 4, (self.out_features, self.in_features),
+                    to_numpy(self.scales), to_numpy(self.zeros), group_size=self.group_size,
+                    bias=bias, kind=self.scheme)
             self._layer_key = key
         return self._layer
 
@@ -146,9 +155,10 @@ def quantize_model(model: nn.Module, bits=8, group_size=128, layers=None, *, tar
     if not inplace:
         import copy
         model = copy.deepcopy(model)
-    for name, q in layers.items():
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, q)
-    model._litecomp_quantized = list(layers)
+    with deferred_interrupt():              # Ctrl-C cannot leave the model half-swapped
+        for name, q in layers.items():
+            parent_name, _, attr = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, attr, q)
+        model._litecomp_quantized = list(layers)
     return model

@@ -1,4 +1,4 @@
-/* qmatmul.c: quantized Linear layers, y = x @ W.T + b, with W kept packed.
+/* matmul.c: quantized Linear layers, y = x @ W.T + b, with W kept packed.
  *
  * 1. int8 dynamic Linear (i8): W int8 [N, K] symmetric per output channel (scale sw[n]); each
  *    row of x is quantized at run time to int8 symmetric (sx[m] = amax/127, q = rint(x*127/amax),
@@ -24,19 +24,27 @@
  * 3. NF4 (bitsandbytes): codes 0..15 index the NF4 table, blocks of B along K with an absmax
  *    each; float activations.  y = sum_blocks absmax * (sum_k table[q]*x[k]) (in k order).
  *
- * Packed layouts (tiles of 16 output channels; channels padded with zeros to a multiple of 16):
+ * The weight comes in as the quantized tensor stores it and is packed in one pass, reading
+ * the codes where they are (no unpacked copy): a source (LC_MATMUL_SOURCES) says how.
+ *
+ * Packed layouts, defined here only (tiles of 16 output channels; channels padded with zeros
+ * to a multiple of 16).  Python never indexes them: matmul_pack writes them, matmul_unpack
+ * reads them back, matmul_tile_params lays out the per-group parameters.
  *  i8:  [tile][K/4][16 lanes][4 bytes]                    byte = W[16*tile + lane, 4*kq + i]
  *  blk4:[tile][K/32][4 chunks][16 lanes][4 bytes]         low nibble  = q[ch, 32b + 4t + i],
  *                                                          high nibble = q[ch, 32b + 16 + 4t + i]
  *  blk8:[tile][K/32][8 chunks][16 lanes][4 bytes]         byte = q[ch, 32b + 4t + i]
  *  nf4: [tile][K][8 bytes]                                 byte j: low nibble lane 2j,
  *                                                          high nibble lane 2j+1
- *  Per-group parameters: [tile][G][16] for s, z and m.
+ *  Per-group parameters: [tile][G][16] for s, z and m (and the NF4 absmax); i8 scales [tile][16].
  */
 #include "litecomp.h"
+#include "quant.h"
+#include "gguf.h"
 
 #include <float.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 
 #define NT 16          /* channels per tile */
@@ -46,30 +54,57 @@
 #define ROW_CHUNK 64   /* i8 work item: up to 64 rows x 4 tiles, a fixed 2-D grid */
 #define TILE_CHUNK 4
 
-enum { PATH_SCALAR = 0, PATH_AVX2 = 1, PATH_AVXVNNI = 2, PATH_AVX512VNNI = 3, PATH_AUTO = -1 };
+/* ------------------------------------------------------------------ code tables */
+/* Exported as _C.matmul_paths, _C.matmul_layouts and _C.matmul_sources (docs/conventions.md,
+ * "Code tables").
+ *
+ * Kernel paths; "auto" picks the best one this CPU has.  The names are litecomp's SIMD level
+ * names (avx2, avx512_vnni); avx_vnni is AVX-VNNI, the 256-bit VNNI of Alder Lake and later
+ * cores, which only these kernels use. */
+#define MATMUL_PATHS(X)                                                               \
+    X(PATH_SCALAR, "scalar") X(PATH_AVX2, "avx2") X(PATH_AVX_VNNI, "avx_vnni")          \
+    X(PATH_AVX512_VNNI, "avx512_vnni") X(PATH_AUTO, "auto")
+
+/* Packed layouts (above). */
+#define MATMUL_LAYOUTS(X) X(LAYOUT_I8, "i8") X(LAYOUT_BLK4, "blk4") X(LAYOUT_BLK8, "blk8") X(LAYOUT_NF4, "nf4")
+
+/* Where the codes of row n, column k are read from when packing (data holds N equal rows):
+ *   stream        LSB-first `bits`-bit codes (1..8), litecomp.quant.pack_codes / QTensor.data;
+ *                 bits = 8 is one byte per code (uint8 codes, or int8 values for the i8 layout)
+ *   bitsandbytes  4-bit codes, two per byte, the first in the HIGH nibble (Quant4.data)
+ *   Q4_0, Q4_1    GGUF blocks: code j of a block in qs[j % 16], low nibble for j < 16
+ *   Q8_0          GGUF blocks: the code is qs[j] + 128 (int8 qs) */
+#define MATMUL_SOURCES(X)                                                             \
+    X(SRC_STREAM, "stream") X(SRC_BITSANDBYTES, "bitsandbytes") X(SRC_Q4_0, "Q4_0")      \
+    X(SRC_Q4_1, "Q4_1") X(SRC_Q8_0, "Q8_0")
+
+enum { MATMUL_PATHS(LC_CODE_ENUM) NPATHS };
+enum { MATMUL_LAYOUTS(LC_CODE_ENUM) NLAYOUTS };
+enum { MATMUL_SOURCES(LC_CODE_ENUM) NSOURCES };
+static const char *const path_names[] = {MATMUL_PATHS(LC_CODE_NAME)};
 
 #if defined(LC_X86) && (defined(__clang__) || __GNUC__ >= 11)
-#define LC_HAVE_AVXVNNI 1
-#define LC_TARGET_AVXVNNI __attribute__((target("avx2,fma,avxvnni")))
+#define LC_HAVE_AVX_VNNI 1
+#define LC_TARGET_AVX_VNNI __attribute__((target("avx2,fma,avxvnni")))
 #endif
 
 static int path_available(int p) {
     switch (p) {
     case PATH_SCALAR: return 1;
     case PATH_AVX2: return lc_simd_detected() >= LC_SIMD_AVX2;
-#ifdef LC_HAVE_AVXVNNI
-    case PATH_AVXVNNI: return lc_simd_detected() >= LC_SIMD_AVX2 && lc_cpu_has_avxvnni();
+#ifdef LC_HAVE_AVX_VNNI
+    case PATH_AVX_VNNI: return lc_simd_detected() >= LC_SIMD_AVX2 && lc_cpu_has_avx_vnni();
 #endif
-    case PATH_AVX512VNNI: return lc_simd_detected() >= LC_SIMD_AVX512_VNNI;
+    case PATH_AVX512_VNNI: return lc_simd_detected() >= LC_SIMD_AVX512_VNNI;
     default: return 0;
     }
 }
 
 static int auto_path(void) {
     int lvl = lc_simd();
-    if (lvl >= LC_SIMD_AVX512_VNNI) return PATH_AVX512VNNI;
-#ifdef LC_HAVE_AVXVNNI
-    if (lvl >= LC_SIMD_AVX2 && lc_cpu_has_avxvnni()) return PATH_AVXVNNI;
+    if (lvl >= LC_SIMD_AVX512_VNNI) return PATH_AVX512_VNNI;
+#ifdef LC_HAVE_AVX_VNNI
+    if (lvl >= LC_SIMD_AVX2 && lc_cpu_has_avx_vnni()) return PATH_AVX_VNNI;
 #endif
     if (lvl >= LC_SIMD_AVX2) return PATH_AVX2;
     return PATH_SCALAR;
@@ -143,7 +178,7 @@ LC_TARGET_AVX512 static int quant_i8_avx512(const float *x, int64_t n, int8_t *q
 
 static int quant_i8(const float *x, int64_t n, int8_t *q, float *scale, int offset, int path) {
 #ifdef LC_X86
-    if (path == PATH_AVX512VNNI) return quant_i8_avx512(x, n, q, scale, offset);
+    if (path == PATH_AVX512_VNNI) return quant_i8_avx512(x, n, q, scale, offset);
 #endif
     (void)path;
     return quant_i8_scalar(x, n, q, scale, offset);
@@ -199,7 +234,7 @@ LC_TARGET_AVX512 static inline void i8_store16_512(__m512i acc, float sx, const 
  * slices (integer adds: the order cannot change the result).  Register block: 4 rows x 4
  * tiles = 16 accumulators; leftover rows one at a time. */
 #define KC4 64
-LC_TARGET_AVX512_VNNI static void i8_block_avx512vnni(const i8_weights *w, const uint8_t *xu,
+LC_TARGET_AVX512_VNNI static void i8_block_avx512_vnni(const i8_weights *w, const uint8_t *xu,
                                                       const float *sx, int64_t ldx, int64_t m0,
                                                       int64_t m1, int64_t t0, int64_t t1, float *y) {
     const int64_t K4 = w->K4, ts = K4 * 64;
@@ -300,8 +335,8 @@ LC_TARGET_AVX2 static void i8_block_avx2(const i8_weights *w, const int8_t *xq, 
 }
 #endif
 
-#ifdef LC_HAVE_AVXVNNI
-LC_TARGET_AVXVNNI static void i8_block_avxvnni(const i8_weights *w, const uint8_t *xu,
+#ifdef LC_HAVE_AVX_VNNI
+LC_TARGET_AVX_VNNI static void i8_block_avx_vnni(const i8_weights *w, const uint8_t *xu,
                                                const float *sx, int64_t ldx, int64_t m0,
                                                int64_t m1, int64_t t0, int64_t t1, float *y) {
     const int64_t K4 = w->K4, ts = K4 * 64;
@@ -346,7 +381,7 @@ LC_TARGET_AVXVNNI static void i8_block_avxvnni(const i8_weights *w, const uint8_
 
 static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float *y, int path) {
     const int64_t K = w->K, ldx = w->K4 * 4;
-    int offset = (path == PATH_AVXVNNI || path == PATH_AVX512VNNI) ? 128 : 0;
+    int offset = (path == PATH_AVX_VNNI || path == PATH_AVX512_VNNI) ? 128 : 0;
     int8_t *xq = malloc((size_t)(M * ldx > 0 ? M * ldx : 1));
     float *sx = malloc((size_t)(M > 0 ? M : 1) * sizeof(float));
     if (!xq || !sx) { free(xq); free(sx); return LC_ERR_NOMEM; }
@@ -367,13 +402,13 @@ static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float
         int64_t t0 = ti * TILE_CHUNK, t1 = t0 + TILE_CHUNK < w->T ? t0 + TILE_CHUNK : w->T;
         switch (path) {
 #ifdef LC_X86
-        case PATH_AVX512VNNI:
-            i8_block_avx512vnni(w, (const uint8_t *)xq, sx, ldx, m0, m1, t0, t1, y); break;
+        case PATH_AVX512_VNNI:
+            i8_block_avx512_vnni(w, (const uint8_t *)xq, sx, ldx, m0, m1, t0, t1, y); break;
         case PATH_AVX2: i8_block_avx2(w, xq, sx, ldx, m0, m1, t0, t1, y); break;
 #endif
-#ifdef LC_HAVE_AVXVNNI
-        case PATH_AVXVNNI:
-            i8_block_avxvnni(w, (const uint8_t *)xq, sx, ldx, m0, m1, t0, t1, y); break;
+#ifdef LC_HAVE_AVX_VNNI
+        case PATH_AVX_VNNI:
+            i8_block_avx_vnni(w, (const uint8_t *)xq, sx, ldx, m0, m1, t0, t1, y); break;
 #endif
         default:
             for (int64_t t = t0; t < t1; t++) i8_rows_scalar(w, xq, sx, ldx, m0, m1, t, y);
@@ -382,28 +417,6 @@ static lc_status i8_linear(const i8_weights *w, const float *x, int64_t M, float
     free(xq);
     free(sx);
     return LC_OK;
-}
-
-/* Packs int8 W [N, K] into the i8 layout and computes row sums. */
-static void i8_pack(const int8_t *W, int64_t N, int64_t K, int64_t K4, int64_t T, int8_t *wp,
-                    int32_t *rowsum) {
-    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
-    for (int64_t t = 0; t < T; t++) {
-        int8_t *dst = wp + t * K4 * 64;
-        memset(dst, 0, (size_t)(K4 * 64));
-        for (int j = 0; j < NT; j++) {
-            int64_t n = t * NT + j;
-            int32_t s = 0;
-            if (n < N) {
-                const int8_t *row = W + n * K;
-                for (int64_t k = 0; k < K; k++) {
-                    dst[(k / 4) * 64 + j * 4 + (k % 4)] = row[k];
-                    s += row[k];
-                }
-            }
-            rowsum[n] = s;
-        }
-    }
 }
 
 /* ================================================================== block-quantized Linear */
@@ -485,7 +498,7 @@ static void blk_tile_scalar(const blk_weights *w, const blk_act *a, int64_t t, f
 }
 
 #ifdef LC_X86
-LC_TARGET_AVX512_VNNI static void blk_tile_avx512vnni(const blk_weights *w, const blk_act *a,
+LC_TARGET_AVX512_VNNI static void blk_tile_avx512_vnni(const blk_weights *w, const blk_act *a,
                                                       int64_t t, float *yrow) {
     const int64_t bpg = w->gs / QBLK;
     const __m512i lo4 = _mm512_set1_epi8(15);
@@ -628,8 +641,8 @@ static lc_status blk_linear(const blk_weights *w, const float *x, int64_t M, flo
             float *yrow = y + m * w->N;
             switch (path) {
 #ifdef LC_X86
-            case PATH_AVX512VNNI: blk_tile_avx512vnni(w, &a, t, yrow); break;
-            case PATH_AVXVNNI: /* no 256-bit VNNI variant here: the AVX2 path is as fast */
+            case PATH_AVX512_VNNI: blk_tile_avx512_vnni(w, &a, t, yrow); break;
+            case PATH_AVX_VNNI: /* no 256-bit VNNI variant here: the AVX2 path is as fast */
             case PATH_AVX2: blk_tile_avx2(w, &a, t, yrow); break;
 #endif
             default: blk_tile_scalar(w, &a, t, yrow);
@@ -638,34 +651,6 @@ static lc_status blk_linear(const blk_weights *w, const float *x, int64_t M, flo
     }
     free(xq); free(dx); free(sxq); free(X);
     return LC_OK;
-}
-
-/* Packs codes Q [N, K] (uint8, values < 2^bits) into the blk layout. */
-static void blk_pack(const uint8_t *Q, int64_t N, int64_t K, int64_t KB, int64_t T, int bits,
-                     uint8_t *wp) {
-    const int64_t bb = bits == 4 ? 256 : 512;
-    LC_OMP(parallel for num_threads(lc_threads()) schedule(static))
-    for (int64_t t = 0; t < T; t++) {
-        uint8_t *dst = wp + t * KB * bb;
-        memset(dst, 0, (size_t)(KB * bb));
-        for (int j = 0; j < NT; j++) {
-            int64_t n = t * NT + j;
-            if (n >= N) continue;
-            const uint8_t *row = Q + n * K;
-            for (int64_t k = 0; k < K; k++) {
-                int64_t b = k / QBLK;
-                int kk = (int)(k % QBLK);
-                uint8_t *p = dst + b * bb;
-                if (bits == 4) {
-                    int hi = kk >= 16, k4 = hi ? kk - 16 : kk;
-                    uint8_t *byte = p + (k4 / 4) * 64 + j * 4 + (k4 % 4);
-                    *byte = (uint8_t)(*byte | ((row[k] & 15) << (hi ? 4 : 0)));
-                } else {
-                    p[(kk / 4) * 64 + j * 4 + (kk % 4)] = row[k];
-                }
-            }
-        }
-    }
 }
 
 /* ================================================================== NF4 (float activations) */
@@ -744,36 +729,197 @@ static lc_status nf4_linear(const nf4_weights *w, const float *x, int64_t M, flo
     return LC_OK;
 }
 
+/* ================================================================== packing */
+typedef struct {
+    const uint8_t *data;
+    int kind, bits;    /* SRC_*, and bits per code of a stream */
+    int64_t row_codes; /* codes per source row (>= K: a padded source row is read up to K) */
+} wsrc;
+
+/* GGUF blocks: bytes per block and where the codes start. */
+static void gguf_block(int kind, int64_t *bytes, int64_t *qs) {
+    switch (kind) {
+    case SRC_Q4_0: *bytes = sizeof(block_q4_0); *qs = offsetof(block_q4_0, qs); break;
+    case SRC_Q4_1: *bytes = sizeof(block_q4_1); *qs = offsetof(block_q4_1, qs); break;
+    default: *bytes = sizeof(block_q8_0); *qs = offsetof(block_q8_0, qs); break;
+    }
+}
+
+/* Bytes a source of N rows of row_codes codes holds; -1 when row_codes does not fit it. */
+static int64_t src_bytes(const wsrc *s, int64_t N) {
+    int64_t bytes, qs;
+    switch (s->kind) {
+    case SRC_STREAM: return N * ((s->row_codes * s->bits + 7) / 8);
+    case SRC_BITSANDBYTES: return (N * s->row_codes + 1) / 2; /* one flat stream */
+    default:
+        if (s->row_codes % QK) return -1;
+        gguf_block(s->kind, &bytes, &qs);
+        return N * (s->row_codes / QK) * bytes;
+    }
+}
+
+/* The first K codes of row n into out[K]. */
+static void src_row(const wsrc *s, int64_t n, int64_t K, uint8_t *out) {
+    switch (s->kind) {
+    case SRC_STREAM: {
+        const uint8_t *row = s->data + n * ((s->row_codes * s->bits + 7) / 8);
+        if (s->bits == 8) memcpy(out, row, (size_t)K);
+        else lc_unpack_row(row, K, s->bits, out);
+        break;
+    }
+    case SRC_BITSANDBYTES:
+        for (int64_t k = 0, i = n * s->row_codes; k < K; k++, i++)
+            out[k] = (i & 1) ? s->data[i >> 1] & 15 : s->data[i >> 1] >> 4;
+        break;
+    default: {
+        int64_t bytes, qs;
+        gguf_block(s->kind, &bytes, &qs);
+        const uint8_t *row = s->data + n * (s->row_codes / QK) * bytes;
+        for (int64_t b = 0; b * QK < K; b++) {
+            const uint8_t *q = row + b * bytes + qs;
+            uint8_t *o = out + b * QK;
+            if (s->kind == SRC_Q8_0) {
+                for (int j = 0; j < QK; j++) o[j] = (uint8_t)(q[j] ^ 0x80); /* int8 + 128 */
+            } else {
+                for (int j = 0; j < QK / 2; j++) { o[j] = q[j] & 15; o[j + QK / 2] = q[j] >> 4; }
+            }
+        }
+    }
+    }
+}
+
+static int64_t layout_bytes(int layout, int64_t N, int64_t K) {
+    int64_t T = (N + NT - 1) / NT;
+    switch (layout) {
+    case LAYOUT_I8: return T * ((K + 3) / 4) * 64;
+    case LAYOUT_BLK4: return T * ((K + QBLK - 1) / QBLK) * 256;
+    case LAYOUT_BLK8: return T * ((K + QBLK - 1) / QBLK) * 512;
+    default: return T * K * 8;
+    }
+}
+
+/* Where code k of lane j goes in its tile, and how far to shift it. */
+static inline int64_t tile_pos(int layout, int j, int64_t k, int *shift) {
+    int64_t b = k / QBLK;
+    int kk = (int)(k % QBLK);
+    *shift = 0;
+    switch (layout) {
+    case LAYOUT_I8: return (k / 4) * 64 + j * 4 + (k % 4);
+    case LAYOUT_BLK4:
+        if (kk >= 16) { kk -= 16; *shift = 4; }
+        return b * 256 + (kk / 4) * 64 + j * 4 + (kk % 4);
+    case LAYOUT_BLK8: return b * 512 + (kk / 4) * 64 + j * 4 + (kk % 4);
+    default: *shift = 4 * (j & 1); return k * 8 + j / 2; /* nf4 */
+    }
+}
+
+/* One tile: lanes j of tile t from `s` into dst.  Called with a constant layout, so the
+ * compiler folds tile_pos for each layout. */
+static inline __attribute__((always_inline)) int pack_tile(int layout, const wsrc *s,
+                                                           int is_signed, int64_t N, int64_t K,
+                                                           int64_t t, uint8_t *dst, uint8_t *row,
+                                                           int32_t *rowsum) {
+    const unsigned limit = (layout == LAYOUT_BLK4 || layout == LAYOUT_NF4) ? 16 : 256;
+    int range = 0;
+    for (int j = 0; j < NT; j++) {
+        int64_t n = t * NT + j;
+        int32_t sum = 0;
+        if (n < N) {
+            src_row(s, n, K, row);
+            for (int64_t k = 0; k < K; k++) {
+                int shift;
+                int64_t at = tile_pos(layout, j, k, &shift);
+                if (layout == LAYOUT_I8) {
+                    int8_t v = (int8_t)(is_signed ? row[k] : row[k] ^ 0x80);
+                    dst[at] = (uint8_t)v;
+                    sum += v;
+                } else {
+                    range |= row[k] >= limit;
+                    dst[at] = (uint8_t)(dst[at] | (row[k] % limit) << shift);
+                }
+            }
+        }
+        if (rowsum) rowsum[t * NT + j] = sum;
+    }
+    return range;
+}
+
+/* Packs N rows of K codes from `s` into `layout`.  The i8 layout stores int8 weights: a
+ * signed source (int8 values) as it is, an unsigned one (uint8 codes with zero point 128) as
+ * code - 128; it also writes rowsum[T * 16] (0 on padding lanes) for the VNNI compensation.
+ * The other layouts take codes below 2^4 (blk4, nf4) or 2^8 (blk8); LC_ERR_RANGE otherwise. */
+static lc_status pack(int layout, const wsrc *s, int is_signed, int64_t N, int64_t K,
+                      uint8_t *wp, int32_t *rowsum) {
+    const int64_t T = (N + NT - 1) / NT, tb = layout_bytes(layout, NT, K);
+    int nomem = 0, range = 0;
+    LC_OMP(parallel for num_threads(lc_threads_for(N * K)) schedule(static) reduction(|:nomem, range))
+    for (int64_t t = 0; t < T; t++) {
+        uint8_t *dst = wp + t * tb, *row = malloc((size_t)K);
+        memset(dst, 0, (size_t)tb);
+        if (!row) { nomem = 1; continue; }
+        switch (layout) {
+        case LAYOUT_I8: range |= pack_tile(LAYOUT_I8, s, is_signed, N, K, t, dst, row, rowsum); break;
+        case LAYOUT_BLK4: range |= pack_tile(LAYOUT_BLK4, s, is_signed, N, K, t, dst, row, NULL); break;
+        case LAYOUT_BLK8: range |= pack_tile(LAYOUT_BLK8, s, is_signed, N, K, t, dst, row, NULL); break;
+        default: range |= pack_tile(LAYOUT_NF4, s, is_signed, N, K, t, dst, row, NULL); break;
+        }
+        free(row);
+    }
+    return nomem ? LC_ERR_NOMEM : range ? LC_ERR_RANGE : LC_OK;
+}
+
+/* The inverse of pack: codes [N, K] (int8 weights for i8). */
+static void unpack(int layout, const uint8_t *wp, int64_t N, int64_t K, uint8_t *out) {
+    const int64_t tb = layout_bytes(layout, NT, K);
+    const unsigned mask = (layout == LAYOUT_BLK4 || layout == LAYOUT_NF4) ? 15 : 255;
+    LC_OMP(parallel for num_threads(lc_threads_for(N * K)) schedule(static))
+    for (int64_t n = 0; n < N; n++) {
+        const uint8_t *src = wp + (n / NT) * tb;
+        for (int64_t k = 0; k < K; k++) {
+            int shift;
+            int64_t at = tile_pos(layout, (int)(n % NT), k, &shift);
+            out[n * K + k] = (uint8_t)((src[at] >> shift) & mask);
+        }
+    }
+}
+
+/* [N, G] per-channel parameters (4-byte items) -> [T][G][16], padding lanes zero. */
+static void tile_params(const uint32_t *a, int64_t N, int64_t G, uint32_t *out) {
+    const int64_t T = (N + NT - 1) / NT;
+    for (int64_t t = 0; t < T; t++)
+        for (int64_t g = 0; g < G; g++)
+            for (int j = 0; j < NT; j++) {
+                int64_t n = t * NT + j;
+                out[(t * G + g) * NT + j] = n < N ? a[n * G + g] : 0u;
+            }
+}
+
+/* GGUF block scales (and Q4_1's mins) as float32 [N, K / 32]. */
+static void gguf_params(const wsrc *s, int64_t N, int64_t K, float *d, float *m) {
+    int64_t bytes, qs, G = K / QK, per_row = s->row_codes / QK;
+    gguf_block(s->kind, &bytes, &qs);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t g = 0; g < G; g++) {
+            const uint8_t *blk = s->data + (n * per_row + g) * bytes;
+            uint16_t h;
+            memcpy(&h, blk, 2); /* d is the first field of every block */
+            d[n * G + g] = lc_f16_to_f32(h);
+            if (m) { memcpy(&h, blk + offsetof(block_q4_1, m), 2); m[n * G + g] = lc_f16_to_f32(h); }
+        }
+}
+
 /* ================================================================== Python entry points */
 
 static int want_path(int path) {
     if (path == PATH_AUTO) return auto_path();
     if (!path_available(path)) {
-        PyErr_Format(lc_ArgumentError, "path: SIMD path %d is not available on this CPU", path);
+        if (path < 0 || path >= NPATHS)
+            PyErr_Format(lc_ArgumentError, "path: unknown path code %d", path);
+        else
+            PyErr_Format(lc_ArgumentError, "path: %s is not available on this CPU", path_names[path]);
         return -2;
     }
     return path;
-}
-
-static PyObject *py_i8_pack(PyObject *self, PyObject *args) {
-    (void)self;
-    PyArrayObject *W, *wp, *rowsum;
-    if (!PyArg_ParseTuple(args, "O!O!O!", &PyArray_Type, &W, &PyArray_Type, &wp, &PyArray_Type,
-                          &rowsum))
-        return NULL;
-    if (lc_check_array(W, "weight", LC_I8, 0) < 0 || lc_check_array(wp, "packed", LC_I8, 1) < 0 ||
-        lc_check_array(rowsum, "rowsum", LC_I32, 1) < 0)
-        return NULL;
-    if (PyArray_NDIM(W) != 2) { PyErr_SetString(lc_ShapeError, "weight: expected [N, K]"); return NULL; }
-    int64_t N = PyArray_DIM(W, 0), K = PyArray_DIM(W, 1), K4 = (K + 3) / 4, T = (N + NT - 1) / NT;
-    if (lc_check_size(wp, "packed", T * K4 * 64) < 0 || lc_check_size(rowsum, "rowsum", T * NT) < 0) return NULL;
-    const int8_t *w = PyArray_DATA(W);
-    int8_t *p = PyArray_DATA(wp);
-    int32_t *rs = PyArray_DATA(rowsum);
-    LC_NOGIL_BEGIN
-    i8_pack(w, N, K, K4, T, p, rs);
-    LC_NOGIL_END
-    Py_RETURN_NONE;
 }
 
 /* The part every Linear entry point checks alike: N and K in range, x and out float32 with
@@ -819,8 +965,8 @@ static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
         lc_check_array(sw, "scales", LC_F32, 0) < 0)
         return NULL;
     int64_t T = (N + NT - 1) / NT, K4 = (K + 3) / 4;
-    if (lc_check_size(wp, "packed", T * K4 * 64) < 0 || lc_check_size(rowsum, "rowsum", T * NT) < 0 ||
-        lc_check_size(sw, "scales", T * NT) < 0)
+    if (lc_check_size(wp, "packed", layout_bytes(LAYOUT_I8, N, K)) < 0 ||
+        lc_check_size(rowsum, "rowsum", T * NT) < 0 || lc_check_size(sw, "scales", T * NT) < 0)
         return NULL;
     i8_weights w = {PyArray_DATA(wp), PyArray_DATA(rowsum), PyArray_DATA(sw), b, N, K, K4, T};
     const float *xp = PyArray_DATA(x);
@@ -830,25 +976,6 @@ static PyObject *py_i8_linear(PyObject *self, PyObject *args, PyObject *kw) {
     st = i8_linear(&w, xp, M, yp, path);
     LC_NOGIL_END
     if (st != LC_OK) return lc_raise_status(st, "x");
-    Py_RETURN_NONE;
-}
-
-static PyObject *py_blk_pack(PyObject *self, PyObject *args) {
-    (void)self;
-    PyArrayObject *Q, *wp;
-    int bits;
-    if (!PyArg_ParseTuple(args, "O!O!i", &PyArray_Type, &Q, &PyArray_Type, &wp, &bits)) return NULL;
-    if (bits != 4 && bits != 8) { PyErr_SetString(lc_ArgumentError, "bits: must be 4 or 8"); return NULL; }
-    if (lc_check_array(Q, "codes", LC_U8, 0) < 0 || lc_check_array(wp, "packed", LC_U8, 1) < 0) return NULL;
-    if (PyArray_NDIM(Q) != 2) { PyErr_SetString(lc_ShapeError, "codes: expected [N, K]"); return NULL; }
-    int64_t N = PyArray_DIM(Q, 0), K = PyArray_DIM(Q, 1);
-    int64_t KB = (K + QBLK - 1) / QBLK, T = (N + NT - 1) / NT;
-    if (lc_check_size(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0) return NULL;
-    const uint8_t *q = PyArray_DATA(Q);
-    uint8_t *p = PyArray_DATA(wp);
-    LC_NOGIL_BEGIN
-    blk_pack(q, N, K, KB, T, bits, p);
-    LC_NOGIL_END
     Py_RETURN_NONE;
 }
 
@@ -878,7 +1005,7 @@ static PyObject *py_blk_linear(PyObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     int64_t KB = (K + QBLK - 1) / QBLK, T = (N + NT - 1) / NT, G = (K + gs - 1) / gs;
     PyArrayObject *m_a;
-    if (lc_check_size(wp, "packed", T * KB * (bits == 4 ? 256 : 512)) < 0 ||
+    if (lc_check_size(wp, "packed", layout_bytes(bits == 4 ? LAYOUT_BLK4 : LAYOUT_BLK8, N, K)) < 0 ||
         lc_check_size(s, "scales", T * G * NT) < 0 ||
         (PyArray_SIZE(z) != 1 && lc_check_size(z, "zeros", T * G * NT) < 0) ||
         lc_arg_optional_array(m, "offsets", LC_F32, 0, &m_a) < 0 ||
@@ -919,7 +1046,8 @@ static PyObject *py_nf4_linear(PyObject *self, PyObject *args, PyObject *kw) {
         lc_check_array(table, "table", LC_F32, 0) < 0)
         return NULL;
     int64_t T = (N + NT - 1) / NT, NB = (K + bs - 1) / bs;
-    if (lc_check_size(wp, "packed", T * K * 8) < 0 || lc_check_size(absmax, "absmax", T * NB * NT) < 0 ||
+    if (lc_check_size(wp, "packed", layout_bytes(LAYOUT_NF4, N, K)) < 0 ||
+        lc_check_size(absmax, "absmax", T * NB * NT) < 0 ||
         lc_check_size(table, "table", 16) < 0)
         return NULL;
     nf4_weights w = {PyArray_DATA(wp), PyArray_DATA(absmax), PyArray_DATA(table), bp, N, K, T, NB, bs};
@@ -933,27 +1061,198 @@ static PyObject *py_nf4_linear(PyObject *self, PyObject *args, PyObject *kw) {
     Py_RETURN_NONE;
 }
 
-static PyObject *py_qmm_paths(PyObject *self, PyObject *noargs) {
+/* A source from (data, source, row_codes, bits), its size checked against N rows. */
+static int parse_source(PyArrayObject *data, int kind, long long N, long long K,
+                        long long row_codes, int bits, wsrc *s, int *is_signed) {
+    if (kind < 0 || kind >= NSOURCES) {
+        PyErr_Format(lc_ArgumentError, "source: unknown source code %d", kind);
+        return -1;
+    }
+    if (kind == SRC_STREAM ? bits < 1 || bits > 8 : bits != (kind == SRC_Q8_0 ? 8 : 4)) {
+        PyErr_Format(lc_ArgumentError, "bits: %d does not fit this source", bits);
+        return -1;
+    }
+    *is_signed = PyArray_TYPE(data) == NPY_INT8;
+    if (lc_check_array(data, "data", *is_signed ? LC_I8 : LC_U8, 0) < 0) return -1;
+    if (N < 1 || K < 1 || row_codes < K) {
+        PyErr_Format(lc_ShapeError, "data: %lld rows of %lld codes cannot hold %lld columns",
+                     N, row_codes, K);
+        return -1;
+    }
+    if (kind != SRC_STREAM && kind != SRC_BITSANDBYTES && K % QK) {
+        PyErr_Format(lc_ShapeError, "data: GGUF blocks hold whole blocks of %d columns, not %lld",
+                     QK, K);
+        return -1;
+    }
+    *s = (wsrc){PyArray_DATA(data), kind, bits, row_codes};
+    int64_t want = src_bytes(s, N);
+    if (want < 0 || PyArray_SIZE(data) != want) {
+        PyErr_Format(lc_FormatError, "data: %lld rows of %lld codes need %lld bytes, got %lld",
+                     N, row_codes, (long long)want, (long long)PyArray_SIZE(data));
+        return -1;
+    }
+    return 0;
+}
+
+static int parse_layout(int layout, long long N, long long K) {
+    if (layout < 0 || layout >= NLAYOUTS) {
+        PyErr_Format(lc_ArgumentError, "layout: unknown layout code %d", layout);
+        return -1;
+    }
+    long long max_k = layout == LAYOUT_NF4 ? INT64_MAX : MAX_K;
+    if (N < 1 || K < 1 || K > max_k) {
+        PyErr_Format(lc_ShapeError, "weight: shape (%lld, %lld) not supported (1 <= in_features "
+                     "<= %lld)", N, K, max_k);
+        return -1;
+    }
+    return 0;
+}
+
+static PyArrayObject *new_array(int64_t n, int typenum) {
+    npy_intp dims[1] = {(npy_intp)n};
+    return (PyArrayObject *)PyArray_SimpleNew(1, dims, typenum);
+}
+
+/* matmul_pack(layout, data, source, N, K, row_codes, bits) -> packed (and rowsum for i8). */
+static PyObject *py_pack(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *data;
+    int layout, kind, bits;
+    long long N, K, row_codes;
+    if (!PyArg_ParseTuple(args, "iO!iLLLi", &layout, &PyArray_Type, &data, &kind, &N, &K,
+                          &row_codes, &bits))
+        return NULL;
+    wsrc s;
+    int is_signed;
+    if (parse_layout(layout, N, K) < 0 ||
+        parse_source(data, kind, N, K, row_codes, bits, &s, &is_signed) < 0)
+        return NULL;
+    if (is_signed && layout != LAYOUT_I8) {
+        PyErr_SetString(lc_DTypeError, "data: int8 values go to the i8 layout only");
+        return NULL;
+    }
+    if (layout == LAYOUT_I8 && (kind != SRC_STREAM || bits != 8)) {
+        PyErr_SetString(lc_ArgumentError, "source: the i8 layout takes one byte per weight");
+        return NULL;
+    }
+    int64_t T = (N + NT - 1) / NT;
+    PyArrayObject *wp = new_array(layout_bytes(layout, N, K), layout == LAYOUT_I8 ? NPY_INT8 : NPY_UINT8);
+    PyArrayObject *rs = layout == LAYOUT_I8 ? new_array(T * NT, NPY_INT32) : NULL;
+    if (!wp || (layout == LAYOUT_I8 && !rs)) { Py_XDECREF(wp); Py_XDECREF(rs); return NULL; }
+    uint8_t *wpp = PyArray_DATA(wp);
+    int32_t *rsp = rs ? PyArray_DATA(rs) : NULL;
+    lc_status st;
+    LC_NOGIL_BEGIN
+    st = pack(layout, &s, is_signed, N, K, wpp, rsp);
+    LC_NOGIL_END
+    if (st != LC_OK) {
+        Py_DECREF(wp); Py_XDECREF(rs);
+        if (st == LC_ERR_RANGE)
+            return PyErr_Format(lc_ArgumentError, "codes: %d-bit codes must be in [0, %d]",
+                                layout == LAYOUT_BLK8 ? 8 : 4, layout == LAYOUT_BLK8 ? 255 : 15);
+        return lc_raise_status(st, "data");
+    }
+    if (!rs) return (PyObject *)wp;
+    return Py_BuildValue("(NN)", wp, rs);
+}
+
+/* matmul_unpack(layout, packed, N, K) -> codes [N, K] (uint8; int8 weights for i8). */
+static PyObject *py_unpack(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *wp;
+    int layout;
+    long long N, K;
+    if (!PyArg_ParseTuple(args, "iO!LL", &layout, &PyArray_Type, &wp, &N, &K)) return NULL;
+    if (parse_layout(layout, N, K) < 0 ||
+        lc_check_array(wp, "packed", layout == LAYOUT_I8 ? LC_I8 : LC_U8, 0) < 0 ||
+        lc_check_size(wp, "packed", layout_bytes(layout, N, K)) < 0)
+        return NULL;
+    npy_intp dims[2] = {(npy_intp)N, (npy_intp)K};
+    PyArrayObject *out = (PyArrayObject *)PyArray_SimpleNew(2, dims, layout == LAYOUT_I8 ? NPY_INT8 : NPY_UINT8);
+    if (!out) return NULL;
+    const uint8_t *p = PyArray_DATA(wp);
+    uint8_t *o = PyArray_DATA(out);
+    LC_NOGIL_BEGIN
+    unpack(layout, p, N, K, o);
+    LC_NOGIL_END
+    return (PyObject *)out;
+}
+
+/* matmul_tile_params(a float32 or int32 [N, G]) -> [T * G * 16] of the same dtype. */
+static PyObject *py_tile_params(PyObject *self, PyObject *arg) {
+    (void)self;
+    if (!PyArray_Check(arg)) { PyErr_SetString(lc_ArgumentError, "a: expected an array"); return NULL; }
+    PyArrayObject *a = (PyArrayObject *)arg;
+    int typenum = PyArray_TYPE(a);
+    if (lc_check_array(a, "a", typenum == NPY_INT32 ? LC_I32 : LC_F32, 0) < 0) return NULL;
+    if (PyArray_NDIM(a) != 2 || PyArray_DIM(a, 0) < 1) {
+        PyErr_SetString(lc_ShapeError, "a: expected [N, G] with N >= 1");
+        return NULL;
+    }
+    int64_t N = PyArray_DIM(a, 0), G = PyArray_DIM(a, 1), T = (N + NT - 1) / NT;
+    PyArrayObject *out = new_array(T * G * NT, typenum);
+    if (!out) return NULL;
+    tile_params(PyArray_DATA(a), N, G, PyArray_DATA(out));
+    return (PyObject *)out;
+}
+
+/* matmul_gguf_params(data, source, N, K) -> (d [N, K/32] float32, m or None). */
+static PyObject *py_gguf_params(PyObject *self, PyObject *args) {
+    (void)self;
+    PyArrayObject *data;
+    int kind;
+    long long N, K;
+    if (!PyArg_ParseTuple(args, "O!iLL", &PyArray_Type, &data, &kind, &N, &K)) return NULL;
+    if (kind != SRC_Q4_0 && kind != SRC_Q4_1 && kind != SRC_Q8_0) {
+        PyErr_Format(lc_ArgumentError, "source: %d is not a GGUF block source", kind);
+        return NULL;
+    }
+    wsrc s;
+    int is_signed;
+    if (parse_source(data, kind, N, K, K, kind == SRC_Q8_0 ? 8 : 4, &s, &is_signed) < 0) return NULL;
+    npy_intp dims[2] = {(npy_intp)N, (npy_intp)(K / QK)};
+    PyObject *d = PyArray_SimpleNew(2, dims, NPY_FLOAT32);
+    PyObject *m = kind == SRC_Q4_1 ? PyArray_SimpleNew(2, dims, NPY_FLOAT32) : Py_NewRef(Py_None);
+    if (!d || !m) { Py_XDECREF(d); Py_XDECREF(m); return NULL; }
+    gguf_params(&s, N, K, PyArray_DATA((PyArrayObject *)d),
+                m == Py_None ? NULL : PyArray_DATA((PyArrayObject *)m));
+    return Py_BuildValue("(NN)", d, m);
+}
+
+/* {path name: whether this CPU can run it} for every path but "auto". */
+static PyObject *py_available(PyObject *self, PyObject *noargs) {
     (void)self; (void)noargs;
-    return Py_BuildValue("{s:O,s:O,s:O,s:O,s:i}",
-                         "scalar", Py_True,
-                         "avx2", path_available(PATH_AVX2) ? Py_True : Py_False,
-                         "avxvnni", path_available(PATH_AVXVNNI) ? Py_True : Py_False,
-                         "avx512vnni", path_available(PATH_AVX512VNNI) ? Py_True : Py_False,
-                         "auto", auto_path());
+    PyObject *d = PyDict_New();
+    for (int p = 0; d && p < NPATHS; p++)
+        if (p != PATH_AUTO &&
+            PyDict_SetItemString(d, path_names[p], path_available(p) ? Py_True : Py_False) < 0)
+            Py_CLEAR(d);
+    return d;
 }
 
 static PyMethodDef methods[] = {
-    {"qmm_i8_pack", py_i8_pack, METH_VARARGS, "qmm_i8_pack(W int8 [N,K], packed, rowsum)"},
-    {"qmm_i8_linear", (PyCFunction)(void (*)(void))py_i8_linear, METH_VARARGS | METH_KEYWORDS,
-     "int8 dynamic Linear on a packed weight (see qmatmul.c)."},
-    {"qmm_blk_pack", py_blk_pack, METH_VARARGS, "qmm_blk_pack(codes uint8 [N,K], packed, bits)"},
-    {"qmm_blk_linear", (PyCFunction)(void (*)(void))py_blk_linear, METH_VARARGS | METH_KEYWORDS,
-     "block-quantized (4/8-bit) weight-only Linear (see qmatmul.c)."},
-    {"qmm_nf4_linear", (PyCFunction)(void (*)(void))py_nf4_linear, METH_VARARGS | METH_KEYWORDS,
-     "NF4 weight-only Linear with float activations (see qmatmul.c)."},
-    {"qmm_paths", py_qmm_paths, METH_NOARGS, "Which quantized-matmul paths this CPU has."},
+    {"matmul_pack", py_pack, METH_VARARGS,
+     "matmul_pack(layout, data, source, N, K, row_codes, bits): pack a weight (see matmul.c)."},
+    {"matmul_unpack", py_unpack, METH_VARARGS,
+     "matmul_unpack(layout, packed, N, K): the codes [N, K] of a packed weight."},
+    {"matmul_tile_params", py_tile_params, METH_O,
+     "matmul_tile_params(a [N, G]): per-group parameters in the tile layout."},
+    {"matmul_gguf_params", py_gguf_params, METH_VARARGS,
+     "matmul_gguf_params(data, source, N, K): GGUF block scales (and Q4_1 mins)."},
+    {"matmul_i8_linear", (PyCFunction)(void (*)(void))py_i8_linear, METH_VARARGS | METH_KEYWORDS,
+     "int8 dynamic Linear on a packed weight (see matmul.c)."},
+    {"matmul_blk_linear", (PyCFunction)(void (*)(void))py_blk_linear, METH_VARARGS | METH_KEYWORDS,
+     "block-quantized (4/8-bit) weight-only Linear (see matmul.c)."},
+    {"matmul_nf4_linear", (PyCFunction)(void (*)(void))py_nf4_linear, METH_VARARGS | METH_KEYWORDS,
+     "NF4 weight-only Linear with float activations (see matmul.c)."},
+    {"matmul_available", py_available, METH_NOARGS, "{path: available on this CPU}."},
     {NULL, NULL, 0, NULL},
 };
 
-int lc_init_qmatmul(PyObject *m) { return lc_add_methods(m, methods); }
+int lc_init_matmul(PyObject *m) {
+    if (LC_ADD_CODE_TABLE(m, "matmul_paths", MATMUL_PATHS) < 0 ||
+        LC_ADD_CODE_TABLE(m, "matmul_layouts", MATMUL_LAYOUTS) < 0 ||
+        LC_ADD_CODE_TABLE(m, "matmul_sources", MATMUL_SOURCES) < 0)
+        return -1;
+    return lc_add_methods(m, methods);
+}

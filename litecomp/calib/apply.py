@@ -1,0 +1,268 @@
+"""Calibrated recipe stages on a state dict plus saved Hessians, without torch.
+
+``apply_stage(state_dict, stage, hessians)`` runs one stage (gptq, sparsegpt, wanda; the
+data-free rtn / magnitude / ... stages go through ``quantize_state_dict`` /
+``prune_state_dict``) and returns ``(new state dict, [LayerReport])``.  ``apply_recipe``
+runs a list of stages in order; a quantization stage after a pruning stage keeps the
+pruned entries at zero (GPTQ then runs as SparseGPT's joint mode with that mask).
+
+A tensor ``P`` finds its Hessian under ``hessian_key(P)`` (``P`` without ``.weight``); a
+packed MultiheadAttention ``P = <attn>.in_proj_weight`` may instead have three, ``P.q``,
+``P.k``, ``P.v``, for its three row blocks.  Without ``targets`` a calibrated stage takes
+every 2-D float tensor that has a Hessian.  AWQ and SmoothQuant fold scales into the op
+before a layer, which a state dict does not describe: they run in ``litecomp.torch.oneshot``.
+"""
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import dtypes as _dt
+from ..errors import ArgumentError
+from ..recipe import Stage, stages
+from ..select import select
+from .hessian import Hessian, load_hessians
+
+QKV = ("q", "k", "v")
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One compressed layer: method, resulting sparsity and bits, and the relative output
+    error ||X (W' - W)^T||^2 / ||X W^T||^2 on the calibration inputs -- of this method
+    (``error``) and of its data-free counterpart at the same setting (``baseline_error``:
+    round-to-nearest for quantization, magnitude per row for pruning)."""
+    name: str
+    method: str
+    sparsity: float
+    bits: Optional[int]
+    error: float
+    baseline_error: Optional[float] = None
+    note: str = ""
+
+
+def hessian_key(name: str) -> str:
+    """The layer name a weight's Hessian is stored under: ``P`` without ``.weight``."""
+    return name[:-len(".weight")] if name.endswith(".weight") else name
+
+
+def _hessians(hessians) -> dict:
+    if isinstance(hessians, dict) and all(isinstance(v, Hessian) for v in hessians.values()):
+        return hessians
+    if isinstance(hessians, dict) and not any(k.endswith(".hessian") for k in hessians):
+        out = {}
+        for k, v in hessians.items():
+            if isinstance(v, Hessian):
+                out[k] = v
+            else:  # a bare matrix: its count is unknown, and not needed for compression
+                out[k] = Hessian.from_matrix(v, 2)
+        return out
+    return load_hessians(hessians)
+
+
+def _parts(name, w, hs):
+    """[(row slice, Hessian, part label)] covering w's rows, or None without a Hessian."""
+    key = hessian_key(name)
+    if key in hs:
+        return [(slice(0, w.shape[0]), hs[key], "")]
+    if all(f"{key}.{p}" in hs for p in QKV) and w.shape[0] % 3 == 0:
+        d = w.shape[0] // 3
+        return [(slice(i * d, (i + 1) * d), hs[f"{key}.{p}"], p) for i, p in enumerate(QKV)]
+    return None
+
+
+def _sparsity_of(o, where):
+    s = o.get("sparsity")
+    if s is None and "n" not in o and "m" not in o:
+        raise ArgumentError(f"{where}: needs sparsity (a fraction) or n and m")
+    return s
+
+
+def _compress(w, H, stage, keep=None):
+    """(new float32 weight, QTensor or None, keep mask or None, baseline float32 weight)."""
+    from ..prune import nm as nm_mask, per_row
+    from ..prune.scores import wanda as wanda_score
+    from ..prune.sparsegpt import sparsegpt
+    from ..quant import quantize
+    from ..quant.gptq import gptq
+    o, where = stage.options, stage.where()
+    if stage.method == "gptq":
+        opts = {k: o[k] for k in ("bits", "group_size", "scheme", "act_order",
+                                  "static_groups", "damp", "block_size") if k in o}
+        bits, gs = opts.get("bits", 4), opts.get("group_size", 128)
+        scheme = opts.get("scheme", "symmetric")
+        if keep is not None:
+            sg = {k: v for k, v in opts.items() if k in ("bits", "group_size", "scheme",
+                                                          "damp", "block_size")}
+            sg.setdefault("bits", bits)
+            sg.setdefault("group_size", gs)
+            new, _, q = sparsegpt(w, H, mask=keep, **sg)
+        else:
+            q = gptq(w, H, **opts)
+            new = q.dequantize()
+        base = quantize(np.where(keep, w, 0) if keep is not None else w, bits,
+                        scheme=scheme, **({"group_size": gs} if gs else {"axis": 0}))
+        return np.asarray(new, np.float32), q, keep, base.dequantize()
+    if stage.method == "sparsegpt":
+        opts = {k: o[k] for k in ("sparsity", "n", "m", "block_size", "damp", "bits",
+                                  "group_size", "scheme") if k in o}
+        _sparsity_of(o, where)
+        res = sparsegpt(w, H, **opts)
+        new, k = res[0], res[1]
+        q = res[2] if len(res) == 3 else None
+        if "n" in o or "m" in o:
+            bm = nm_mask(w, o.get("n", 2), o.get("m", 4))
+        else:
+            bm = per_row(w, float(o["sparsity"]))
+        return np.asarray(new, np.float32), q, k, np.where(bm, w, 0).astype(np.float32)
+    if stage.method == "wanda":
+        s = _sparsity_of(o, where)
+        score = wanda_score(w, np.diagonal(H).astype(np.float64) / 2)  # mean x^2
+        if "n" in o or "m" in o:
+            k = nm_mask(w, o.get("n", 2), o.get("m", 4), importance_scores=score)
+            bm = nm_mask(w, o.get("n", 2), o.get("m", 4))
+        else:
+            k = per_row(w, float(s), importance_scores=score)
+            bm = per_row(w, float(s))
+        w32 = np.asarray(w, np.float32)
+        return np.where(k, w32, 0), None, k, np.where(bm, w32, 0)
+    raise ArgumentError(f"{where}: method {stage.method!r} cannot run on a state dict "
+                        "with Hessians (awq and smoothquant fold scales into the op before "
+                        "a layer: use litecomp.torch.oneshot)")
+
+
+def _energy(E, H) -> float:
+    """tr(E H E^T) = n/2 * ||X E^T||^2 (float64 sum)."""
+    return float(np.sum((E @ H) * E, dtype=np.float64))
+
+
+def _join_qtensors(qs, shape):
+    """One QTensor from QTensors of consecutive row blocks (same layout, no perm)."""
+    from ..quant import QTensor
+    q0 = qs[0]
+    return QTensor(np.concatenate([q.data for q in qs]),
+                   np.concatenate([q.scales for q in qs]),
+                   np.concatenate([q.zero_points for q in qs]), q0.bits, tuple(shape),
+                   q0.scheme, q0.axis, q0.group_size)
+
+
+def compress_tensor(name, w, parts, stage, keep=None):
+    """Compress one weight whose row blocks have the given Hessians.  Returns (new float32
+    weight, QTensor or None, keep mask or None, LayerReport)."""
+    note = ""
+    if len(parts) > 1 and stage.method == "gptq" and stage.get("act_order") and \
+            not stage.get("static_groups") and stage.get("group_size", 128) is not None:
+        # q, k and v would each get their own column order; one QTensor holds one.
+        stage = Stage(stage.method, stage.targets, stage.ignore,
+                      {**stage.options, "static_groups": True}, stage.index)
+        note = "packed q/k/v: act_order with static_groups"
+    news, qs, keeps, bases = [], [], [], []
+    err_num = err_den = base_num = 0.0
+    for rows, h, _label in parts:
+        wp = np.asarray(w[rows])
+        H = h.matrix
+        new, q, k, base = _compress(wp, H, stage, None if keep is None else keep[rows])
+        news.append(new)
+        qs.append(q)
+        keeps.append(k)
+        bases.append(base)
+        w32 = wp.astype(np.float32)
+        err_num += _energy(new - w32, H)
+        base_num += _energy(base - w32, H)
+        err_den += _energy(w32, H)
+    new = np.concatenate(news) if len(news) > 1 else news[0]
+    q = None if qs[0] is None else (_join_qtensors(qs, w.shape) if len(qs) > 1 else qs[0])
+    k = None if keeps[0] is None else (np.concatenate(keeps) if len(keeps) > 1 else keeps[0])
+    sp = float(np.mean(new == 0))
+    rep = LayerReport(name, stage.method, sp, q.bits if q is not None else None,
+                      err_num / err_den if err_den else 0.0,
+                      base_num / err_den if err_den else 0.0, note)
+    return new, q, k, rep
+
+
+def _cast_like(new, like):
+    from ..quant import cast
+    name = _dt.name_of(np.asarray(like).dtype)
+    if name in ("float32", "float64"):
+        return new.astype(like.dtype, copy=False)
+    return cast(new, name)
+
+
+def apply_stage(state_dict, stage, hessians, *, masks=None, min_ndim=2):
+    """Run one recipe stage on ``state_dict`` with saved Hessians.
+
+    ``hessians``: {layer: Hessian}, a Hessian file path, or a loaded file's dict.
+    ``masks``: {name: keep mask} of earlier pruning stages (``apply_recipe`` passes them).
+    Returns ``(new state dict, [LayerReport])``; the input is not changed.  Quantized
+    tensors become QTensor parts (``P.qdata``, ...), pruned ones stay dense float.
+    """
+    plan = stages(stage)
+    if len(plan) != 1:
+        raise ArgumentError("stage: expected one stage; use apply_recipe for a list")
+    st = plan[0]
+    if not st.calibrated:
+        return _data_free(state_dict, st, masks)
+    hs = _hessians(hessians)
+    floats = [k for k, v in state_dict.items()
+              if np.ndim(v) >= min_ndim and np.asarray(v).dtype.kind in "fV"
+              and _dt.name_of(np.asarray(v).dtype) in _dt.WEIGHT_DTYPES]
+    with_h = [k for k in floats if _parts(k, np.asarray(state_dict[k]), hs) is not None]
+    if st.targets is None:
+        names = select(with_h, None, st.ignore)
+    else:
+        names = select(floats, st.targets, st.ignore,
+                       what=f"float tensors with {min_ndim}+ dimensions")
+        missing = [k for k in names if k not in with_h]
+        if missing:
+            raise ArgumentError(f"hessians: no Hessian for {missing[0]!r} (expected "
+                                f"'{hessian_key(missing[0])}.hessian')"
+                                + (f" and {len(missing) - 1} more" if len(missing) > 1 else ""))
+    if not names:
+        raise ArgumentError(f"{st.where()}: selects no tensor that has a Hessian")
+    results = {}
+    report = []
+    for name in names:  # everything is computed before the output is assembled
+        w = np.asarray(state_dict[name])
+        keep = (masks or {}).get(name)
+        new, q, k, rep = compress_tensor(name, w, _parts(name, w, hs), st, keep)
+        results[name] = (new, q, k)
+        report.append(rep)
+    out = {}
+    for key, value in state_dict.items():
+        if key not in results:
+            out[key] = value
+            continue
+        new, q, k = results[key]
+        if q is not None:
+            out.update(q.to_state_dict(key))
+        else:
+            out[key] = _cast_like(new, value)
+        if masks is not None and k is not None:
+            masks[key] = k if key not in masks else masks[key] & k
+    return out, report
+
+
+def _data_free(state_dict, st, masks):
+    from ..prune import prune_state_dict
+    from ..quant import quantize_state_dict
+    if st.family == "prune":
+        out, new_masks = prune_state_dict(state_dict, st.as_dict())
+        if masks is not None:
+            for k, m in new_masks.items():
+                masks[k] = m if k not in masks else masks[k] & m
+        return out, []
+    out, errs = quantize_state_dict(state_dict, st.as_dict())
+    return out, [LayerReport(e.name, st.method, 0.0, e.bits, float("nan")) for e in errs]
+
+
+def apply_recipe(state_dict, recipe, hessians):
+    """Run every stage of ``recipe`` in order (see ``apply_stage``); returns (state dict,
+    report of every stage)."""
+    plan = stages(recipe)
+    masks, report = {}, []
+    sd = state_dict
+    for st in plan:
+        sd, rep = apply_stage(sd, st, hessians, masks=masks)
+        report.extend(rep)
+    return sd, report

@@ -1,0 +1,247 @@
+"""The shared driver of the OBS methods (GPTQ, SparseGPT, their joint mode).
+
+Both follow one loop (IST-DASLab gptq.py / sparsegpt.py): U = the upper Cholesky factor of
+(H + damp)^-1, then for each lazy block of ``block_size`` columns the per-column loop
+(csrc/calib.c: choose the kept value, spread its error over the block's later columns)
+and one trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` through NumPy's BLAS.
+
+The dense linear algebra is NumPy's: ``np.linalg.cholesky`` of the reversed H and a blocked
+triangular inverse built on ``np.matmul`` (NumPy has no trtri), which gives U directly:
+if J reverses the order and L L^T = J H J, then U = J L^-1 J is upper triangular and
+U^T U = H^-1.  That is n^3/3 + n^3/3 flops where the published chol -> cholesky_inverse ->
+chol takes 4 n^3/3.
+"""
+
+import warnings
+
+import numpy as np
+
+from .. import _C
+from .._check import as_array
+from ..errors import ArgumentError, NonFiniteError, ShapeError
+
+#: How many times a failing Cholesky is retried, each with 10x the damping.
+DAMP_RETRIES = 4
+
+
+def check_hessian(H, cols, name="H") -> np.ndarray:
+    """H as a float32 (cols, cols) array: square, the weight's width, finite, symmetric."""
+    from .hessian import Hessian
+    owned = isinstance(H, Hessian)
+    if owned:
+        H = H.matrix  # a fresh array: no second copy
+    H = as_array(H, name)
+    if H.dtype.kind not in "fV":
+        raise ArgumentError(f"{name}: expected a float matrix, got dtype {H.dtype}")
+    if H.ndim != 2 or H.shape[0] != H.shape[1]:
+        raise ShapeError(f"{name}: expected a square matrix, got shape {H.shape}")
+    if H.shape[0] != cols:
+        raise ShapeError(f"{name}: is {H.shape[0]}x{H.shape[1]} but the weight has {cols} "
+                         "input columns")
+    H = np.asarray(H, np.float32) if owned and H.dtype == np.float32 else np.array(H, np.float32)
+    asym = scale = 0.0
+    for r0 in range(0, H.shape[0], 512):  # row panels: no full-size temporaries
+        panel = H[r0:r0 + 512]
+        if not np.isfinite(panel).all():
+            raise NonFiniteError(f"{name}: contains NaN or inf")
+        scale = max(scale, float(panel.max()), -float(panel.min()))
+        asym = max(asym, float(np.abs(panel - H[:, r0:r0 + 512].T).max()))
+    if scale and asym > 1e-4 * scale:
+        raise ArgumentError(f"{name}: is not symmetric (max |H - H^T| = {asym:.3g}, "
+                            f"max |H| = {scale:.3g})")
+    if (np.diagonal(H) < 0).any():
+        raise ArgumentError(f"{name}: has negative diagonal entries; a Hessian 2/n X^T X "
+                            "has none")
+    return H
+
+
+def check_weight(w, name="w") -> np.ndarray:
+    """A 2-D float weight as a fresh float32 working copy (NonFiniteError on NaN/inf)."""
+    from ..core import to_float32
+    w = as_array(w, name)
+    if w.ndim != 2:
+        raise ShapeError(f"{name}: expected a 2-D [out, in] weight, got shape {w.shape}")
+    if w.size == 0:
+        raise ShapeError(f"{name}: is empty")
+    W = np.array(w, np.float32) if w.dtype in (np.float32, np.float64) else to_float32(w)
+    if not np.isfinite(W).all():
+        raise NonFiniteError(f"{name}: contains NaN or inf")
+    return W
+
+
+def tri_inv_lower(L) -> np.ndarray:
+    """Invert a lower-triangular matrix in place (and return it), blocked: the diagonal
+    blocks by np.linalg.inv, the rest by two matmuls per level (inv([[A, 0], [B, C]]) =
+    [[A^-1, 0], [-C^-1 B A^-1, C^-1]]); the only temporaries are a quarter-size panel."""
+    n = L.shape[0]
+    if n <= 128:
+        L[...] = np.tril(np.linalg.inv(L))
+        return L
+    h = (n // 2 + 63) // 64 * 64
+    Ai = tri_inv_lower(L[:h, :h])
+    Ci = tri_inv_lower(L[h:, h:])
+    L[h:, :h] = -(Ci @ (L[h:, :h] @ Ai))
+    return L
+
+
+def cholesky_lower(A, block=512) -> np.ndarray:
+    """The lower Cholesky factor of a float32 matrix, computed in place in A (returned):
+    right-looking and blocked, each diagonal block by ``np.linalg.cholesky``, the panel by
+    the block's triangular inverse and the trailing update by ``np.matmul`` in column
+    panels -- float32 throughout.  (``np.linalg.cholesky`` on the whole matrix computes in
+    float64 and holds about six n^2 float32 copies; this holds one plus a panel.)
+    Raises np.linalg.LinAlgError when A is not positive definite."""
+    n = A.shape[0]
+    for k0 in range(0, n, block):
+        k1 = min(k0 + block, n)
+        Lkk = np.linalg.cholesky(A[k0:k1, k0:k1]).astype(np.float32)
+        if not np.isfinite(Lkk).all():
+            raise np.linalg.LinAlgError("not positive definite")
+        A[k0:k1, k0:k1] = Lkk
+        if k1 == n:
+            break
+        P = A[k1:, k0:k1] @ tri_inv_lower(Lkk).T  # L[k1:, k0:k1]
+        A[k1:, k0:k1] = P
+        for c0 in range(k1, n, block):  # lower part of A[k1:, k1:] -= P P^T
+            c1 = min(c0 + block, n)
+            A[c0:, c0:c1] -= P[c0 - k1:] @ P[c0 - k1:c1 - k1].T
+    return _zero_upper(A)
+
+
+def _zero_upper(A):
+    n = A.shape[0]
+    for r0 in range(0, n, 512):
+        r1 = min(r0 + 512, n)
+        A[r0:r1] = np.tril(A[r0:r1], r0)  # row panel r0..r1: keep columns <= row
+    return A
+
+
+def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
+    """(U, damp used): U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1
+
+
+    ``H`` is a checked float32 matrix; its zero diagonal entries (dead inputs) are set to 1
+    first.  A Cholesky that fails is retried with 10x the damping, up to DAMP_RETRIES
+    times, with a warning each time; then NonFiniteError.  ``overwrite=True`` lets it use
+    H's memory (the caller's H is then garbage); a one-element list ``[H]`` also lets it
+    free H as soon as the factor exists.
+    """
+    if isinstance(H, list):  # [H]: the caller hands its only reference over
+        H = H.pop()
+    elif not overwrite:
+        H = H.copy()
+    d = np.diagonal(H).copy()
+    dead = d == 0
+    if dead.any():
+        idx = np.flatnonzero(dead)
+        H[idx, idx] = 1
+        d[idx] = 1
+    mean = float(np.mean(d, dtype=np.float64))
+    step = damp
+    n = H.shape[0]
+    for i in range(n // 2):  # H <- J H J in place (row by row: no n^2 temporary)
+        top = H[i, ::-1].copy()
+        H[i] = H[n - 1 - i, ::-1]
+        H[n - 1 - i] = top
+    if n % 2:
+        H[n // 2] = H[n // 2, ::-1].copy()
+    d = d[::-1].copy()
+    idx = np.arange(n)
+    for attempt in range(DAMP_RETRIES + 1):
+        H[idx, idx] = d + np.float32(step * mean)
+        try:
+            L = cholesky_lower(H.copy() if attempt < DAMP_RETRIES else H)
+        except np.linalg.LinAlgError:
+            L = None
+        if L is not None and np.isfinite(L).all():
+            del H
+            U = tri_inv_lower(L)[::-1, ::-1]
+            U = np.ascontiguousarray(U)
+            del L
+            if np.isfinite(U).all() and (np.diagonal(U) > 0).all():
+                return U, step
+            H = None
+        if H is None:
+            raise NonFiniteError(f"{name}: its inverse is not finite (damp={step:g}); "
+                                 "check the calibration data")
+        if attempt < DAMP_RETRIES:
+            nxt = step * 10 if step > 0 else 0.01
+            warnings.warn(f"{name}: Cholesky failed with damp={step:g}; retrying with "
+                          f"damp={nxt:g}", RuntimeWarning, stacklevel=3)
+            step = nxt
+    raise NonFiniteError(f"{name}: is not positive definite even with damp={step:g} "
+                         f"(times mean(diag H) = {mean:.3g}); check the calibration data")
+
+
+class Quantizer:
+    """What the column loop needs to quantize: bits, scheme, group layout and the
+    (rows, groups) scales / zero points (filled in when ``dynamic``)."""
+
+    def __init__(self, rows, cols, bits, scheme, group_size, *, dynamic, scales=None,
+                 zero_points=None, gidx=None):
+        self.bits, self.scheme = bits, scheme
+        self.group_size = cols if group_size is None else group_size
+        ng = -(-cols // self.group_size) if gidx is None else int(gidx.max()) + 1
+        self.dynamic = dynamic
+        self.scales = np.zeros((rows, ng), np.float32) if scales is None else \
+            np.ascontiguousarray(scales, np.float32).reshape(rows, -1)
+        self.zero_points = np.zeros((rows, ng), np.int32) if zero_points is None else \
+            np.ascontiguousarray(zero_points, np.int32).reshape(rows, -1)
+        self.gidx = None if gidx is None else np.ascontiguousarray(gidx, np.int64)
+        self.codes = np.empty((rows, cols), np.uint8)
+
+
+def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None):
+    """The OBS loop over ``W`` (float32, changed in place into the result) with factor U.
+
+    Pruning: ``sparsity`` (each block prunes exactly round(sparsity * rows * count) of its
+    entries, lowest w^2 / U_jj^2 first, ties to the lower flat index), ``nm=(n, m)``, or
+    ``keep`` (a fixed bool mask, True = keep).  Returns the keep mask (or None).
+    """
+    from ..prune import l1_unstructured
+    rows, cols = W.shape
+    pmode = 0 if (sparsity is None and nm is None and keep is None) else (2 if nm else 1)
+    n, m = nm if nm else (0, 0)
+    keep_out = np.ones((rows, cols), np.bool_) if pmode else None
+    q = quantizer
+    panel = 1024  # columns per trailing-update GEMM: bounds the temporary
+    buf = np.empty(rows * min(panel, max(cols - min(block_size, cols), 1)), np.float32)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        cnt = i2 - i1
+        U1 = np.ascontiguousarray(U[i1:i2, i1:i2])
+        err = np.empty((rows, cnt), np.float32)
+        pm = None
+        if pmode == 1:
+            if keep is not None:
+                pm = np.ascontiguousarray(~keep[:, i1:i2], np.uint8)
+            else:
+                d = np.diagonal(U1)
+                scores = W[:, i1:i2] ** 2 / (d * d)[None, :]
+                pm = (~l1_unstructured(scores, float(sparsity))).astype(np.uint8)
+        elif pmode == 2:
+            pm = np.zeros((rows, cnt), np.uint8)
+        _C.obs_block(W, U1, err, i1, cnt,
+                     1 if q else 0, q.bits if q else 0,
+                     int(q.scheme == "symmetric") if q else 0, int(q.dynamic) if q else 0,
+                     q.group_size if q else 1, q.gidx if q else None,
+                     q.scales if q else None, q.zero_points if q else None,
+                     q.codes if q else None, pmode, pm, n, m)
+        if pmode:
+            keep_out[:, i1:i2] = pm == 0
+        for c0 in range(i2, cols, panel):
+            c1 = min(c0 + panel, cols)
+            t = buf[:rows * (c1 - c0)].reshape(rows, c1 - c0)
+            np.matmul(err, U[i1:i2, c0:c1], out=t)
+            np.subtract(W[:, c0:c1], t, out=W[:, c0:c1])
+    return keep_out
+
+
+def output_error(W, Wq, H) -> float:
+    """Relative output error on the calibration inputs, from H alone:
+    ||X (Wq - W)^T||^2 / ||X W^T||^2 = tr(E H E^T) / tr(W H W^T)."""
+    W = np.asarray(W, np.float32)
+    E = np.asarray(Wq, np.float32) - W
+    num = float(np.sum((E @ H) * E, dtype=np.float64))
+    den = float(np.sum((W @ H) * W, dtype=np.float64))
+    return num / den if den > 0 else (0.0 if num == 0 else float("inf"))

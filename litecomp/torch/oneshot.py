@@ -1,0 +1,607 @@
+"""``oneshot(model, recipe, batches)``: calibrated compression of a torch model, block by
+block, as llm-compressor's sequential pipeline does it.
+
+For each block (``capture.find_blocks``): run it on its inputs with hooks that accumulate,
+per target layer, the Hessian of its input (and mean |x|, max |x| and a token sample when an
+AWQ / SmoothQuant stage needs them); compress every target of the block (smoothing stages
+first, then pruning, then quantization, in recipe order); run the block again *with the
+compressed weights* to get the next block's inputs.  So block i is calibrated on the outputs
+of blocks 0..i-1 already compressed, and only one block's inputs are held at a time.
+Layers outside every block (an LM head) are calibrated last, by one more forward pass of the
+model with everything before them compressed.
+
+Nothing in the model changes until every layer is done: the compressed values are new
+tensors, the blocks run through ``torch.func.functional_call``, and the swap into the
+model's parameters happens at the end.  An exception part-way leaves the model as it was.
+"""
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..calib.apply import LayerReport, compress_tensor
+from ..calib.hessian import Hessian
+from ..errors import ArgumentError
+from ..recipe import Stage, stages
+from . import capture as cap
+
+__all__ = ["oneshot", "OneshotResult"]
+
+
+@dataclass
+class OneshotResult:
+    """``state_dict``: the model's tensors in litecomp's form (QTensor parts for quantized
+    weights, dense pruned floats, everything else as is), ready for ``litecomp.save``;
+    ``report``: a LayerReport per compressed weight and stage; ``hessians``: {layer key:
+    Hessian} when ``keep_hessians=True``."""
+    state_dict: dict
+    report: list
+    hessians: dict = field(default_factory=dict)
+
+    def table(self) -> str:
+        from .._table import render_table
+        rows = [[r.name, r.method, f"{r.sparsity:.3f}", "" if r.bits is None else str(r.bits),
+                 "" if r.baseline_error is None else f"{r.baseline_error:.3e}",
+                 f"{r.error:.3e}", r.note] for r in self.report]
+        return render_table(["layer", "method", "sparsity", "bits", "baseline error",
+                             "error", "note"], rows,
+                            align=["<", "<", ">", ">", ">", ">", "<"])
+
+
+class _Stats:
+    """What one tap accumulates."""
+
+    def __init__(self, features, need_x):
+        self.h = Hessian(features)
+        self.need_x = need_x
+        self.abs_sum = np.zeros(features, np.float64) if need_x else None
+        self.abs_max = np.zeros(features, np.float32) if need_x else None
+        self.samples = []
+        self.n_samples = 0
+
+    def update(self, x):
+        from . import to_numpy
+        if x.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            x = x.float()
+        a = to_numpy(x.contiguous()).reshape(-1, x.shape[-1])
+        self.h.update(a)
+        if self.need_x:
+            a32 = np.asarray(a, np.float32)
+            self.abs_sum += np.abs(a32).sum(axis=0, dtype=np.float64)
+            np.maximum(self.abs_max, np.abs(a32).max(axis=0), out=self.abs_max)
+            if self.n_samples < 4096:
+                step = max(1, a32.shape[0] // 512)
+                take = a32[::step][:4096 - self.n_samples]
+                self.samples.append(take.copy())
+                self.n_samples += take.shape[0]
+
+    @property
+    def x(self):
+        return np.concatenate(self.samples) if self.samples else None
+
+
+# ------------------------------------------------------------------ recipe -> layers
+_DEFAULT = (nn.Linear, nn.MultiheadAttention)
+
+
+def _stage_modules(model, st):
+    from .select import select_modules
+    cand = (nn.Linear, nn.MultiheadAttention) if st.calibrated else \
+        (nn.Linear, nn.MultiheadAttention, nn.Embedding)
+    return select_modules(model, st.targets, st.ignore, default=_DEFAULT,
+                          candidates=lambda n, m: isinstance(m, cand),
+                          what="Linear / MultiheadAttention modules")
+
+
+def _plan(model, plan):
+    """{param name: [(stage, [taps of that param])]} in recipe order, and all taps."""
+    by_param, taps = {}, {}
+    for st in plan:
+        mods = _stage_modules(model, st)
+        emb = [(n, m) for n, m in mods if isinstance(m, nn.Embedding)]
+        lin = [(n, m) for n, m in mods if not isinstance(m, nn.Embedding)]
+        for t in cap.taps_for(model, lin):
+            taps.setdefault(t.key, t)
+            entry = by_param.setdefault(t.param, [])
+            if entry and entry[-1][0] is st:
+                entry[-1][1].append(t)
+            else:
+                entry.append((st, [t]))
+        for n, _m in emb:
+            by_param.setdefault(f"{n}.weight", []).append((st, []))
+    for p, entries in by_param.items():
+        fams = [s.family for s, _ in entries]
+        for fam in ("prune", "quant", "smooth"):
+            if fams.count(fam) > 1:
+                raise ArgumentError(f"recipe: {p!r} is selected by {fams.count(fam)} {fam} "
+                                    "stages; a weight takes at most one of each kind")
+    return by_param, taps
+
+
+def _block_of(name, blocks):
+    for i, (bn, _b) in enumerate(blocks):
+        if bn == "" or name == bn or name.startswith(bn + "."):
+            return i
+    return None
+
+
+# ------------------------------------------------------------------ smoothing (AWQ, SQ)
+@dataclass
+class _Fold:
+    """Where 1/s goes: a norm's weight (and bias), or rows of a Linear / packed weight."""
+    kind: str            # "norm" | "rows"
+    weight: str          # param name
+    bias: str = ""       # param name or ""
+    rows: tuple = None   # (start, stop) for "rows"
+
+
+def _parent(name):
+    return name.rpartition(".")[0]
+
+
+def _producer(tap, modules):
+    """(_Fold, None) for the op that produces ``tap``'s input alone, or (None, reason)."""
+    name = tap.module_name
+    mods = modules
+    if tap.kind == "attn":  # out_proj <- the value rows of the same attention
+        mha = mods[name]
+        if mha._qkv_same_embed_dim:
+            e = mha.embed_dim
+            return _Fold("rows", f"{name}.in_proj_weight",
+                         f"{name}.in_proj_bias" if mha.in_proj_bias is not None else "",
+                         (2 * e, 3 * e)), None
+        return _Fold("rows", f"{name}.v_proj_weight",
+                     f"{name}.in_proj_bias" if mha.in_proj_bias is not None else "",
+                     None), None
+    leaf = name.rpartition(".")[2]
+    parent = _parent(name)
+    grand = _parent(parent)
+
+    def norm(n):
+        m = mods.get(n)
+        if m is not None and hasattr(m, "weight") and isinstance(m.weight, torch.Tensor) \
+                and m.weight.ndim == 1 and not isinstance(m, (nn.Linear, nn.Embedding)):
+            bias = getattr(m, "bias", None)
+            return _Fold("norm", f"{n}.weight", f"{n}.bias" if bias is not None else "")
+        return None
+
+    hf = {"q_proj": "input_layernorm", "k_proj": "input_layernorm",
+          "v_proj": "input_layernorm", "gate_proj": "post_attention_layernorm",
+          "up_proj": "post_attention_layernorm"}
+    if tap.kind == "input" and leaf in hf:
+        f = norm(cap._join(grand, hf[leaf]))
+        if f is not None:
+            return f, None
+    pairs = {"o_proj": "v_proj", "down_proj": "up_proj"}
+    if tap.kind == "input" and leaf in pairs:
+        prev = mods.get(cap._join(parent, pairs[leaf]))
+        if isinstance(prev, nn.Linear) and prev.out_features == mods[name].in_features:
+            return _Fold("rows", f"{cap._join(parent, pairs[leaf])}.weight",
+                         f"{cap._join(parent, pairs[leaf])}.bias" if prev.bias is not None
+                         else ""), None
+    own = mods.get(parent)
+    if tap.kind == "input" and isinstance(own, (nn.TransformerEncoderLayer,
+                                                nn.TransformerDecoderLayer)) \
+            and leaf == "linear2":
+        act = getattr(own, "activation", None)
+        if act is torch.nn.functional.relu or isinstance(act, nn.ReLU):
+            return _Fold("rows", f"{parent}.linear1.weight",
+                         f"{parent}.linear1.bias" if own.linear1.bias is not None else ""), None
+        return None, "linear1 -> activation -> linear2 with a non-ReLU activation"
+    if tap.kind == "input" and isinstance(own, nn.Sequential):
+        kids = list(own.named_children())
+        idx = [n for n, _ in kids].index(leaf)
+        j = idx - 1
+        while j >= 0 and isinstance(kids[j][1], (nn.ReLU, nn.Identity, nn.Dropout)):
+            j -= 1
+        if j >= 0 and isinstance(kids[j][1], nn.Linear):
+            pn = cap._join(parent, kids[j][0])
+            return _Fold("rows", f"{pn}.weight",
+                         f"{pn}.bias" if kids[j][1].bias is not None else ""), None
+    return None, ("no preceding op it can be folded into (a norm feeding only this "
+                  "layer, or a Linear through ReLU); give the stage `mappings`")
+
+
+def _mapped_producer(mappings, tap, params):
+    """A producer from explicit llm-compressor-style ``mappings``:
+    [[smooth_layer_pattern, [balance_layer_patterns]], ...]."""
+    from ..select import Selector
+    for m in mappings or ():
+        if not isinstance(m, (list, tuple)) or len(m) != 2:
+            raise ArgumentError("mappings: expected [[smooth_layer, [balance_layers]], ...]")
+        smooth, balance = m
+        if Selector(balance)(tap.module_name) or Selector(balance)(tap.key):
+            names = [p for p in params if p.endswith(".weight")]
+            hits = [p[:-7] for p in names if Selector(smooth)(p[:-7])]
+            if len(hits) != 1:
+                raise ArgumentError(f"mappings: {smooth!r} matches {len(hits)} layers for "
+                                    f"{tap.key!r}; expected one")
+            b = hits[0] + ".bias"
+            kind = "rows" if params[hits[0] + ".weight"].ndim == 2 else "norm"
+            return _Fold(kind, hits[0] + ".weight", b if b in params else "")
+    return None
+
+
+# ------------------------------------------------------------------ the pipeline
+def _np(t):
+    from . import to_numpy
+    return np.array(to_numpy(t.detach()), np.float32)
+
+
+def _bar(total, progress, desc):
+    if progress is False:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc=desc, unit="block", leave=False,
+                delay=0 if progress else 1.0)
+
+
+def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progress=None,
+            keep_hessians=False) -> OneshotResult:
+    """Compress ``model`` with ``recipe`` calibrated on ``batches``; returns an
+    ``OneshotResult`` and updates the model's weights in place (at the end, all at once).
+
+    recipe: stages (``litecomp.recipe``; gptq, sparsegpt, wanda, awq, smoothquant and the
+    data-free rtn, magnitude, ...) or a .json/.yaml file; a stage without targets takes
+    every ``nn.Linear`` and every ``nn.MultiheadAttention`` projection.  batches: an
+    iterable (read once) of model inputs -- a tensor, a tuple of positional arguments or a
+    dict of keyword arguments.  sequential_targets: the blocks (see
+    ``capture.find_blocks``).  progress: a bar per block (None: when it takes a moment).
+    """
+    plan = stages(recipe)
+    by_param, taps = _plan(model, plan)
+    if not by_param:
+        raise ArgumentError("recipe: selects no layer of the model")
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    blocks = cap.find_blocks(model, sequential_targets)
+    batches = list(batches)
+    if not batches:
+        raise ArgumentError("batches: is empty")
+    nblocks = len(blocks)
+    in_block = {}
+    for t in taps.values():
+        in_block.setdefault(_block_of(t.module_name, blocks), []).append(t)
+    for p, entries in by_param.items():
+        if not entries[0][1]:  # embeddings: data-free, handled with the tail
+            in_block.setdefault(None, [])
+    new = {}        # param name -> new float32 numpy value
+    compact = {}    # param name -> QTensor (quantized weights)
+    report = []
+    hessians = {}
+    was_training = model.training
+    model.eval()
+    bar = _bar(nblocks + (1 if None in in_block else 0), progress, "oneshot")
+    try:
+        with torch.no_grad():
+            first = blocks[0][1]
+            inps = cap.block_inputs(model, first, batches, block_name=blocks[0][0] or "model")
+            for bi, (bname, block) in enumerate(blocks):
+                btaps = in_block.get(bi, [])
+                if btaps:
+                    _calibrate_and_compress(model, block, bname, inps, btaps, by_param,
+                                            params, modules, new, compact, report,
+                                            hessians if keep_hessians else None)
+                if bi + 1 < nblocks:
+                    local = _local_params(new, bname, params)
+                    for j, inp in enumerate(inps):
+                        inps[j] = cap.next_inputs(inp, cap.call_block(block, inp, local))
+                if bar is not None:
+                    bar.update(1)
+            del inps
+            if None in in_block:
+                _tail(model, batches, in_block[None], by_param, params, modules, new,
+                      compact, report, hessians if keep_hessians else None)
+                if bar is not None:
+                    bar.update(1)
+        sd = _result_state_dict(model, new, compact)
+        _swap(params, new)
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    return OneshotResult(sd, report, hessians)
+
+
+def _local_params(new, prefix, params):
+    """{name relative to the block: torch tensor} of the block's compressed parameters."""
+    out = {}
+    for p, v in new.items():
+        if prefix == "" or p.startswith(prefix + "."):
+            local = p[len(prefix) + 1:] if prefix else p
+            t = params[p]
+            out[local] = torch.from_numpy(v).to(dtype=t.dtype, device=t.device)
+    return out
+
+
+def _collect(module, prefix, taps, inps, need_x, call):
+    """Run ``call(inp)`` for every stored input with hooks on ``taps``; {key: _Stats}."""
+    stats = {t.key: _Stats(t.features, t.key in need_x) for t in taps}
+    rel = [cap.Tap(t.key, t.module_name[len(prefix) + 1:] if prefix else t.module_name,
+                   t.kind, t.param, t.rows, t.features) for t in taps]
+
+    def observe(tap, x):
+        stats[tap.key].update(x)
+
+    with cap.Capture(module, rel, observe):
+        for inp in inps:
+            call(inp)
+    return stats
+
+
+def _calibrate_and_compress(model, block, bname, inps, btaps, by_param, params, modules,
+                            new, compact, report, keep_h):
+    need_x = {t.key for t in btaps for st, ts in by_param[t.param]
+              if st.method in ("awq", "smoothquant") and t in ts}
+    stats = _collect(block, bname, btaps, inps, need_x,
+                     lambda inp: cap.call_block(block, inp))
+    _compress_layers(model, btaps, stats, by_param, params, modules, new, compact, report)
+    if keep_h is not None:
+        keep_h.update({k: s.h for k, s in stats.items()})
+
+
+def _tail(model, batches, ttaps, by_param, params, modules, new, compact, report, keep_h):
+    allnew = {p: torch.from_numpy(v).to(dtype=params[p].dtype) for p, v in new.items()}
+    stats = {}
+    if ttaps:
+        need_x = {t.key for t in ttaps for st, ts in by_param[t.param]
+                  if st.method in ("awq", "smoothquant") and t in ts}
+        stats = _collect(model, "", ttaps, batches, need_x,
+                         lambda b: _call_model(model, allnew, b))
+    _compress_layers(model, ttaps, stats, by_param, params, modules, new, compact, report,
+                     embeddings=True)
+    if keep_h is not None:
+        keep_h.update({k: s.h for k, s in stats.items()})
+
+
+def _call_model(model, params, batch):
+    """The model on one batch with substitute parameters (the model is not modified)."""
+    if isinstance(batch, dict):
+        return torch.func.functional_call(model, params, (), batch)
+    if isinstance(batch, (tuple, list)):
+        return torch.func.functional_call(model, params, tuple(batch))
+    return torch.func.functional_call(model, params, (batch,))
+
+
+def _compress_layers(model, taps, stats, by_param, params, modules, new, compact, report,
+                     embeddings=False):
+    """Compress every parameter these taps feed (and, for the tail, the embeddings)."""
+    work = {}
+    for t in taps:
+        work.setdefault(t.param, None)
+    if embeddings:
+        for p, entries in by_param.items():
+            if not entries[0][1]:
+                work.setdefault(p, None)
+    current = {p: (new[p] if p in new else _np(params[p])) for p in work}
+    # smoothing stages first: they change the layer, its producer and its input statistics
+    scales = _smooth(taps, stats, by_param, params, modules, new, current, report)
+    for p in work:
+        w = current[p]
+        keep = None
+        for st, ptaps in by_param[p]:
+            if st.family == "smooth":
+                continue
+            if not ptaps:  # embedding (data-free only)
+                w, keep, q = _data_free(p, w, st, keep, report)
+            elif not st.calibrated:
+                w, keep, q = _data_free(p, w, st, keep, report,
+                                        _parts_for(ptaps, stats, scales, w))
+            else:
+                parts = _parts_for(ptaps, stats, scales, w)
+                if st.method == "awq":
+                    w, q, rep = _awq_quantize(p, w, ptaps, stats, scales, st, keep)
+                else:
+                    w2, q, k, rep = compress_tensor(p, w, parts, st, keep)
+                    w = w2
+                    keep = k if k is not None else keep
+                report.append(rep)
+            if q is not None:
+                compact[p] = q
+                w = np.asarray(q.dequantize(), np.float32)
+        new[p] = w
+        current[p] = w
+
+
+def _parts_for(ptaps, stats, scales, w):
+    parts = []
+    for t in ptaps:
+        h = stats[t.key].h
+        s = scales.get(t.key)
+        if s is not None:  # the input is now x / s
+            h2 = Hessian(h.features)
+            h2.sum = h.sum / np.outer(s, s).astype(np.float64)
+            h2.count = h.count
+            h = h2
+        rows = slice(*t.rows) if t.rows else slice(0, w.shape[0])
+        parts.append((rows, h, t.key))
+    parts.sort(key=lambda r: r[0].start)
+    covered = sum(r[0].stop - r[0].start for r in parts)
+    if covered != w.shape[0]:
+        raise ArgumentError(f"targets: only some of the q/k/v projections of "
+                            f"{ptaps[0].param!r} are selected; a calibrated stage takes all "
+                            "three rows blocks of a packed in_proj_weight or none")
+    return parts
+
+
+def _data_free(p, w, st, keep, report, parts=None):
+    """A data-free stage (rtn, magnitude, ...) on the whole weight.  With ``parts`` (the
+    layer's Hessians) the report has the output error; without (embeddings) the weight's
+    relative error."""
+    from ..calib.apply import _energy
+    from ..prune import apply
+    from ..prune.state import _stage_masks
+    from ..quant.state import quantize_stage
+    stage = Stage(st.method, None, (), dict(st.options), st.index)
+
+    def rel_error(new):
+        if not parts:
+            return float(np.sum((new - w) ** 2, dtype=np.float64) /
+                         max(float(np.sum(w.astype(np.float64) ** 2)), 1e-300))
+        num = sum(_energy(new[r] - w[r], h.matrix) for r, h, _k in parts)
+        den = sum(_energy(w[r], h.matrix) for r, h, _k in parts)
+        return num / den if den else 0.0
+    note = "" if parts else "weight error (no data)"
+    if st.family == "prune":
+        m = _stage_masks(stage, {p: w})[p]
+        keep = m if keep is None else keep & m
+        new = apply(w, m)
+        report.append(LayerReport(p, st.method, float(np.mean(new == 0)), None,
+                                  rel_error(new), note=note))
+        return new, keep, None
+    src = w if keep is None else np.where(keep, w, 0).astype(np.float32)
+    q = quantize_stage(src, stage)
+    report.append(LayerReport(p, st.method, float(np.mean(src == 0)), getattr(q, "bits", None),
+                              rel_error(np.asarray(q.dequantize(), np.float32)), note=note))
+    return w, keep, q
+
+
+# ------------------------------------------------------------------ smoothing
+def _smooth(taps, stats, by_param, params, modules, new, current, report):
+    """Apply the awq / smoothquant stages of these taps: choose s per producer group, scale
+    the layers' columns, fold 1/s into the producer.  Returns {tap key: s}."""
+    from ..quant.awq import awq_scales, smoothquant_scales
+    groups = {}
+    notes = {}
+    for t in taps:
+        for st, ts in by_param[t.param]:
+            if st.family != "smooth" and st.method != "awq":
+                continue
+            if t not in ts:
+                continue
+            fold = _mapped_producer(st.get("mappings"), t, params)
+            reason = None
+            if fold is None:
+                fold, reason = _producer(t, modules)
+            if fold is None:
+                notes[t.key] = (st.method, reason)
+                continue
+            gkey = (st.index, fold.weight, fold.rows)
+            groups.setdefault(gkey, (st, fold, []))[2].append(t)
+    scales = {}
+    for (_i, _w, _r), (st, fold, gtaps) in groups.items():
+        ws = [_slice(current[t.param], t) for t in gtaps]
+        if st.method == "awq":
+            x = np.concatenate([stats[t.key].x for t in gtaps[:1]])
+            s = awq_scales(ws, x, st.get("bits", 4), st.get("group_size", 128),
+                           grid=st.get("grid", 20), scheme=st.get("scheme", "symmetric"))
+        else:
+            am = np.max([stats[t.key].abs_max for t in gtaps], axis=0)
+            s = smoothquant_scales(am, ws, st.get("alpha", 0.5))
+        for t in gtaps:
+            w = current[t.param]
+            r = slice(*t.rows) if t.rows else slice(0, w.shape[0])
+            w[r] = w[r] * s[None, :]
+            scales[t.key] = s
+        # the producer may be a target too (v_proj -> o_proj), already scaled here
+        fw = current.get(fold.weight)
+        if fw is None:
+            fw = new.get(fold.weight)
+        fw = _np(params[fold.weight]) if fw is None else fw
+        rows = slice(*fold.rows) if fold.rows else slice(0, fw.shape[0])
+        if fold.kind == "norm":
+            fw = fw / s
+        else:
+            fw = fw.copy()
+            fw[rows] = fw[rows] / s[:, None]
+        new[fold.weight] = fw
+        if fold.weight in current:
+            current[fold.weight] = fw
+        if fold.bias:
+            b = new.get(fold.bias)
+            b = _np(params[fold.bias]) if b is None else b.copy()
+            if fold.kind == "norm":
+                b = b / s
+            else:
+                b[rows] = b[rows] / s
+            new[fold.bias] = b
+        if st.method == "smoothquant":
+            for t in gtaps:
+                report.append(LayerReport(t.key, "smoothquant", 0.0, None, 0.0,
+                                          note=f"1/s folded into {fold.weight}"))
+    for k, (method, reason) in notes.items():
+        report.append(LayerReport(k, method, 0.0, None, float("nan"),
+                                  note="not smoothed: " + reason))
+    if notes:
+        names = list(notes)
+        warnings.warn(f"{len(names)} layer(s) cannot fold activation scales and stay "
+                      f"unscaled ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''}): "
+                      f"{next(iter(notes.values()))[1]}", UserWarning, stacklevel=5)
+    return scales
+
+
+def _slice(w, t):
+    return w[slice(*t.rows)] if t.rows else w
+
+
+def _awq_quantize(p, w, ptaps, stats, scales, st, keep):
+    """AWQ's clip search and round-to-nearest on the (already scaled) weight."""
+    from ..quant import quantize
+    from ..quant.awq import apply_clip, awq_clip
+    from ..calib.apply import _energy, _join_qtensors
+    bits, gs = st.get("bits", 4), st.get("group_size", 128)
+    scheme = st.get("scheme", "symmetric")
+    qs, num, den, base_num = [], 0.0, 0.0, 0.0
+    src = w if keep is None else np.where(keep, w, 0).astype(np.float32)
+    for t in sorted(ptaps, key=lambda t: t.rows or (0,)):
+        part = _slice(src, t)
+        s = scales.get(t.key)
+        x = stats[t.key].x
+        xs = x / s if s is not None else x
+        if st.get("clip", True):
+            part = apply_clip(part, awq_clip(part, xs, bits, gs, scheme=scheme), gs)
+        q = quantize(part, bits, scheme=scheme, **({"group_size": gs} if gs else {"axis": 0}))
+        qs.append(q)
+        h = stats[t.key].h.matrix
+        orig = _slice(w, t) / (s if s is not None else 1)
+        deq = q.dequantize() / (s if s is not None else 1)
+        base = quantize(orig, bits, scheme=scheme,
+                        **({"group_size": gs} if gs else {"axis": 0})).dequantize()
+        num += _energy(deq - orig, h)
+        base_num += _energy(base - orig, h)
+        den += _energy(orig, h)
+    q = _join_qtensors(qs, w.shape) if len(qs) > 1 else qs[0]
+    rep = LayerReport(p, "awq", float(np.mean(q.dequantize() == 0)), bits,
+                      num / den if den else 0.0, base_num / den if den else 0.0,
+                      "" if all(t.key in scales for t in ptaps) else "clip only (no scales)")
+    return w, q, rep
+
+
+# ------------------------------------------------------------------ output
+def _result_state_dict(model, new, compact):
+    from . import to_numpy
+    sd = {}
+    for k, v in model.state_dict().items():
+        if k in compact:
+            sd.update(compact[k].to_state_dict(k))
+        elif k in new:
+            sd[k] = _cast(new[k], v)
+        else:
+            sd[k] = to_numpy(v).copy()
+    return sd
+
+
+def _cast(a, like):
+    from . import to_numpy
+    ref = to_numpy(like[:0] if like.ndim else like)
+    if ref.dtype in (np.float32, np.float64):
+        return a.astype(ref.dtype)
+    from ..quant import cast
+    return cast(a, ref.dtype)
+
+
+def _swap(params, new):
+    """Write every new value into its parameter (the only step that changes the model)."""
+    staged = {p: torch.from_numpy(np.ascontiguousarray(v)).to(dtype=params[p].dtype,
+                                                                device=params[p].device)
+              for p, v in new.items()}
+    with torch.no_grad():
+        for p, t in staged.items():
+            params[p].copy_(t)
+
