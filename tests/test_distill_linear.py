@@ -103,7 +103,7 @@ def test_float64_matches_the_float64_definition(kind, rng):
 
 
 @pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float16])
-@pytest.mark.parametrize("kind", ["kl", "jsd", "reverse_kl"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_half_precision_inputs(dtype, kind, rng):
     h, w, b, thead, lab = _problem(rng, dtype=dtype)
     opts = _options(kind)
@@ -122,6 +122,23 @@ def test_bf16_teacher_logits_go_to_the_kernel_as_they_are(rng):
     got = D.fused_linear(h, w, t, kind="kl", temperature=2.0, chunk=10)
     want = _unfused(h, w, t, kind="kl", temperature=2.0)
     _assert_same(got, want)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_any_ignore_index(kind, rng):
+    """ignore_index=-1 marks the same rows as the default -100 did; a row labelled -100 is
+    then an out-of-range label, which is an error naming the caller's row."""
+    h, w, b, thead, lab = _problem(rng)
+    opts = _options(kind)
+    want = D.fused_linear(h, w, thead, student_bias=b, labels=lab, chunk=8, **opts)
+    lab1 = np.where(lab == -100, -1, lab)
+    got = D.fused_linear(h, w, thead, student_bias=b, labels=lab1, ignore_index=-1, chunk=8,
+                         **opts)
+    assert got.loss == want.loss
+    for g, w_ in zip(got[1:], want[1:]):
+        np.testing.assert_array_equal(g, w_)
+    with pytest.raises(ArgumentError, match=r"labels: row 0 has label -100"):
+        D.fused_linear(h, w, thead, labels=lab, ignore_index=-1, **opts)
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 16, 45, 1000])

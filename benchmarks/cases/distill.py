@@ -147,7 +147,8 @@ def _fused(dtype, quick):
                                     student_bias=b)
 
     notes = (f"N={n} d={h.shape[1]} V={v}; [N, V] f32 logits = {n * v * 4 / 2**20:.0f} MiB; "
-             f"chunk {distill.default_chunk(v)}; litecomp peak includes grad W {v * h.shape[1] * 4 / 2**20:.0f} MiB")
+             f"chunk {distill.default_chunk(v)}; litecomp peak includes grad W {v * h.shape[1] * 4 / 2**20:.0f} MiB; "
+             f"4 matmuls = {8 * n * h.shape[1] * v / 1e12:.2f} TFLOP on both sides")
     torch = optional_import("torch")
     if torch is None:
         return Run(litecomp=ours, anchor=missing("torch eager linear + kl_div", "torch"),
@@ -169,6 +170,44 @@ def _fused(dtype, quick):
 
     return Run(litecomp=ours, anchor=("torch eager linear+log_softmax+kl_div fwd+bwd", anchor),
                check=check, notes=notes)
+
+
+def _unfused_anchor(h, w, b, th, tw, tb):
+    """litecomp without the fusion: materialise both [N, V] logits (NumPy matmuls),
+    distill.kl_div on them, then the two matmuls back."""
+    h, w, b, th, tw, tb = (x.astype(np.float32) for x in (h, w, b, th, tw, tb))
+    s = h @ w.T + b
+    t = th @ tw.T + tb
+    value, g = distill.kl_div(s, t, temperature=T, reduction="batchmean")
+    del s, t
+    return value, g @ w, g.T @ h, g.sum(axis=0)
+
+
+def _fused_vs_unfused(quick):
+    h, w, b, th, tw, tb = _fused_problem(quick, np.float32)
+
+    def ours():
+        return distill.fused_linear(h, w, (th, tw, tb), kind="kl", temperature=T,
+                                    student_bias=b)
+
+    def anchor():
+        return _unfused_anchor(h, w, b, th, tw, tb)
+
+    def check(a, b_):
+        assert abs(a.loss - b_[0]) <= 1e-5 * abs(b_[0]), (a.loss, b_[0])
+        for g, ref in zip(a[1:], b_[1:]):
+            assert np.abs(g - ref).max() <= 1e-4 * np.abs(ref).max()
+
+    n, v = h.shape[0], w.shape[0]
+    return Run(litecomp=ours, anchor=("litecomp unfused: logits + distill.kl_div + matmuls",
+                                      anchor), check=check,
+               notes=f"N={n} d={h.shape[1]} V={v}; the unfused path holds s, t and the "
+                     f"gradient, {3 * n * v * 4 / 2**20:.0f} MiB of [N, V] float32")
+
+
+@case("fused linear+KL T=2 [4096x512 -> 98631] f32 vs unfused", group="distill", repeats=1)
+def fused_kl_vs_unfused(quick):
+    return _fused_vs_unfused(quick)
 
 
 @case("fused linear+KL T=2 [4096x512 -> 98631] f32", group="distill", repeats=1)
