@@ -213,7 +213,7 @@ def test_no_n_by_v_array_beyond_one_chunk(rng):
     logits = n * v * 4                                   # 64 MiB: one [N, V] float32 array
     buffers = 2 * chunk * v * 4                          # student and teacher chunk buffers
     grads = res.grad_hidden.nbytes + res.grad_weight.nbytes
-    block = min(4 << 20, res.grad_weight.nbytes)         # one block of the weight's gradient
+    block = min(16 << 20, res.grad_weight.nbytes)         # one block of the weight's gradient
     # measured: peak = grads + buffers + block + 96 KiB of small arrays
     assert peak < grads + buffers + block + (256 << 10)
     assert peak < logits / 5
