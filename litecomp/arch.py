@@ -31,12 +31,70 @@ A new architecture is one ``Arch(...)`` call (see docs/shrink.md) and, optionall
 
 import re
 from dataclasses import dataclass, field, replace
-from typing import Callable, Optional
+from typing import Optional
 
 from .errors import ArgumentError, ShapeError
 
-__all__ = ["Slice", "Coupling", "Attention", "Arch", "parse_slice", "detect", "get",
-           "register", "BUILTIN"]
+__all__ = ["Slice", "Coupling", "Attention", "Arch", "StateDict", "config_of", "config_path",
+           "save_config", "parse_slice", "detect", "get", "register", "BUILTIN"]
+
+
+class StateDict(dict):
+    """A state dict -- a plain ``dict`` of name -> array -- that carries its model's config:
+    the sizes no tensor shows, such as an ``nn.TransformerDecoder``'s head count.
+    ``litecomp.examples``' models and ``litecomp.torch.numpy_state_dict`` return one;
+    ``detect`` and the ``litecomp.shrink`` functions read ``.config`` when they are given no
+    ``config=``.  Copies made with ``dict(...)`` or ``{**sd}`` are plain dicts again.
+
+    >>> import copy
+    >>> sd = StateDict({"w": 1}, config={"heads": 4})
+    >>> sd.config, sd.copy().config, copy.deepcopy(sd).config, type(dict(sd)).__name__
+    ({'heads': 4}, {'heads': 4}, {'heads': 4}, 'dict')
+    """
+
+    def __init__(self, tensors=(), config=None):
+        super().__init__(tensors)
+        if config is not None and not isinstance(config, dict):
+            raise ArgumentError(f"config: expected a dict, got {type(config).__name__}")
+        self.config = dict(config) if config is not None else None
+
+    def copy(self) -> "StateDict":
+        return StateDict(self, self.config)
+
+    def __reduce__(self):  # pickles (and torch.save) as the plain dict it is
+        return dict, (dict(self),)
+
+    def __deepcopy__(self, memo):
+        import copy
+        return StateDict({k: copy.deepcopy(v, memo) for k, v in self.items()},
+                         copy.deepcopy(self.config, memo))
+
+
+def config_of(state_dict):
+    """The config a state dict carries (``StateDict.config``, a ``ShrinkResult``'s), or
+    None."""
+    cfg = getattr(state_dict, "config", None)
+    return dict(cfg) if isinstance(cfg, dict) else None
+
+
+def config_path(model_path) -> str:
+    """Where litecomp keeps a checkpoint's config: ``DIR/config.json`` for a folder, else
+    the checkpoint's name + ``.config.json`` (``small.safetensors`` -> ``small.config.json``;
+    ``model.pth`` and ``model.safetensors`` share ``model.config.json``)."""
+    import os
+    p = os.fspath(model_path)
+    if p.endswith(os.sep) or os.path.isdir(p):
+        return os.path.join(p, "config.json")
+    return os.path.splitext(p)[0] + ".config.json"
+
+
+def save_config(config, path) -> str:
+    """Write a config dict as JSON (sorted keys, atomically); returns ``path``."""
+    import json
+    from .io.atomic import atomic_write
+    with atomic_write(path) as f:
+        f.write((json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+    return path
 
 _SLICE = re.compile(r"^(?P<name>[^:\[\]?]+):(?P<axis>-?\d+)"
                     r"(?:\[(?P<part>\d+)/(?P<parts>\d+)\])?(?P<opt>\?)?$")
@@ -120,9 +178,7 @@ class Arch:
     "layer" (LayerNorm) or "rms" (RMSNorm: removing hidden channels rescales the norms so the
     function stays exactly that of the masked model); ``prefixes`` are the roots ``{p}`` may
     stand for (``"model."`` for a CausalLM, ``""`` for the bare model); ``config`` the bound
-    config (``detect`` fills it).  ``implied(state_dict)`` may return sizes a
-    state dict cannot show but its shapes imply (the example decoder's head count);
-    ``complete`` adds them where the config lacks them and records them in ``assumed``."""
+    config (``detect`` fills it)."""
     name: str
     layer: str
     ffn: Coupling
@@ -137,8 +193,6 @@ class Arch:
     prefix: str = ""
     config: Optional[dict] = None
     defaults: dict = field(default_factory=dict)
-    implied: Optional[Callable] = field(default=None, repr=False, compare=False)
-    assumed: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "vocab", _slices(self.vocab))
@@ -154,16 +208,6 @@ class Arch:
                                 f"{type(config).__name__}")
         return replace(self, config=dict(config) if config is not None else self.config,
                        prefix=self.prefix if prefix is None else prefix)
-
-    def complete(self, state_dict) -> "Arch":
-        """This arch with the sizes ``implied`` finds for ``state_dict`` added where the
-        bound config has none (listed in ``.assumed``, so a caller can say so)."""
-        extra = self.implied(state_dict) if self.implied else None
-        cfg = self.config or {}
-        missing = {k: v for k, v in (extra or {}).items() if cfg.get(k) is None}
-        if not missing:
-            return self
-        return replace(self, config={**cfg, **missing}, assumed={**self.assumed, **missing})
 
     def get(self, word, default=None):
         """A size from the bound config by litecomp's word ("heads", "ffn", ...)."""
@@ -242,15 +286,7 @@ def _decoder_lm():
         vocab=("{p}embed.weight:0", "{p}fc.weight:0", "{p}fc.bias:0?"),
         keys={"vocab": "vocab", "hidden": "d_model", "ffn": "ffn", "heads": "heads",
               "cross_heads": "cross_heads", "head_dim": "head_dim", "layers": "layers"},
-        markers=("transformer_decoder.layers.0.self_attn.in_proj_weight",),
-        implied=_decoder_lm_heads)
-
-
-def _decoder_lm_heads(state_dict):
-    """The head count of litecomp's example decoders, which their shapes identify."""
-    from .examples import decoder_lm_sizes
-    sizes = decoder_lm_sizes(state_dict)
-    return {"heads": sizes["heads"]} if sizes else None
+        markers=("transformer_decoder.layers.0.self_attn.in_proj_weight",))
 
 
 def _llama():
@@ -384,11 +420,12 @@ def get(name) -> Arch:
 
 def detect(state_dict, config=None) -> Arch:
     """The registered architecture whose marker tensor the state dict has, bound to
-    ``config`` (a config.json dict; ``model_type`` decides when it names a known family) and
-    completed with the sizes its shapes imply (``Arch.complete``: the head count of
-    ``litecomp.examples.decoder_lm()`` / ``tiny_decoder_lm()``, 8 / 4)."""
+    ``config`` (a config.json dict; ``model_type`` decides when it names a known family), by
+    default the state dict's own (``config_of``)."""
     if not isinstance(state_dict, dict):
         raise ArgumentError(f"state_dict: expected a dict, got {type(state_dict).__name__}")
+    if config is None:
+        config = config_of(state_dict)
     if config is not None and not isinstance(config, dict):
         raise ArgumentError(f"config: expected a dict, got {type(config).__name__}")
     mtype = (config or {}).get("model_type")
@@ -400,7 +437,7 @@ def detect(state_dict, config=None) -> Arch:
         seen.add(id(a))
         for p in a.prefixes:
             if any(p + m in state_dict for m in a.markers):
-                return a.bind(config, p).complete(state_dict)
+                return a.bind(config, p)
     shown = ", ".join(repr(k) for k in list(state_dict)[:3])
     raise ArgumentError(f"state_dict: matches no known architecture ({', '.join(BUILTIN)}); "
                         f"its first names are {shown}. Describe it with litecomp.arch.Arch "

@@ -78,11 +78,20 @@ def decoder_lm_spec(vocab=98631, d_model=512, heads=8, layers=6, ffn=2048):
 
 
 def decoder_lm(vocab=98631, d_model=512, heads=8, layers=6, ffn=2048, seed=0):
-    """State dict (name -> float32 array) of the motivating decoder language model."""
+    """State dict (name -> float32 array) of the motivating decoder language model: a
+    ``litecomp.arch.StateDict`` whose ``.config`` holds the sizes it was built with
+    (``litecomp.torch.DecoderLM``'s keyword arguments, the head count included, which no
+    tensor shows), so shrinking needs no ``config=``.
+
+    >>> tiny_decoder_lm().config
+    {'vocab': 1000, 'd_model': 64, 'heads': 4, 'layers': 2, 'ffn': 128}
+    """
+    from .arch import StateDict
     seed = check_int(seed, "seed", 0, 2 ** 64 - 1)
-    sd = {}
-    for stream, (name, shape, (kind, p)) in enumerate(
-            decoder_lm_spec(vocab, d_model, heads, layers, ffn)):
+    spec = decoder_lm_spec(vocab, d_model, heads, layers, ffn)
+    sd = StateDict(config={k: int(v) for k, v in (("vocab", vocab), ("d_model", d_model),
+                           ("heads", heads), ("layers", layers), ("ffn", ffn))})
+    for stream, (name, shape, (kind, p)) in enumerate(spec):
         if kind == "normal":
             sd[name] = _random.normal(shape, 0.0, p, seed=seed, stream=stream)
         elif kind == "uniform":
@@ -99,23 +108,3 @@ TINY_DECODER_LM = {"vocab": 1000, "d_model": 64, "heads": 4, "layers": 2, "ffn":
 def tiny_decoder_lm(seed=0):
     """A few-hundred-kilobyte version of ``decoder_lm`` for tests and quick examples."""
     return decoder_lm(**TINY_DECODER_LM, seed=seed)
-
-
-def decoder_lm_sizes(state_dict):
-    """The sizes (``decoder_lm``'s keyword arguments, heads included) of the example decoder
-    whose tensors and shapes ``state_dict`` has exactly -- the default ``decoder_lm()`` or
-    ``tiny_decoder_lm()`` -- else None.  A head count is not in a state dict; this is how
-    shrinking knows the examples' (8 and 4).
-
-    >>> decoder_lm_sizes(tiny_decoder_lm())["heads"], decoder_lm_sizes({"x": np.zeros(3)})
-    (4, None)
-    """
-    import inspect
-    full = {k: p.default for k, p in inspect.signature(decoder_lm_spec).parameters.items()}
-    for sizes in (full, TINY_DECODER_LM):
-        spec = decoder_lm_spec(**sizes)
-        if len(spec) == len(state_dict) and all(
-                tuple(getattr(state_dict.get(name), "shape", ())) == shape
-                for name, shape, _ in spec):
-            return dict(sizes)
-    return None

@@ -174,18 +174,21 @@ def test_taylor_and_activation_scores():
         shrink.ffn(sd, None, 0.25, criterion="taylor", grads={})
 
 
-def test_the_example_decoders_heads_come_from_their_shapes():
-    """A state dict cannot hold a head count; litecomp's own examples are known by shape."""
-    full = {k: np.empty(s, np.float32) for k, s, _ in litecomp.examples.decoder_lm_spec()}
-    assert litecomp.examples.decoder_lm_sizes(full)["heads"] == 8     # empty: never touched
-    a = arch.detect(tiny())
-    assert a.config == {"heads": 4} and a.assumed == {"heads": 4}
-    given = arch.detect(tiny(), {"heads": 2})
-    assert given.config == {"heads": 2} and given.assumed == {}
+def test_the_example_decoders_carry_their_config_and_nothing_is_guessed():
+    """A state dict cannot hold a head count. litecomp's examples carry theirs (a StateDict's
+    .config); a plain dict of the very same tensors and shapes is not assumed to have it."""
     sd = tiny()
-    sd.pop("fc.bias")      # not the example's tensors any more: nothing assumed
-    assert arch.detect(sd).config is None
-    assert arch.detect(*llama_sd()).assumed == {}
+    assert isinstance(sd, dict) and sd.config == litecomp.examples.TINY_DECODER_LM
+    assert arch.detect(sd).config == litecomp.examples.TINY_DECODER_LM
+    assert arch.detect(sd, {"heads": 2}).config == {"heads": 2}     # config= wins
+    plain = dict(sd)                                  # the same arrays, no config
+    assert arch.config_of(plain) is None and arch.detect(plain).config is None
+    assert shrink.sizes(plain)["attention"]["self_attn"]["heads"] is None
+    assert arch.config_of(sd.copy()) == sd.config
+    import pickle
+    back = pickle.loads(pickle.dumps(sd))             # pickles as the plain dict it is
+    assert type(back) is dict and list(back) == list(sd)
+    assert arch.detect(*llama_sd()).config == llama_sd()[1]
 
 
 # ------------------------------------------------------------------ heads
@@ -200,14 +203,19 @@ def test_heads_decoder_packed_qkv():
     want = np.concatenate([w[:64][rows], w[64:128][rows], w[128:][rows]])
     np.testing.assert_array_equal(r.state_dict[p + "in_proj_weight"], want)
     np.testing.assert_array_equal(r.state_dict[p + "out_proj.weight"], sd[p + "out_proj.weight"][:, rows])
-    # the example's shapes imply its head count (4 for the tiny one): the same cut
-    implied = shrink.heads(sd, "decoder_lm", 1)
-    assert implied.config["heads"] == 3
-    np.testing.assert_array_equal(implied.kept["layers.0.self_attn.heads"], kept)
-    # a decoder of any other shapes must be told
-    other = litecomp.examples.decoder_lm(vocab=50, d_model=32, heads=2, layers=1, ffn=64)
-    with pytest.raises(ArgumentError, match=r"head count .* give config=\{'heads': N\}"):
-        shrink.heads(other, "decoder_lm", 1)
+    # the example carries its head count (4 for the tiny one): the same cut, untold
+    carried = shrink.heads(sd, "decoder_lm", 1)
+    assert carried.config["heads"] == 3
+    np.testing.assert_array_equal(carried.kept["layers.0.self_attn.heads"], kept)
+    # a plain state dict (what torch.save(model.state_dict()) holds) must be told, whatever
+    # its shapes: the error names the key and the command line's flag
+    with pytest.raises(ArgumentError, match=r"'heads', the head count of decoder_lm's self_attn,"
+                                            r" is missing.*config=\{'heads': N\} \(command "
+                                            r"line: --config '\{\"heads\": N\}'\)"):
+        shrink.heads(dict(sd), "decoder_lm", 1)
+    np.testing.assert_array_equal(
+        shrink.heads(dict(sd), None, 1, config={"heads": 4}).kept["layers.0.self_attn.heads"],
+        kept)
     with pytest.raises(ShapeError, match="heads of"):
         shrink.heads(sd, "decoder_lm", 1, config={"heads": 5})
     only_self = shrink.heads(sd, "decoder_lm", 2, config=DEC, attention="self_attn")

@@ -45,29 +45,37 @@ def test_shrink_folder_output_and_recipe(model, tmp_path, capsys):
     assert (tmp_path / "o" / "model.safetensors").exists()
 
 
-def test_the_example_needs_no_head_count_and_chained_runs_read_the_written_config(
-        model, tmp_path, capsys):
-    out = tmp_path / "a.safetensors"
-    assert main(["shrink", str(model), str(out), "--heads", "1"]) == 0
-    text = capsys.readouterr().out
-    assert "note: 'heads' is not in a state dict" in text and "heads=4: using that" in text
-    assert json.loads((tmp_path / "a.config.json").read_text())["heads"] == 3
-    # a.safetensors is no longer the example's shape: a.config.json (written above) says 3
-    assert main(["shrink", str(out), str(tmp_path / "b.safetensors"), "--heads", "1"]) == 0
-    assert "note:" not in capsys.readouterr().out
-    assert json.loads((tmp_path / "b.config.json").read_text())["heads"] == 2
-
-
-def test_a_decoder_of_other_shapes_must_be_told_its_head_count(tmp_path, capsys):
-    path = tmp_path / "other.safetensors"
-    litecomp.save(litecomp.examples.decoder_lm(vocab=50, d_model=32, heads=2, layers=1,
-                                               ffn=64), str(path))
+def test_a_plain_state_dict_must_be_told_its_head_count(model, tmp_path, capsys):
+    """tiny.safetensors holds the example's tensors but no config: nothing is guessed from
+    its shapes; the error names the key and the exact flag, and nothing is written."""
     out = tmp_path / "x.safetensors"
-    assert main(["shrink", str(path), str(out), "--heads", "1"]) == 1
-    assert """give --config '{"heads": N}'""" in capsys.readouterr().err
-    assert not out.exists()
-    assert main(["shrink", str(path), str(out), "--heads", "1", "--config",
-                 '{"heads": 2}']) == 0
+    assert main(["shrink", str(model), str(out), "--heads", "1"]) == 1
+    err = capsys.readouterr().err
+    assert """'heads' is missing""" in err and """give --config '{"heads": N}'""" in err
+    assert "nn.TransformerDecoder's state dict does not carry nhead" in err
+    assert not out.exists() and not (tmp_path / "x.config.json").exists()
+    # FFN and vocabulary need no head count; the written config says it lacks one
+    assert main(["shrink", str(model), str(out), "--ffn", "0.5"]) == 0
+    assert "x.config.json has no 'heads'" in capsys.readouterr().out
+    assert "heads" not in json.loads((tmp_path / "x.config.json").read_text())
+    assert main(["shrink", str(model), str(out), "--heads", "1", "--config",
+                 '{"heads": 4}']) == 0
+
+
+def test_the_demo_model_and_chained_runs_read_the_config_beside_them(tmp_path, capsys):
+    """litecomp demo writes model.config.json beside the example model; shrink writes
+    OUT's config beside OUT: neither run needs --config."""
+    from litecomp.demo import run_demo
+    assert run_demo(small=True, out=str(tmp_path), steps=["save/reload"]) == 0
+    assert json.loads((tmp_path / "model.config.json").read_text()) == \
+        litecomp.examples.TINY_DECODER_LM
+    out = tmp_path / "a.safetensors"
+    for src in ("model.pth", "model.safetensors"):
+        assert main(["shrink", str(tmp_path / src), str(out), "--heads", "1"]) == 0
+        assert json.loads((tmp_path / "a.config.json").read_text())["heads"] == 3
+        assert "note:" not in capsys.readouterr().out
+    assert main(["shrink", str(out), str(tmp_path / "b.safetensors"), "--heads", "1"]) == 0
+    assert json.loads((tmp_path / "b.config.json").read_text())["heads"] == 2
 
 
 @pytest.mark.parametrize("argv,match", [

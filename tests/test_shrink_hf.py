@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers", reason="transformers is optio
 from litecomp import shrink  # noqa: E402
 from litecomp.errors import ArgumentError  # noqa: E402
 from litecomp.torch import apply_shrink, load_numpy_state_dict, to_numpy  # noqa: E402
+from shrink_cases import KeptLayerNorm  # noqa: E402
 
 # float32 logits of ~1; the measured largest difference was below 3e-6 -> 2e-5 (7x)
 ATOL = 2e-5
@@ -152,3 +153,43 @@ def test_gqa_errors_name_the_problem():
     _, sd, cfg, _ = make("llama")
     with pytest.raises(ArgumentError, match="breaks GQA"):
         shrink.heads(sd, None, 3, config=cfg)
+
+
+def test_numpy_state_dict_carries_the_models_config():
+    """A Hugging Face model's state dict through litecomp.torch.numpy_state_dict carries
+    model.config: the family and the GQA head counts come with it, untold."""
+    from litecomp.torch import numpy_state_dict
+    m, sd, cfg, _ = make("llama")
+    msd = numpy_state_dict(m)
+    assert msd.config["num_key_value_heads"] == 2 and msd.config["model_type"] == "llama"
+    assert np.shares_memory(msd["model.embed_tokens.weight"],
+                            to_numpy(m.model.embed_tokens.weight))        # views
+    r = shrink.heads(msd, None, 4)
+    assert (r.arch.name, r.config["num_attention_heads"], r.config["num_key_value_heads"]) == \
+        ("llama", 4, 1)
+    want = shrink.heads(sd, "llama", 4, config=cfg)
+    for k in want.kept:
+        np.testing.assert_array_equal(r.kept[k], want.kept[k])
+
+
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_hidden_layernorm_families_equal_masked_with_kept_channel_norms(kind):
+    """BERT / GPT-2: the smaller model (apply_shrink: transformers has no per-tensor hidden
+    size) equals the masked one whose LayerNorms normalize over the kept channels."""
+    m, sd, cfg, cls = make(kind)
+    r = shrink.hidden(sd, None, 0.25, config=cfg)
+    assert not r.loadable and len(r.kept["hidden"]) == 24
+    ref, _, _, _ = make(kind)
+    load_numpy_state_dict(ref, r.masked(sd), strict=False)
+    for name, mod in list(ref.named_modules()):
+        if isinstance(mod, torch.nn.LayerNorm):
+            owner, _, attr = name.rpartition(".")
+            setattr(ref.get_submodule(owner), attr, KeptLayerNorm(mod, r.kept["hidden"]))
+    small, _, _, _ = make(kind)
+    apply_shrink(small, r)
+    ids = torch.randint(0, 64, (2, 7), generator=torch.Generator().manual_seed(1))
+    want = out(ref, ids)
+    if kind == "bert":       # the hidden states: the removed channels are gone
+        want = want[..., torch.as_tensor(r.kept["hidden"])]
+    assert (out(m, ids) - out(ref, ids)).abs().max() > 1e-3     # the removal matters
+    torch.testing.assert_close(out(small, ids), want, atol=ATOL, rtol=0)

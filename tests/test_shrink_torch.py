@@ -6,7 +6,6 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import litecomp  # noqa: E402
 from litecomp import lowrank, shrink  # noqa: E402
@@ -14,6 +13,7 @@ from litecomp.errors import ArgumentError  # noqa: E402
 from litecomp.torch import (DecoderLM, LowRankLinear, apply_lowrank, apply_shrink,  # noqa: E402
                             load_numpy_state_dict)
 from litecomp.torch.shrink import Attention  # noqa: E402
+from shrink_cases import KeptLayerNorm  # noqa: E402
 
 CFG = {"vocab": 1000, "d_model": 64, "heads": 4, "layers": 2, "ffn": 128}
 # float32 logits of ~1e1; the measured largest difference was 0 to 4e-6 -> 2e-5 (5x)
@@ -61,22 +61,6 @@ def test_decoder_shrunk_equals_masked(step):
     assert (orig - masked).abs().max() > 1e-2          # the removal matters
     torch.testing.assert_close(small, masked, atol=ATOL, rtol=0)
     assert shrink.count_parameters(r.state_dict) < shrink.count_parameters(sd)
-
-
-class KeptLayerNorm(nn.Module):
-    """LayerNorm over the kept channels only; removed channels output 0 (the masked model
-    of hidden-channel removal: plain LayerNorm would also average the zeros)."""
-
-    def __init__(self, ln, keep):
-        super().__init__()
-        self.ln, self.keep = ln, torch.as_tensor(keep)
-
-    def forward(self, x):
-        y = torch.zeros_like(x)
-        k = self.keep
-        y[..., k] = F.layer_norm(x[..., k], (len(k),), self.ln.weight[k], self.ln.bias[k],
-                                 self.ln.eps)
-        return y
 
 
 def test_decoder_hidden_equals_masked_with_kept_channel_norms():
@@ -168,20 +152,107 @@ def test_lowrank_linear_and_apply_lowrank():
         apply_lowrank(build(CFG, sd), sd)
 
 
-def test_activation_scores_of_decoder_heads_say_why_they_are_missing():
-    """activation_stats sees linear1 / linear2 (FFN scores work) but not out_proj, which
-    nn.MultiheadAttention applies without calling it: the error says so and what to use."""
+def _out_proj_inputs(sd, x):
+    """The reference: every attention block of the decoder rebuilt as litecomp's Attention
+    (same parameters; its forward calls out_proj as a module), a plain pre-hook on each
+    out_proj, and Wanda's sqrt(mean x^2) per input feature of what it saw."""
+    m = build(CFG, sd)
+    seen = {}
+    for i, layer in enumerate(m.transformer_decoder.layers):
+        for attr in ("self_attn", "multihead_attn"):
+            mine = Attention(64, 4, 16).eval()
+            mine.load_state_dict(getattr(layer, attr).state_dict())
+            setattr(layer, attr, mine)
+            name = f"transformer_decoder.layers.{i}.{attr}.out_proj"
+            mine.out_proj.register_forward_pre_hook(
+                lambda mod, inp, name=name: seen.setdefault(name, []).append(inp[0]))
+    run(m, x)
+    return {k: torch.cat([t.reshape(-1, 64) for t in v]).double().pow(2).mean(0).sqrt()
+            .numpy() for k, v in seen.items()}
+
+
+def test_activation_scores_of_decoder_heads_through_capture():
+    """activation_stats (litecomp.torch.capture) sees the input of every
+    nn.MultiheadAttention's out_proj -- which MultiheadAttention applies without calling the
+    module -- so heads are scored by their outputs: the per-feature statistic equals the one
+    a plain hook sees in the same model built from modules that do call out_proj, and the
+    head removed is the one whose head_dim block carries the least."""
     from litecomp.torch import activation_stats
     sd = model_sd()
-    m = DecoderLM(**CFG)
-    load_numpy_state_dict(m, sd)
-    stats = activation_stats(m, [torch.randint(0, 1000, (2, 8), generator=torch.Generator()
-                                               .manual_seed(0))])
-    assert "transformer_decoder.layers.0.self_attn.out_proj" not in stats
-    r = shrink.ffn(sd, "decoder_lm", 0.5, criterion="activation", activations=stats)
-    np.testing.assert_allclose(   # the kept units are the ones of largest mean |x| ... sum
-        np.sort(stats["transformer_decoder.layers.0.linear2"].norm)[-64:].sum(),
-        stats["transformer_decoder.layers.0.linear2"].norm[r.kept["layers.0.ffn"]].sum())
-    with pytest.raises(ArgumentError, match=r"self_attn.out_proj'.*without calling the module"
-                                            r".*criterion='l2'"):
-        shrink.heads(sd, "decoder_lm", 1, criterion="activation", activations=stats)
+    xs = [torch.randint(0, 1000, (2, 8), generator=torch.Generator().manual_seed(s))
+          for s in range(3)]
+    stats = activation_stats(build(CFG, sd), xs)
+    ref = _out_proj_inputs(sd, torch.cat(xs))
+    assert len(ref) == 4
+    for name, want in ref.items():
+        # float32 attention in two different implementations: measured 6e-7 relative
+        np.testing.assert_allclose(stats[name].norm, want, rtol=5e-6)
+        assert stats[name].count == 3 * 2 * 8
+    for attn in ("self_attn", "multihead_attn"):
+        r = shrink.heads(sd, "decoder_lm", 1, attention=attn, criterion="activation",
+                         activations=stats, config=CFG)
+        for i in range(2):
+            per_head = ref[f"transformer_decoder.layers.{i}.{attn}.out_proj"] \
+                .reshape(4, 16).sum(1)
+            low = np.sort(per_head)
+            assert low[1] - low[0] > 1e-3 * low[0]             # the choice is not a near tie
+            np.testing.assert_array_equal(r.kept[f"layers.{i}.{attn}.heads"],
+                                          np.sort(np.argsort(per_head)[1:]))
+        # and the smaller model is still the masked one
+        torch.testing.assert_close(run(build(r.config, r.state_dict), X),
+                                   run(build(CFG, r.masked(sd)), X), atol=ATOL, rtol=0)
+    r = shrink.ffn(sd, "decoder_lm", 0.5, criterion="activation", activations=stats,
+                   config=CFG)
+    st = stats["transformer_decoder.layers.0.linear2"].norm
+    np.testing.assert_array_equal(r.kept["layers.0.ffn"], np.sort(np.argsort(st)[64:]))
+    with pytest.raises(ArgumentError, match=r"no statistic for layers.0.self_attn.heads; give "
+                                            r"one for 'transformer_decoder.layers.0.self_attn"
+                                            r".out_proj'.*activation_stats"):
+        shrink.heads(sd, "decoder_lm", 1, criterion="activation", config=CFG,
+                     activations={"transformer_decoder.layers.0.linear2": st})
+
+def test_decoder_lm_config_and_numpy_state_dict():
+    """DecoderLM knows its sizes (.config); numpy_state_dict hands them to shrink, so its
+    heads shrink untold -- the same cut as with config= -- and the result loads back."""
+    from litecomp.torch import numpy_state_dict
+    m = build(CFG, model_sd())
+    assert m.config == CFG
+    msd = numpy_state_dict(m)
+    assert msd.config == CFG and type(msd).__name__ == "StateDict"
+    r = shrink.heads(msd, None, 1)
+    want = shrink.heads(dict(msd), "decoder_lm", 1, config=CFG)
+    assert r.config == want.config and r.config["heads"] == 3
+    for k in want.kept:
+        np.testing.assert_array_equal(r.kept[k], want.kept[k])
+    small = build(r.config, r.state_dict)
+    assert small.config["heads"] == 3 and small.config["head_dim"] == 16
+    assert numpy_state_dict(small).config == small.config
+    with pytest.raises(ArgumentError, match=r"'heads'.*is missing.*--config '\{\"heads\": N\}'"):
+        shrink.heads(dict(msd), None, 1)
+
+
+def test_apply_shrink_and_apply_lowrank_leave_the_model_unchanged_on_error():
+    """A result that does not fit the model raises and leaves it as it was: same modules,
+    same parameter objects, same outputs."""
+    from litecomp.shrink import ShrinkResult
+    sd = model_sd()
+    r = shrink.heads(shrink.ffn(sd, "decoder_lm", 0.5, config=CFG), None, 1)
+    bad = dict(r.state_dict)
+    del bad["fc.bias"]               # every module is rebuilt, then the load would fail
+    m = build(CFG, sd)
+    want = run(m, X)
+    before = {k: (id(v), tuple(v.shape)) for k, v in m.state_dict(keep_vars=True).items()}
+    kinds = [type(x).__name__ for x in m.modules()]
+    with pytest.raises(litecomp.errors.ShapeError, match=r"no \['fc.bias'\].*nothing was changed"):
+        apply_shrink(m, ShrinkResult(bad, r.config, r.kept, r.arch))
+    assert {k: (id(v), tuple(v.shape)) for k, v in m.state_dict(keep_vars=True).items()} == before
+    assert [type(x).__name__ for x in m.modules()] == kinds
+    assert m.transformer_decoder.layers[0].linear1.out_features == 128
+    torch.testing.assert_close(run(m, X), want, atol=0, rtol=0)
+    lr, _ = lowrank.lowrank_state_dict(sd, targets=["*linear1.weight"], rank=8)
+    lr["fc.weight"] = lr["fc.weight"][:10]
+    with pytest.raises(litecomp.errors.ShapeError, match="'fc.weight' is .*nothing was changed"):
+        apply_lowrank(m, lr)
+    assert [type(x).__name__ for x in m.modules()] == kinds
+    torch.testing.assert_close(run(m, X), want, atol=0, rtol=0)
+    assert run(apply_shrink(m, r), X).shape == want.shape     # the real one still applies

@@ -57,7 +57,8 @@ def _read_config(args):
         if os.path.isdir(args.input):
             found = [os.path.join(args.input, "config.json")]
         else:  # the name this command gives the config it writes, then the folder's
-            found = [os.path.splitext(args.input)[0] + ".config.json",
+            from ..arch import config_path
+            found = [config_path(args.input),
                      os.path.join(os.path.dirname(args.input) or ".", "config.json")]
         found = [f for f in found if os.path.exists(f)]
         if not found:
@@ -146,13 +147,11 @@ def table(before_sd, after_sd, a) -> str:
 
 
 def run(args):
-    import json
     import os
 
     from .. import arch as _arch, load, recipe, save
     from .._table import format_bytes
     from ..errors import ArgumentError
-    from ..io.atomic import atomic_write
     from ..shrink import shrink_state_dict
     cfg = _read_config(args)
     src = args.input
@@ -162,7 +161,7 @@ def run(args):
     a = _arch.get(args.arch).bind(cfg) if args.arch else _arch.detect(sd, cfg)
     if args.arch:
         a = a.bind(cfg, next((p for p in a.prefixes if any(p + m in sd for m in a.markers)),
-                             a.prefix)).complete(sd)
+                             a.prefix))
     if args.recipe:
         if any(x is not None for x in (args.ffn, args.heads, args.hidden, args.vocab_from,
                                        args.rank)):
@@ -175,19 +174,18 @@ def run(args):
            (isinstance(st, dict) and st.get("method") == "shrink_heads") for st in plan) \
             and a.attention and a.get("heads") is None:
         key = a.keys.get("heads", "heads")
-        raise ArgumentError(f"--config: how many heads {args.input}'s attention has is not "
-                            f"in a state dict; give --config '{{\"{key}\": N}}' (N: the heads "
-                            "the model was built with) or put a config.json beside it")
-    for word, value in a.assumed.items():
-        print(f"note: {word!r} is not in a state dict; {args.input} has the shapes of "
-              f"litecomp's example {a.name}, built with {word}={value}: using that (give "
-              f"--config '{{\"{word}\": N}}' if yours differs)")
+        why = (" (an nn.TransformerDecoder's state dict does not carry nhead; `litecomp demo "
+               "--out DIR` writes DIR/model.config.json beside the example model)"
+               if a.name == "decoder_lm" else "")
+        raise ArgumentError(f"--config: {key!r} is missing: how many heads {args.input}'s "
+                            f"attention has is not in a state dict{why}; give --config "
+                            f"'{{\"{key}\": N}}', N the heads the model was built with, or put "
+                            "a config.json beside it")
     res = shrink_state_dict(sd, plan, arch=a)
     out = args.output
     folder = out.endswith(os.sep) or os.path.isdir(out)
     model_path = os.path.join(out, "model.safetensors") if folder else out
-    cfg_path = args.config_out or (os.path.join(out, "config.json") if folder else
-                                   os.path.splitext(out)[0] + ".config.json")
+    cfg_path = args.config_out or _arch.config_path(out)
     if os.path.abspath(cfg_path) == os.path.abspath(os.path.join(
             os.path.dirname(os.path.abspath(src)), "config.json")) and args.config_out is None:
         raise ArgumentError(f"OUT: the new config would overwrite the input's {cfg_path!r}; "
@@ -195,8 +193,7 @@ def run(args):
     if folder:
         os.makedirs(out, exist_ok=True)
     save(res.state_dict, model_path)
-    with atomic_write(cfg_path) as f:
-        f.write((json.dumps(res.config, indent=2, sort_keys=True) + "\n").encode())
+    _arch.save_config(res.config, cfg_path)
     print(table(sd, res.state_dict, a))
     rows = getattr(res, "lowrank", None)
     if rows:
@@ -206,4 +203,8 @@ def run(args):
           f"{format_bytes(os.path.getsize(model_path))}; config: {cfg_path}"
           + ("" if res.loadable else " (per-layer sizes: load with "
              "litecomp.torch.apply_shrink)"))
+    key = a.keys.get("heads")
+    if a.attention and key and res.arch.get("heads") is None:
+        print(f"note: {cfg_path} has no {key!r}: {args.input}'s head count was not given "
+              f"(--config '{{\"{key}\": N}}'); add it before building the model from it")
     return 0

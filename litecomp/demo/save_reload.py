@@ -1,5 +1,6 @@
 """The demo's save/reload step: the model written as torch .pth and .safetensors, read
-back (memory-mapped), and checked bit for bit."""
+back (memory-mapped), and checked bit for bit; its config (the head count no tensor shows)
+beside them as model.config.json, which ``litecomp shrink`` reads."""
 
 import os
 import time
@@ -23,6 +24,7 @@ def identical(a, b) -> bool:
 
 def run(ctx) -> str:
     """Save the model as .pth (torch format) and .safetensors, reload, verify."""
+    from ..arch import config_of, config_path, save_config
     from ..io import load, save
     sd = ctx.state_dict
     rows, parts = [], []
@@ -45,4 +47,7 @@ def run(ctx) -> str:
         ctx.data["pth" if fmt == "torch" else fmt] = path
     print(render_table(["file", "format", "size", "save", "load (mmap)", "check"], rows,
                        align=["<", "<", ">", ">", ">", "<"]))
+    cfg = config_of(sd)
+    if cfg is not None:  # the sizes no tensor shows (the head count), for litecomp shrink
+        print(f"config (the sizes, heads included): {save_config(cfg, config_path(path))}")
     return ", ".join(parts) + "; reloaded bit-identical"

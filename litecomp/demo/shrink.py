@@ -15,6 +15,7 @@ NAME = "shrink"
 def run(ctx) -> str:
     """Count token ids of a corpus, keep the 8,192 most frequent rows of embed and fc."""
     from .. import save, shrink
+    from ..arch import config_path, save_config
     sd = ctx.state_dict
     vocab = sd["embed.weight"].shape[0]
     keep = min(8192, vocab // 4)
@@ -30,6 +31,7 @@ def run(ctx) -> str:
     t_cut = time.perf_counter() - t
     path = ctx.path("model_vocab_shrunk.safetensors")
     save(r.state_dict, path)
+    save_config(r.config, config_path(path))
     before, after = shrink.count_parameters(sd), shrink.count_parameters(r.state_dict)
     used = int(np.count_nonzero(counts))
     print(f"token_counts over {sum(c.size for c in corpus):,} ids: {used:,} of {vocab:,} ids "

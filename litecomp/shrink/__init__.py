@@ -75,6 +75,9 @@ def _inputs(state_dict, arch, config=None):
     """(state dict, bound arch) from a state dict or a previous ShrinkResult (whose ``kept``
     the next step carries on)."""
     prior = state_dict.kept if isinstance(state_dict, ShrinkResult) else {}
+    bound = isinstance(arch, _arch.Arch) and arch.config is not None
+    if config is None and not bound and not isinstance(state_dict, ShrinkResult):
+        config = _arch.config_of(state_dict)      # a StateDict's own (litecomp's examples)
     if isinstance(state_dict, ShrinkResult):
         arch = state_dict.arch if arch is None else arch
         state_dict = state_dict.state_dict
@@ -86,8 +89,7 @@ def _inputs(state_dict, arch, config=None):
     else:
         a = _arch.get(arch)
         if config is not None or a.config is None:
-            a = a.bind(config if config is not None else a.config,
-                       _prefix(a, state_dict)).complete(state_dict)
+            a = a.bind(config if config is not None else a.config, _prefix(a, state_dict))
     return state_dict, a, prior
 
 
@@ -341,9 +343,11 @@ def heads(state_dict, arch=None, amount=0.25, *, criterion="l2", granularity="la
         info = before["attention"][attn.name]
         if info["heads"] is None:
             key = a.keys.get("heads") or a.keys.get(attn.heads_key, attn.heads_key)
-            raise ArgumentError(f"config: the head count of {a.name}'s {attn.name} is not in "
-                                f"a state dict; give config={{{key!r}: N}}, N the number of "
-                                "heads the model was built with")
+            raise ArgumentError(
+                f"config: {key!r}, the head count of {a.name}'s {attn.name}, is missing: no "
+                "tensor shows it (an nn.TransformerDecoder's state dict does not carry nhead); "
+                f"give config={{{key!r}: N}} (command line: --config '{{\"{key}\": N}}'), N "
+                "the number of heads the model was built with")
         mods = [f"{a.layer_prefix(i)}.{attn.name}" for i in range(n)]
         if targets is None and not ignore:
             chosen = list(range(n))

@@ -156,13 +156,11 @@ def unit_scores(state_dict, group, criterion, *, grads=None, activations=None, c
             used += 1
         if not used:
             need = sorted({p.name.rsplit(".", 1)[0] for p in group.parts if p.consume})
-            why = ""
-            if all(k.endswith(".out_proj") for k in need):
-                why = (" (nn.MultiheadAttention applies out_proj without calling the module, "
-                       "so forward hooks such as litecomp.torch.activation_stats never see its "
-                       "input; score these heads with criterion='l2', 'l1' or 'taylor')")
             raise ArgumentError(f"activations: no statistic for {group.name}; give one for "
-                                f"{' or '.join(repr(k) for k in need)}{why}")
+                                f"{' or '.join(repr(k) for k in need)} (its input features: "
+                                "litecomp.torch.activation_stats(model, batches) collects "
+                                "them for every Linear, a MultiheadAttention's out_proj "
+                                "included)")
         return acc / used
     acc = np.zeros(n)
     for p in group.parts:

@@ -2,7 +2,8 @@
 litecomp does.
 
 - ``DecoderLM``: the torch twin of ``litecomp.examples.decoder_lm`` (same names and shapes).
-- ``to_numpy`` / ``from_numpy``: zero-copy conversion of CPU tensors, bfloat16 included.
+- ``to_numpy`` / ``from_numpy``: zero-copy conversion of CPU tensors, bfloat16 included;
+  ``numpy_state_dict(module)`` (with the module's config) / ``load_numpy_state_dict``.
 - distillation: ``DistillationLoss`` (logits), ``FusedLinearDistillationLoss`` (hidden
   states + lm_head, no logits), ``FeatureDistillation`` (chosen layers), ``distill_step``.
 """
@@ -81,6 +82,11 @@ class DecoderLM(nn.Module):
     def __init__(self, vocab=98631, d_model=512, heads=8, layers=6, ffn=2048, *,
                  head_dim=None, cross_heads=None):
         super().__init__()
+        #: the sizes this model was built with (its keyword arguments), heads included
+        self.config = {"vocab": vocab, "d_model": d_model, "heads": heads, "layers": layers,
+                       "ffn": ffn}
+        self.config.update({k: v for k, v in (("head_dim", head_dim),
+                                              ("cross_heads", cross_heads)) if v is not None})
         self.embed = nn.Embedding(vocab, d_model)
         self.positional_encoding = nn.Parameter(torch.zeros(d_model))
         per_layer = isinstance(heads, (list, tuple)) or isinstance(ffn, (list, tuple)) or \
@@ -103,6 +109,19 @@ class DecoderLM(nn.Module):
         h = self.transformer_decoder(h, h, tgt_mask=mask, memory_mask=mask,
                                      tgt_is_causal=True, memory_is_causal=True)
         return self.fc(h)
+
+
+def numpy_state_dict(module: "nn.Module"):
+    """``module.state_dict()`` as NumPy arrays (views, no copy: ``to_numpy``), in a
+    ``litecomp.arch.StateDict`` carrying the module's config -- a ``DecoderLM``'s sizes, a
+    Hugging Face model's ``config.to_dict()`` -- so ``litecomp.shrink`` knows the head count
+    without being told."""
+    from ..arch import StateDict
+    cfg = getattr(module, "config", None)
+    if cfg is not None and not isinstance(cfg, dict) and hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    return StateDict(((k, to_numpy(v)) for k, v in module.state_dict().items()),
+                     config=cfg if isinstance(cfg, dict) else None)
 
 
 def load_numpy_state_dict(module: "nn.Module", state_dict, strict=True):

@@ -111,6 +111,52 @@ def _fix_module(mod, eps=None):
         mod.eps = eps
 
 
+class _Undo:
+    """Puts a model's structure back when rebuilding it fails: a shallow copy of every
+    module's attributes (parameters, buffers, submodules, sizes) and of its config, taken
+    before anything changes -- no tensor is copied.  Values are written only by the final
+    strict load, once every name and shape has been checked (``_check_loadable``)."""
+
+    def __init__(self, model):
+        self.saved = [(m, dict(m.__dict__), dict(m._parameters), dict(m._buffers),
+                       dict(m._modules)) for m in model.modules()]
+        cfg = getattr(model, "config", None)
+        self.cfg = (cfg, dict(vars(cfg))) if hasattr(cfg, "__dict__") else None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            return False
+        for m, attrs, params, buffers, modules in self.saved:
+            m.__dict__.clear()
+            m.__dict__.update(attrs, _parameters=params, _buffers=buffers, _modules=modules)
+        if self.cfg is not None:
+            vars(self.cfg[0]).clear()
+            vars(self.cfg[0]).update(self.cfg[1])
+        return False
+
+
+def _check_loadable(model, state_dict):
+    """The strict load will take ``state_dict``: the same names and shapes (else ShapeError,
+    before any value is written)."""
+    own = model.state_dict(keep_vars=True)
+    missing = [k for k in own if k not in state_dict]
+    if missing:
+        raise ShapeError(f"result: the state dict has no {missing[:3]}, which the model "
+                         f"({type(model).__name__}) has; nothing was changed")
+    extra = [k for k in state_dict if k not in own]
+    if extra:
+        raise ShapeError(f"result: {extra[:3]} are not tensors of the model "
+                         f"({type(model).__name__}); nothing was changed")
+    bad = [k for k, v in state_dict.items() if tuple(own[k].shape) != tuple(v.shape)]
+    if bad:
+        k = bad[0]
+        raise ShapeError(f"result: {k!r} is {tuple(state_dict[k].shape)} but the rebuilt "
+                         f"model's is {tuple(own[k].shape)}; nothing was changed")
+
+
 def apply_shrink(model: nn.Module, result, *, load=True) -> nn.Module:
     """Rebuild ``model``'s modules at ``result``'s sizes, in place, and (``load``) load the
     smaller state dict with ``strict=True``.  For models whose class cannot take the new sizes
@@ -120,6 +166,16 @@ def apply_shrink(model: nn.Module, result, *, load=True) -> nn.Module:
     norm / Conv1D size attributes follow, attention modules get their new head counts, and an
     ``nn.MultiheadAttention`` that can no longer hold its heads becomes ``Attention``.
     """
+    with _Undo(model):
+        _rebuild(model, result)
+        _check_loadable(model, result.state_dict)
+    if load:
+        from . import load_numpy_state_dict
+        load_numpy_state_dict(model, result.state_dict, strict=True)
+    return model
+
+
+def _rebuild(model, result):
     sd = result.state_dict
     a = result.arch
     own = model.state_dict(keep_vars=True)
@@ -201,10 +257,7 @@ def apply_shrink(model: nn.Module, result, *, load=True) -> nn.Module:
                     setattr(cfg, k2, v)
                 except (AttributeError, TypeError, ValueError):
                     pass
-    if load:
-        from . import load_numpy_state_dict
-        load_numpy_state_dict(model, sd, strict=True)
-    return model
+
 
 
 # ------------------------------------------------------------------ low rank
@@ -247,7 +300,7 @@ def apply_lowrank(model: nn.Module, state_dict, *, load=True) -> nn.Module:
     """Swap every ``nn.Linear`` that ``state_dict`` (from ``litecomp.lowrank.
     lowrank_state_dict``) holds as ``<name>.first.weight`` / ``<name>.second.weight`` for a
     ``LowRankLinear`` of that rank, then (``load``) load the state dict strictly."""
-    swapped = 0
+    swaps = []
     for name, mod in list(model.named_modules()):
         key = f"{name}.first.weight"
         if key not in state_dict:
@@ -256,13 +309,16 @@ def apply_lowrank(model: nn.Module, state_dict, *, load=True) -> nn.Module:
             raise ArgumentError(f"state_dict: {key!r} factorizes {name!r}, which is a "
                                 f"{type(mod).__name__}, not an nn.Linear")
         r = state_dict[key].shape[0]
-        new = LowRankLinear(mod.in_features, mod.out_features, r, bias=mod.bias is not None)
-        owner, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(owner) if owner else model, attr, new)
-        swapped += 1
-    if not swapped:
+        swaps.append((name, LowRankLinear(mod.in_features, mod.out_features, r,
+                                          bias=mod.bias is not None)))
+    if not swaps:
         raise ArgumentError("state_dict: factorizes no nn.Linear of the model (no "
                             "'<name>.first.weight')")
+    with _Undo(model):
+        for name, new in swaps:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner) if owner else model, attr, new)
+        _check_loadable(model, state_dict)
     if load:
         from . import load_numpy_state_dict
         load_numpy_state_dict(model, state_dict, strict=True)
