@@ -13,7 +13,13 @@ gets ``quick`` (tiny sizes for CI) and returns a ``Run``:
 ``bytes`` is what the litecomp call must move through memory at least (bytes read plus
 bytes written); the roofline fraction is bytes / time / measured bandwidth.  An anchor that
 cannot be imported is given as ``anchor=("torch ...", None)`` or with ``missing(...)`` and
-shows as missing in the table, never silently dropped.
+shows as missing in the table, never silently dropped (and never replaced by something
+else).
+
+Every case whose anchor runs says how the two results are compared: ``check=`` (a function
+of both outputs that raises when litecomp and the anchor did not compute the same thing),
+or ``yardstick=`` (why the anchor is a speed reference that computes something else, e.g.
+a memory copy of the same bytes; printed in the notes).  A case with neither is an error.
 """
 
 import gc
@@ -36,6 +42,7 @@ class Run:
     missing_reason: str = ""
     notes: str = ""
     check: Optional[Callable[[object, object], None]] = None  # (litecomp_out, anchor_out)
+    yardstick: str = ""  # why the anchor computes something else (then no check)
 
 
 @dataclass
@@ -170,6 +177,9 @@ def run_case(c: Case, quick: bool, bandwidth: float, threads: int) -> Result:
     else:
         anchor_name, anchor_fn = anchor
     if anchor_fn is not None:
+        if run.check is None and not run.yardstick:
+            raise ValueError(f"{c.name}: a case with an anchor needs check= (both sides "
+                             "computed the same thing) or yardstick= (why not)")
         _set_torch_threads(threads)
     # The first call of each side is the warm-up; it also gives the peak memory and the
     # output the check compares, so a slow anchor runs 1 + repeats times, not more.
@@ -184,9 +194,13 @@ def run_case(c: Case, quick: bool, bandwidth: float, threads: int) -> Result:
         del aout
     del lout
     roof = (run.bytes / lt / bandwidth) if run.bytes else None
+    notes = run.notes
+    if run.yardstick and anchor_fn is not None:
+        notes = f"{notes}; " if notes else ""
+        notes += f"anchor is a yardstick, not the same computation: {run.yardstick}"
     return Result(case=c.name, group=c.group, litecomp_s=lt, anchor=anchor_name,
                   anchor_s=at, ratio=(at / lt) if at is not None else None, roofline=roof,
-                  litecomp_peak=lp, anchor_peak=ap, notes=run.notes,
+                  litecomp_peak=lp, anchor_peak=ap, notes=notes,
                   missing="" if anchor_fn is not None else (reason or "missing"))
 
 

@@ -1,5 +1,6 @@
 /* gguf.c: GGUF / ggml block formats -- Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 quantize and dequantize,
- * Q4_K and Q6_K dequantize and quantize.
+ * the dispatch over every format (the K-quants Q2_K..Q6_K live in gguf_k.c), and the Python
+ * entry points.
  *
  * Each format is one struct with a static size check and one plain scalar `*_ref` function
  * pair that is its definition, written to give the same bytes as ggml-quants.c and the
@@ -141,240 +142,6 @@ static void dequantize_q5_1_ref(const block_q5_1 *b, float *y) {
         int q1 = (b->qs[j] >> 4) | (int)((qh >> (j + QK / 2)) & 1u) << 4;
         y[j] = d * (float)q0 + m;
         y[j + QK / 2] = d * (float)q1 + m;
-    }
-}
-
-/* ------------------------------------------------------------------ Q4_K */
-/* Scales/mins of sub-block j: bytes 0-3 hold sc[0..3] (low 6 bits) and the top 2 bits of
- * sc[4..7]; bytes 4-7 the same for mins; bytes 8-11 the low 4 bits of sc[4..7] (low nibble)
- * and mins[4..7] (high nibble). */
-static inline void get_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *m) {
-    if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
-    } else {
-        *sc = (uint8_t)((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4));
-        *m = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
-    }
-}
-
-static void dequantize_q4_K_ref(const block_q4_K *b, float *y) {
-    float d = h2f(b->d), dmin = h2f(b->dmin);
-    for (int j = 0; j < 8; j++) {
-        uint8_t sc, m;
-        get_scale_min(j, b->scales, &sc, &m);
-        float dl = d * (float)sc, ml = dmin * (float)m;
-        const uint8_t *q = b->qs + 32 * (j / 2);
-        int shift = 4 * (j % 2);
-        for (int l = 0; l < 32; l++) y[32 * j + l] = dl * (float)((q[l] >> shift) & 0x0f) - ml;
-    }
-}
-
-/* llama.cpp make_qkx2_quants: asymmetric 4-bit fit of a sub-block with weights, searching
- * the scale over nstep candidate ranges (rmin -1, rdelta 0.1, 20 steps), mins >= 0 form. */
-static float make_qkx2_quants(int n, int nmax, const float *x, const float *weights, uint8_t *L,
-                              float *the_min, uint8_t *Laux) {
-    const float rmin = -1.0f, rdelta = 0.1f;
-    const int nstep = 20;
-    float min = x[0], max = x[0], sum_w = weights[0], sum_x = sum_w * x[0];
-    for (int i = 1; i < n; i++) {
-        if (x[i] < min) min = x[i];
-        if (x[i] > max) max = x[i];
-        float w = weights[i];
-        sum_w += w;
-        sum_x += w * x[i];
-    }
-    if (min > 0) min = 0;
-    if (max == min) {
-        for (int i = 0; i < n; i++) L[i] = 0;
-        *the_min = -min;
-        return 0.0f;
-    }
-    float iscale = nmax / (max - min), scale = 1 / iscale, best_mad = 0;
-    for (int i = 0; i < n; i++) {
-        int l = (int)nearbyintf(iscale * (x[i] - min));
-        L[i] = (uint8_t)(l < 0 ? 0 : l > nmax ? nmax : l);
-        float diff = scale * L[i] + min - x[i];
-        diff = diff * diff;
-        best_mad += weights[i] * diff;
-    }
-    for (int is = 0; is <= nstep; is++) {
-        iscale = (rmin + rdelta * is + nmax) / (max - min);
-        float sum_l = 0, sum_l2 = 0, sum_xl = 0;
-        for (int i = 0; i < n; i++) {
-            int l = (int)nearbyintf(iscale * (x[i] - min));
-            l = l < 0 ? 0 : l > nmax ? nmax : l;
-            Laux[i] = (uint8_t)l;
-            float w = weights[i];
-            sum_l += w * l;
-            sum_l2 += w * l * l;
-            sum_xl += w * l * x[i];
-        }
-        float D = sum_w * sum_l2 - sum_l * sum_l;
-        if (D > 0) {
-            float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
-            float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
-            if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; }
-            float mad = 0;
-            for (int i = 0; i < n; i++) {
-                float diff = this_scale * Laux[i] + this_min - x[i];
-                diff = diff * diff;
-                mad += weights[i] * diff;
-            }
-            if (mad < best_mad) {
-                for (int i = 0; i < n; i++) L[i] = Laux[i];
-                best_mad = mad;
-                scale = this_scale;
-                min = this_min;
-            }
-        }
-    }
-    *the_min = -min;
-    return scale;
-}
-
-/* llama.cpp quantize_row_q4_K_ref. */
-static void quantize_q4_K_ref(const float *x, block_q4_K *b) {
-    uint8_t L[QK_K], Laux[32];
-    float weights[32], mins[8], scales[8];
-    float max_scale = 0, max_min = 0;
-    for (int j = 0; j < 8; j++) {
-        float sum_x2 = 0;
-        for (int l = 0; l < 32; l++) sum_x2 += x[32 * j + l] * x[32 * j + l];
-        float av_x = sqrtf(sum_x2 / 32);
-        for (int l = 0; l < 32; l++) weights[l] = av_x + fabsf(x[32 * j + l]);
-        scales[j] = make_qkx2_quants(32, 15, x + 32 * j, weights, L + 32 * j, &mins[j], Laux);
-        if (scales[j] > max_scale) max_scale = scales[j];
-        if (mins[j] > max_min) max_min = mins[j];
-    }
-    float inv_scale = max_scale > 0 ? 63.0f / max_scale : 0.0f;
-    float inv_min = max_min > 0 ? 63.0f / max_min : 0.0f;
-    memset(b->scales, 0, sizeof b->scales);
-    for (int j = 0; j < 8; j++) {
-        int ls = (int)nearbyintf(inv_scale * scales[j]), lm = (int)nearbyintf(inv_min * mins[j]);
-        uint8_t sc = (uint8_t)(ls > 63 ? 63 : ls), m = (uint8_t)(lm > 63 ? 63 : lm);
-        if (j < 4) {
-            b->scales[j] = sc;
-            b->scales[j + 4] = m;
-        } else {
-            b->scales[j + 4] = (uint8_t)((sc & 0xf) | ((m & 0xf) << 4));
-            b->scales[j - 4] |= (uint8_t)((sc >> 4) << 6);
-            b->scales[j] |= (uint8_t)((m >> 4) << 6);
-        }
-    }
-    b->d = f2h(max_scale / 63.0f);
-    b->dmin = f2h(max_min / 63.0f);
-    for (int j = 0; j < 8; j++) {
-        uint8_t sc, m;
-        get_scale_min(j, b->scales, &sc, &m);
-        float d = h2f(b->d) * sc;
-        if (!d) continue;
-        float dm = h2f(b->dmin) * m;
-        for (int ii = 0; ii < 32; ii++) {
-            int l = (int)nearbyintf((x[32 * j + ii] + dm) / d);
-            L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : l > 15 ? 15 : l);
-        }
-    }
-    for (int j = 0; j < QK_K; j += 64)
-        for (int l = 0; l < 32; l++) b->qs[j / 2 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4));
-}
-
-/* ------------------------------------------------------------------ Q6_K */
-static void dequantize_q6_K_ref(const block_q6_K *b, float *y) {
-    float d = h2f(b->d);
-    for (int e = 0; e < QK_K; e++) {
-        int h = e / 128, r = e % 128;
-        int lo = (b->ql[h * 64 + r % 64] >> (4 * (r / 64))) & 0x0f;
-        int hi = (b->qh[h * 32 + r % 32] >> (2 * (r / 32))) & 0x03;
-        float dl = d * (float)b->scales[e / 16];
-        y[e] = dl * (float)((lo | (hi << 4)) - 32);
-    }
-}
-
-/* llama.cpp make_qx_quants (rmse_type 1): symmetric fit with weights x^2, 9 candidate scales. */
-static float make_qx_quants(int n, int nmax, const float *x, int8_t *L) {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < 1e-15f) { /* GROUP_MAX_EPS */
-        for (int i = 0; i < n; i++) L[i] = 0;
-        return 0.0f;
-    }
-    float iscale = -nmax / max;
-    float sumlx = 0, suml2 = 0;
-    for (int i = 0; i < n; i++) {
-        int l = (int)nearbyintf(iscale * x[i]);
-        l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
-        L[i] = (int8_t)(l + nmax);
-        float w = x[i] * x[i];
-        sumlx += w * x[i] * l;
-        suml2 += w * l * l;
-    }
-    float scale = suml2 ? sumlx / suml2 : 0.0f;
-    float best = scale * sumlx;
-    for (int is = -9; is <= 9; is++) {
-        if (is == 0) continue;
-        iscale = -(nmax + 0.1f * is) / max;
-        sumlx = suml2 = 0;
-        for (int i = 0; i < n; i++) {
-            int l = (int)nearbyintf(iscale * x[i]);
-            l = l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l;
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l;
-            suml2 += w * l * l;
-        }
-        if (suml2 > 0 && sumlx * sumlx > best * suml2) {
-            for (int i = 0; i < n; i++) {
-                int l = (int)nearbyintf(iscale * x[i]);
-                L[i] = (int8_t)(nmax + (l < -nmax ? -nmax : l > nmax - 1 ? nmax - 1 : l));
-            }
-            scale = sumlx / suml2;
-            best = scale * sumlx;
-        }
-    }
-    return scale;
-}
-
-/* llama.cpp quantize_row_q6_K_ref. */
-static void quantize_q6_K_ref(const float *x, block_q6_K *b) {
-    int8_t L[QK_K];
-    float scales[QK_K / 16];
-    float max_scale = 0, max_abs_scale = 0;
-    for (int ib = 0; ib < QK_K / 16; ib++) {
-        float scale = make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
-        scales[ib] = scale;
-        float abs_scale = fabsf(scale);
-        if (abs_scale > max_abs_scale) { max_abs_scale = abs_scale; max_scale = scale; }
-    }
-    memset(b, 0, sizeof *b);
-    if (max_abs_scale < 1e-15f) return; /* all zero: d = 0 and zero codes (ql/qh of 0 -> -32 * 0) */
-    float iscale = -128.0f / max_scale;
-    b->d = f2h(1 / iscale);
-    for (int ib = 0; ib < QK_K / 16; ib++) {
-        int s = (int)nearbyintf(iscale * scales[ib]);
-        b->scales[ib] = (int8_t)(s > 127 ? 127 : s);
-    }
-    for (int j = 0; j < QK_K / 16; j++) {
-        float d = h2f(b->d) * b->scales[j];
-        if (!d) continue;
-        for (int ii = 0; ii < 16; ii++) {
-            int l = (int)nearbyintf(x[16 * j + ii] / d);
-            l = l < -32 ? -32 : l > 31 ? 31 : l;
-            L[16 * j + ii] = (int8_t)(l + 32);
-        }
-    }
-    for (int j = 0; j < QK_K; j += 128) {
-        uint8_t *ql = b->ql + j / 2, *qh = b->qh + j / 4;
-        for (int l = 0; l < 32; l++) {
-            uint8_t q1 = (uint8_t)(L[j + l] & 0xf), q2 = (uint8_t)(L[j + l + 32] & 0xf);
-            uint8_t q3 = (uint8_t)(L[j + l + 64] & 0xf), q4 = (uint8_t)(L[j + l + 96] & 0xf);
-            ql[l] = (uint8_t)(q1 | (q3 << 4));
-            ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
-            qh[l] = (uint8_t)((L[j + l] >> 4) | ((L[j + l + 32] >> 4) << 2) |
-                              ((L[j + l + 64] >> 4) << 4) | ((L[j + l + 96] >> 4) << 6));
-        }
     }
 }
 
@@ -576,12 +343,19 @@ LC_TARGET_AVX2 static int quantize_q4_0_avx2(const float *x, void *out) {
 #define AVX2_q8_0 NULL
 #define AVX2_q4_0 NULL
 #endif
-#define AVX512_q4_K NULL
-#define AVX512_q6_K NULL
 #define AVX2_q4_1 NULL
 #define AVX2_q5_0 NULL
 #define AVX2_q5_1 NULL
+/* the K-quants' SIMD is inside lc_kquant_quantize */
+#define AVX512_q2_K NULL
+#define AVX512_q3_K NULL
+#define AVX512_q4_K NULL
+#define AVX512_q5_K NULL
+#define AVX512_q6_K NULL
+#define AVX2_q2_K NULL
+#define AVX2_q3_K NULL
 #define AVX2_q4_K NULL
+#define AVX2_q5_K NULL
 #define AVX2_q6_K NULL
 
 /* ------------------------------------------------------------------ dispatch */
@@ -589,16 +363,28 @@ typedef struct {
     int type;
     const char *name;
     int block, bytes;
-    void (*quantize)(const float *, void *);
+    void (*quantize)(const float *, void *);       /* the legacy formats; NULL for K-quants */
+    int kquant;                                    /* 1: lc_kquant_quantize */
     void (*dequantize)(const void *, float *);
     int (*quantize_avx512)(const float *, void *); /* optional, f32 input, 0 = non-finite */
     int (*quantize_avx2)(const float *, void *);   /* optional, likewise */
 } gguf_format;
 
-/* One entry per row of LC_GGUF_TYPES (gguf.h). */
+/* One entry per row of LC_GGUF_TYPES (gguf.h); the K-quants quantize through
+ * lc_kquant_quantize and dequantize with gguf_k.c's lc_dequantize_*. */
+#define quantize_q2_K_ref NULL
+#define quantize_q3_K_ref NULL
+#define quantize_q4_K_ref NULL
+#define quantize_q5_K_ref NULL
+#define quantize_q6_K_ref NULL
+#define dequantize_q2_K_ref lc_dequantize_q2_K
+#define dequantize_q3_K_ref lc_dequantize_q3_K
+#define dequantize_q4_K_ref lc_dequantize_q4_K
+#define dequantize_q5_K_ref lc_dequantize_q5_K
+#define dequantize_q6_K_ref lc_dequantize_q6_K
 #define FMT(NAME, id, s, blk)                                                            \
     {id, #NAME, blk, (int)sizeof(block_##s), (void (*)(const float *, void *))quantize_##s##_ref, \
-     (void (*)(const void *, float *))dequantize_##s##_ref, AVX512_##s, AVX2_##s},
+     (blk) == QK_K, (void (*)(const void *, float *))dequantize_##s##_ref, AVX512_##s, AVX2_##s},
 static const gguf_format formats[] = {LC_GGUF_TYPES(FMT)};
 #undef FMT
 
@@ -610,28 +396,59 @@ static const gguf_format *find_format(int type) {
 
 #define TASK_BLOCKS 256 /* blocks per parallel task */
 
-static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const gguf_format *f,
-                               uint8_t *out) {
-    int64_t ntasks = lc_nblocks(nblocks, TASK_BLOCKS);
+static int all_finite(const float *x, int64_t n) {
+    int ok = 1;
+    for (int64_t j = 0; j < n; j++) ok &= fabsf(x[j]) < INFINITY;
+    return ok;
+}
+
+/* K-quants in runs of up to LC_KQ_RUN blocks (their SIMD fits want 16 groups at a time).
+ * qw: importance weights of one row (row_blocks blocks long) or NULL; block b uses the
+ * weights of its place in its row. */
+static int kquant_task(const void *x, int code, int64_t b0, int64_t b1, const gguf_format *f,
+                       const float *qw, int64_t row_blocks, uint8_t *out, int simd) {
+    float buf[LC_KQ_RUN * QK_K];
+    const float *w[LC_KQ_RUN];
     int bad = 0;
+    for (int64_t b = b0; b < b1; b += LC_KQ_RUN) {
+        int64_t nb = b1 - b < LC_KQ_RUN ? b1 - b : LC_KQ_RUN;
+        const float *src;
+        if (code == LC_F32) src = (const float *)x + b * QK_K;
+        else { lc_to_f32(x, code, b * QK_K, nb * QK_K, buf); src = buf; }
+        if (!all_finite(src, nb * QK_K)) { bad = 1; continue; } /* the call fails */
+        for (int64_t i = 0; i < nb; i++) w[i] = qw ? qw + ((b + i) % row_blocks) * QK_K : NULL;
+        lc_kquant_quantize(f->type, src, nb, w, out + b * f->bytes, simd);
+    }
+    return bad;
+}
+
+static lc_status gguf_quantize(const void *x, int code, int64_t nblocks, const gguf_format *f,
+                               const float *qw, int64_t row_blocks, uint8_t *out) {
+    int64_t ntasks = lc_nblocks(nblocks, TASK_BLOCKS);
+    int bad = 0, level = lc_simd();
     int (*simd)(const float *, void *) = NULL;
-    if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX512) simd = f->quantize_avx512;
-    else if (code == LC_F32 && lc_simd() >= LC_SIMD_AVX2) simd = f->quantize_avx2;
-    LC_OMP(parallel for num_threads(lc_threads_for(nblocks * f->block)) schedule(dynamic, 16) reduction(|:bad))
+    if (code == LC_F32 && level >= LC_SIMD_AVX512) simd = f->quantize_avx512;
+    else if (code == LC_F32 && level >= LC_SIMD_AVX2) simd = f->quantize_avx2;
+    /* a K-quant block is ~100x the work of a legacy one: parallel from fewer blocks */
+    int64_t work = nblocks * f->block * (f->kquant ? 100 : 1);
+    (void)work; /* unused in a serial build */
+    LC_OMP(parallel for num_threads(lc_threads_for(work)) schedule(dynamic, 1) reduction(|:bad))
     for (int64_t t = 0; t < ntasks; t++) {
-        float buf[QK_K];
-        int64_t b1 = (t + 1) * TASK_BLOCKS < nblocks ? (t + 1) * TASK_BLOCKS : nblocks;
-        if (simd) {
-            for (int64_t b = t * TASK_BLOCKS; b < b1; b++)
+        float buf[QK];
+        int64_t b0 = t * TASK_BLOCKS, b1 = b0 + TASK_BLOCKS < nblocks ? b0 + TASK_BLOCKS : nblocks;
+        if (f->kquant) {
+            bad |= kquant_task(x, code, b0, b1, f, qw, row_blocks, out, level);
+        } else if (simd) {
+            for (int64_t b = b0; b < b1; b++)
                 bad |= !simd((const float *)x + b * f->block, out + b * f->bytes);
-            continue;
-        }
-        for (int64_t b = t * TASK_BLOCKS; b < b1; b++) {
-            const float *src;
-            if (code == LC_F32) src = (const float *)x + b * f->block;
-            else { lc_to_f32(x, code, b * f->block, f->block, buf); src = buf; }
-            for (int j = 0; j < f->block; j++) bad |= !(fabsf(src[j]) < INFINITY);
-            f->quantize(src, out + b * f->bytes);
+        } else {
+            for (int64_t b = b0; b < b1; b++) {
+                const float *src;
+                if (code == LC_F32) src = (const float *)x + b * f->block;
+                else { lc_to_f32(x, code, b * f->block, f->block, buf); src = buf; }
+                bad |= !all_finite(src, f->block);
+                f->quantize(src, out + b * f->bytes);
+            }
         }
     }
     return bad ? LC_ERR_NONFINITE : LC_OK;
@@ -657,8 +474,10 @@ static const gguf_format *format_arg(int type) {
 static PyObject *py_gguf_quantize(PyObject *self, PyObject *args) {
     (void)self;
     PyArrayObject *x, *out;
+    PyObject *qw_obj = Py_None;
     int code, type;
-    if (!PyArg_ParseTuple(args, "O!iiO!", &PyArray_Type, &x, &code, &type, &PyArray_Type, &out))
+    if (!PyArg_ParseTuple(args, "O!iiO!|O", &PyArray_Type, &x, &code, &type, &PyArray_Type,
+                          &out, &qw_obj))
         return NULL;
     const gguf_format *f = format_arg(type);
     if (!f || lc_check_array(x, "x", code, 0) < 0 || lc_check_array(out, "out", LC_U8, 1) < 0)
@@ -670,11 +489,25 @@ static PyObject *py_gguf_quantize(PyObject *self, PyObject *args) {
                      "%lld bytes", (long long)n, f->block, (long long)(nb * f->bytes));
         return NULL;
     }
+    const float *qw = NULL;
+    int64_t row_blocks = 1;
+    PyArrayObject *qa;
+    if (lc_arg_optional_array(qw_obj, "imatrix", LC_F32, 0, &qa) < 0) return NULL;
+    if (qa) {
+        int64_t row = PyArray_NDIM(x) ? PyArray_DIM(x, PyArray_NDIM(x) - 1) : 1;
+        if (!f->kquant || PyArray_SIZE(qa) != row || row % f->block) {
+            PyErr_Format(lc_ShapeError, "imatrix: expected %lld float32 weights (one per "
+                         "column of x) for a K-quant format", (long long)row);
+            return NULL;
+        }
+        qw = PyArray_DATA(qa);
+        row_blocks = row / f->block;
+    }
     const void *p = PyArray_DATA(x);
     uint8_t *o = PyArray_DATA(out);
     lc_status st;
     LC_NOGIL_BEGIN
-    st = gguf_quantize(p, code, nb, f, o);
+    st = gguf_quantize(p, code, nb, f, qw, row_blocks, o);
     LC_NOGIL_END
     if (st != LC_OK) return lc_raise_status(st, "x");
     Py_RETURN_NONE;
@@ -718,7 +551,7 @@ static PyObject *py_gguf_formats(PyObject *self, PyObject *noargs) {
 
 static PyMethodDef methods[] = {
     {"gguf_quantize", py_gguf_quantize, METH_VARARGS,
-     "gguf_quantize(x, code, type, out): ggml blocks of a float array."},
+     "gguf_quantize(x, code, type, out[, imatrix]): ggml blocks of a float array."},
     {"gguf_dequantize", py_gguf_dequantize, METH_VARARGS,
      "gguf_dequantize(data, type, out): float32 values of ggml blocks."},
     {"gguf_formats", py_gguf_formats, METH_NOARGS,

@@ -27,6 +27,7 @@ from . import io  # noqa: E402
 from .io import load, save, open  # noqa: E402,A004 - litecomp.open; builtins.open untouched
 from . import quant  # noqa: E402
 from . import calib  # noqa: E402
+from . import export, compress  # noqa: E402
 
 __all__ = [
     "__version__", "build_info", "set_num_threads", "get_num_threads", "threads",
@@ -38,7 +39,7 @@ __all__ = [
     "FormatError", "UnsafeCheckpointError",
     "io", "load", "save",  # not "open": `from litecomp import *` must not shadow open()
     "prune", "sparse",
-    "quant", "calib",
+    "quant", "calib", "export", "compress",
 ]
 
 

@@ -17,7 +17,7 @@ a method adds one line there and its runner next to its own code.
 >>> stages([{"method": "rtn", "bits": 4, "groupsize": 128}])
 Traceback (most recent call last):
 ...
-litecomp.errors.ArgumentError: recipe[0]: unknown key 'groupsize' for method 'rtn'; it takes bits, group_size, scheme, axis
+litecomp.errors.ArgumentError: recipe[0]: unknown key 'groupsize' for method 'rtn'; it takes bits, group_size, scheme, axis, activations
 """
 
 import json
@@ -50,8 +50,13 @@ METHODS = {
     "random": Method("prune", ("sparsity", "amount", "granularity", "axis", "seed"),
                      "prune entries (or channels) at random, a fixed seed"),
     # quantization: litecomp.quant.quantize_state_dict
-    "rtn": Method("quant", ("bits", "group_size", "scheme", "axis"),
-                  "round-to-nearest uniform quantization (litecomp.quant.quantize)"),
+    "rtn": Method("quant", ("bits", "group_size", "scheme", "axis", "activations"),
+                  "round-to-nearest uniform quantization (litecomp.quant.quantize); "
+                  "activations: 'int8'/'fp8' for W8A8 exports"),
+    "fp8": Method("quant", ("axis", "activations"),
+                  "float8 e4m3 weights, one scale per output channel (axis 0) or tensor"),
+    "gguf": Method("quant", ("qtype",),
+                   "GGUF blocks (Q8_0, Q4_0, ..., Q2_K..Q6_K) for compress --format gguf"),
     "nf4": Method("quant", ("block_size", "double_quant"), "bitsandbytes NF4, blockwise absmax"),
     "fp4": Method("quant", ("block_size", "double_quant"), "bitsandbytes FP4, blockwise absmax"),
     "kmeans": Method("quant", ("bits", "axis", "sparse", "keep_zeros"),

@@ -21,14 +21,22 @@ def rng():
     return np.random.default_rng(12345)
 
 
-def same_for_all_paths(fn):
-    """Call fn() under every thread count and SIMD level; return the list of results."""
+def same_for_all_paths(fn, split=True):
+    """Call fn() under every thread count and SIMD level; return the list of results.
+    With split (the default), fn's input must be big enough for its kernels to ask for the
+    whole team (above LC_PARALLEL_MIN): otherwise every thread count runs on one thread and
+    the comparison proves nothing, so that is an error here."""
     out = []
     for level in SIMD_LEVELS:
         with litecomp.simd(level):
             for n in THREAD_COUNTS:
                 with litecomp.threads(n):
+                    litecomp._C.team_probe()
                     out.append(((level, n), fn()))
+                    team = litecomp._C.team_probe()
+                assert not split or team == n, \
+                    f"under threads({n}) the kernels asked for {team} thread(s): the input " \
+                    "is below the parallel threshold, so this compares one thread with itself"
     return out
 
 

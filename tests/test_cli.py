@@ -22,6 +22,9 @@ def test_demo_small_prints_parameter_table_and_summary(tmp_path):
     assert "embed.weight" in out and "1000x64" in out
     assert "transformer_decoder.layers.1.norm3.bias" in out
     assert "== summary" in out
+    # the export step wrote a GGUF file of the shrunk model, with its report
+    assert "GGUF Q4_K:" in out and (tmp_path / "model-Q4_K.gguf").stat().st_size > 0
+    assert (tmp_path / "model-Q4_K.gguf.report.json").exists()
     total = sum(a.size for a in litecomp.examples.tiny_decoder_lm().values())
     assert f"{total:,} parameters" in out
     # the distill step's fused lm_head + KL gives the loss of the materialised logits
@@ -43,7 +46,8 @@ def test_demo_steps_are_the_modules_of_the_demo_package_in_order():
 
     from litecomp import demo
     names = [m.NAME for m in demo.step_modules()]
-    assert names == ["model", "save/reload", "prune", "quantize", "calibrated", "shrink", "distill"]
+    assert names == ["model", "save/reload", "prune", "quantize", "calibrated", "shrink", "export",
+                     "distill"]
     assert all(m.run.__doc__.strip() for m in demo.step_modules())
     # every module of the package is a listed step (none written and forgotten)
     assert sorted(m.name for m in pkgutil.iter_modules(demo.__path__)) == sorted(demo.STEPS)

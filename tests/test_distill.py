@@ -129,12 +129,15 @@ def test_extreme_and_masked_logits_never_nan(kind, simd_level):
         l, g = D.loss(kind, s, t, temperature=T, reduction="none")
         wl, wg = ref.loss(kind, s, t, temperature=T, reduction="none")
         assert not np.isnan(l).any()
-        _close(l, wl, 1e-4, 2e-3)
+        assert np.array_equal(np.isinf(l), np.isinf(wl))
+        # measured over every SIMD level: <= 4.2e-7 relative (jsd), and 5.2e-5 absolute only
+        # on losses of ~1e4 (kl at T=1); gradients <= 2.7e-6 relative
+        _close(l, wl, 2e-6, 1e-7)
         # a row whose divergence is infinite (reverse KL with student mass where the
         # teacher has -inf) has no meaningful gradient; every other row is NaN-free
         fin = np.isfinite(l)
         assert fin.sum() >= 2 and not np.isnan(g[fin]).any()
-        _close(g[fin], wg[fin], 1e-4, 1e-5)
+        _close(g[fin], wg[fin], 1e-5, 1e-7)
 
 
 def test_infinite_divergence_when_support_differs():
@@ -282,7 +285,8 @@ def test_topk_matches_reference(dtype, simd_level, rng):
     ids, lps = D.topk(x, 8, temperature=2.0)
     wi, wl = ref.topk(x.astype(np.float64), 8, temperature=2.0)
     assert ids.shape == (6, 8) and np.array_equal(ids, wi)
-    np.testing.assert_allclose(lps, wl, rtol=1e-5, atol=1e-5)
+    # float32 log-probabilities for every input dtype: measured <= 6.3e-8 relative
+    np.testing.assert_allclose(lps, wl, rtol=3e-7, atol=0)
     assert np.all(np.diff(lps, axis=1) <= 0)
 
 
@@ -294,8 +298,10 @@ def test_kl_div_topk_matches_reference(mode, simd_level, rng):
     ids[2, 5] = -1  # an unused slot
     l, g = D.kl_div_topk(s, ids, lps, mode=mode, temperature=T, reduction="none")
     wl, wg = ref.kl_div_topk(s, ids, lps, mode=mode, temperature=T)
-    np.testing.assert_allclose(l, wl, rtol=1e-6, atol=1e-9)
-    np.testing.assert_allclose(g, wg, rtol=1e-5, atol=1e-9)
+    # float64 throughout: measured <= 4.7e-16 relative on l, 1.7e-14 relative / 2e-16
+    # absolute on g
+    np.testing.assert_allclose(l, wl, rtol=4e-15, atol=0)
+    np.testing.assert_allclose(g, wg, rtol=1e-13, atol=1e-15)
 
 
 def test_kl_div_topk_with_full_k_equals_dense(rng):
@@ -304,8 +310,10 @@ def test_kl_div_topk_with_full_k_equals_dense(rng):
     dense = D.kl_div(s, t, temperature=1.5)
     for mode in ("renormalize", "tail"):
         l, g = D.kl_div_topk(s, ids, lps, mode=mode, temperature=1.5)
-        assert l == pytest.approx(dense[0], rel=1e-6)
-        np.testing.assert_allclose(g, dense[1], rtol=1e-5, atol=1e-9)
+        # the dense path keeps float32 probabilities: measured 7.9e-9 relative on l,
+        # 3.3e-6 relative / 7.9e-9 absolute on g
+        assert l == pytest.approx(dense[0], rel=5e-8)
+        np.testing.assert_allclose(g, dense[1], rtol=1e-5, atol=5e-8)
 
 
 def test_kl_div_topk_paths_identical(rng):

@@ -306,3 +306,19 @@ litecomp.save({{"w": np.zeros(1 << 20, np.float32)}}, {str(path)!r})
     assert path.read_bytes() == before
     leftovers = [f for f in os.listdir(tmp_path) if f != "m.safetensors"]
     assert all(f.startswith(".m.safetensors.") and f.endswith(".tmp") for f in leftovers)
+
+
+def test_mmap_modes(tmp_path):
+    sd = {"w": np.arange(64, dtype=np.float32)}
+    path = tmp_path / "m.pth"
+    litecomp.save(sd, path)
+    before = path.read_bytes()
+    a = litecomp.load(path)["w"]
+    a[:] = -1                                    # copy-on-write: the file is untouched
+    assert path.read_bytes() == before
+    with litecomp.open(path) as ck:
+        v = ck["w"]
+        assert not v.flags.writeable
+        np.testing.assert_array_equal(v, sd["w"])
+    c = litecomp.load(path, mmap=False)["w"]
+    assert c.flags.writeable and (c.base is None or c.base.flags.owndata)

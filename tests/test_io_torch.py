@@ -218,19 +218,3 @@ def test_parameters_and_legacy_format(tmp_path):
     torch.save(sd, tmp_path / "param.pth")
     back = litecomp.load(tmp_path / "param.pth")
     np.testing.assert_array_equal(back["p"], p.detach().numpy())
-
-
-def test_mmap_modes(tmp_path):
-    sd = {"w": np.arange(64, dtype=np.float32)}
-    path = tmp_path / "m.pth"
-    litecomp.save(sd, path)
-    before = path.read_bytes()
-    a = litecomp.load(path)["w"]
-    a[:] = -1                                    # copy-on-write: the file is untouched
-    assert path.read_bytes() == before
-    with litecomp.open(path) as ck:
-        v = ck["w"]
-        assert not v.flags.writeable
-        np.testing.assert_array_equal(v, sd["w"])
-    c = litecomp.load(path, mmap=False)["w"]
-    assert c.flags.writeable and (c.base is None or c.base.flags.owndata)

@@ -6,6 +6,7 @@ import litecomp
 import litecomp.quant as Q
 from litecomp.quant import matmul as qm
 from litecomp.reference import matmul as ref
+from litecomp.reference import quant as qref
 
 PATHS = qm.available_paths()
 
@@ -27,6 +28,27 @@ def nf4(W, bias=None):
     k = W.shape[1]
     q4 = Q.quantize_4bit(np.pad(W, ((0, 0), (0, -k % 64))), "nf4")
     return qm.NF4Linear._from_quant4(q4, bias, k)
+
+
+def independent_groups(W, bits, gs, scheme):
+    """Groups of gs along K (the last one shorter), each quantized from the definition:
+    torch.ao's qparams over the group's [min, max] (reference.quant.calc_qparams, unsigned
+    codes [0, 2**bits - 1], symmetric zero point 2**(bits-1)), codes clamp(rint(w / s) + zp),
+    weight (code - zp) * s.  Returns (codes, scales, zeros, weight)."""
+    n, k = W.shape
+    g = -(-k // gs)
+    codes = np.zeros((n, k), np.int64)
+    scales = np.zeros((n, g), np.float32)
+    zeros = np.zeros((n, g), np.int64)
+    for j in range(g):
+        seg = W[:, j * gs:(j + 1) * gs]
+        s, z = qref.calc_qparams(seg.min(1), seg.max(1), 0, 2 ** bits - 1, scheme, 2 ** (bits - 1))
+        inv = (np.float32(1) / s)[:, None]
+        codes[:, j * gs:(j + 1) * gs] = np.clip(np.rint(seg * inv) + z[:, None], 0, 2 ** bits - 1)
+        scales[:, j], zeros[:, j] = s, z
+    cols = np.arange(k) // gs
+    weight = ((codes - zeros[:, cols]).astype(np.float32) * scales[:, cols]).astype(np.float32)
+    return codes, scales, zeros, weight
 
 
 def rand(shape, seed=0, scale=1.0):
@@ -115,7 +137,9 @@ def test_thread_counts_give_identical_results():
             want = L(x)
         for n in (2, 3, 8):
             with litecomp.threads(n):
+                litecomp._C.team_probe()
                 exact(L(x), want)
+                assert litecomp._C.team_probe() == n  # M*N*K = 4.2M: the threads split it
 
 
 # ------------------------------------------------------------------ 4/8-bit blocks
@@ -128,11 +152,18 @@ def test_block_every_path_equals_reference(bits, gs, scheme, M, N, K):
     b = rand(N, 12)
     x = rand((M, K), 13)
     B = block(W, bits, gs, scheme, b)
-    want = ref.block_linear(x, B.codes, B.scales, B.zeros, B.offsets, gs, b)
+    # the layer holds the weight the definition gives, computed here without litecomp.quant
+    codes, scales, zeros, deq_w = independent_groups(W, bits, gs, scheme)
+    np.testing.assert_array_equal(B.codes, codes)
+    np.testing.assert_array_equal(B.scales, scales)
+    np.testing.assert_array_equal(B.zeros, zeros)
+    exact(B.dequantize(), deq_w)
+    want = ref.block_linear(x, codes, scales, zeros, None, gs, b)
     for p in PATHS:
         exact(B(x, path=p), want)
-    deq = x @ B.dequantize().T + b
-    assert np.linalg.norm(B(x) - deq) / np.linalg.norm(deq) < 0.02  # int8 activations
+    deq = x @ deq_w.T + b
+    # int8 activations per 32 values: measured 0.0049-0.0056 relative over these cases
+    assert np.linalg.norm(B(x) - deq) / np.linalg.norm(deq) < 0.01
 
 
 def test_block_quantization_error_is_int4_sized():
@@ -169,11 +200,11 @@ def test_nf4_paths_reference_and_bitsandbytes_layout():
     for p in PATHS:
         exact(F(x, path=p), want)
     np.testing.assert_allclose(F(x), x @ F.dequantize().T + b, rtol=1e-4, atol=1e-4)
-    # bitsandbytes packs the flattened weight, first element in the high nibble
-    flat = F.codes.reshape(-1)
-    packed = (flat[0::2] << 4) | flat[1::2]
-    F2 = qm.NF4Linear.from_bitsandbytes(packed, F.absmax.reshape(-1), W.shape, bias=b)
+    # bitsandbytes' bytes (quantize_4bit's, which equal bitsandbytes' own: test_quant_formats)
+    q4 = Q.quantize_4bit(W, "nf4")
+    F2 = qm.NF4Linear.from_bitsandbytes(q4.data, q4.absmax, W.shape, bias=b)
     np.testing.assert_array_equal(F2.codes, F.codes)
+    exact(F2.dequantize(), q4.dequantize())
     # nearest-code rounding: the error is at most half the widest gap times absmax
     gap = np.diff(Q.codebook.NF4).max() / 2
     assert (np.abs(F.dequantize() - W) <= gap * np.repeat(F.absmax, 64, axis=1) + 1e-6).all()

@@ -444,17 +444,3 @@ def test_module_docstring_examples_run():
                  "litecomp.prune.sensitivity", "litecomp.prune.report", "litecomp.sparse"):
         res = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert res.failed == 0 and res.attempted > 0, name
-
-
-def test_sensitivity_plot_needs_matplotlib():
-    sd = {"a": np.arange(1.0, 5.0).reshape(2, 2)}
-    t = prune.sensitivity(sd, lambda d: float(d["a"].sum()), sparsities=(0.5,), progress=False)
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-    except ImportError:
-        with pytest.raises(ImportError, match="matplotlib"):
-            t.plot()
-        return
-    ax = t.plot()
-    assert len(ax.lines) == 2  # one layer + the dense baseline

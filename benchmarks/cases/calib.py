@@ -167,7 +167,8 @@ def hessian_accumulation(quick):
     return Run(litecomp=lite, anchor=("numpy x.T @ x, same shapes (FLOP-rate yardstick)",
                                       numpy_matmul),
                notes=f"{tokens} tokens in chunks of {chunk}; speedup = fraction of NumPy's "
-                     "matmul FLOP rate")
+                     "matmul FLOP rate",
+               yardstick="NumPy's BLAS x.T @ x on the same shapes, without accumulating")
 
 
 # ------------------------------------------------------------------ the peer, whole model

@@ -51,8 +51,29 @@ def _torch_sd(quick):
     return {k: from_numpy(v) for k, v in _model(quick).items()}
 
 
+def _numpy(v):
+    return v.numpy() if hasattr(v, "numpy") else v
+
+
 def _same(a, b):
+    """Both loads hold the same tensors: names, dtypes, shapes and every value."""
     assert sorted(a) == sorted(b)
+    for k in a:
+        x, y = a[k], _numpy(b[k])
+        assert x.dtype == y.dtype and x.shape == y.shape, k
+        assert x.tobytes() == y.tobytes(), k
+
+
+def _saved_same(sd, ours, theirs):
+    """A save check: both files read back (by litecomp) as the state dict that was saved."""
+    def check(_a, _b):
+        for path in (ours, theirs):
+            _same(sd, litecomp.load(path, mmap=False))
+    return check
+
+
+def _same_listing(ours, theirs):
+    assert sorted(tuple(s) for _, s in ours) == sorted(tuple(s) for s in theirs)
 
 
 @case("save .pth, example model", group="io", repeats=3)
@@ -65,7 +86,8 @@ def save_pth(quick):
               else missing("torch.save", "torch"))
     litecomp.save(sd, ours)
     return Run(litecomp=lambda: litecomp.save(sd, ours), anchor=anchor,
-               bytes=os.path.getsize(ours), notes="litecomp also fsyncs")
+               bytes=os.path.getsize(ours), notes="litecomp also fsyncs",
+               check=_saved_same(sd, ours, theirs))
 
 
 @case("load .pth into memory, example model", group="io", repeats=3)
@@ -100,7 +122,8 @@ def save_st(quick):
               else missing("safetensors.numpy.save_file", "safetensors"))
     litecomp.save(sd, ours)
     return Run(litecomp=lambda: litecomp.save(sd, ours), anchor=anchor,
-               bytes=os.path.getsize(ours), notes="litecomp also fsyncs")
+               bytes=os.path.getsize(ours), notes="litecomp also fsyncs",
+               check=_saved_same(sd, ours, theirs))
 
 
 @case("load .safetensors into memory, example model", group="io", repeats=3)
@@ -128,7 +151,8 @@ def open_st(quick):
 
     anchor = (("safetensors.safe_open + get_slice", theirs) if sto
               else missing("safetensors.safe_open", "safetensors"))
-    return Run(litecomp=ours, anchor=anchor, notes="time independent of file size")
+    return Run(litecomp=ours, anchor=anchor, notes="time independent of file size",
+               check=_same_listing)
 
 
 @case("open .pth + list tensors, example model", group="io")
@@ -144,4 +168,5 @@ def open_pth(quick):
                lambda: [t.shape for t in torch.load(path, mmap=True,
                                                     weights_only=True).values()])
               if torch else missing("torch.load(mmap=True)", "torch"))
-    return Run(litecomp=ours, anchor=anchor, notes="time independent of file size")
+    return Run(litecomp=ours, anchor=anchor, notes="time independent of file size",
+               check=_same_listing)

@@ -68,11 +68,15 @@ def _global_case(sd):
             params = [(_holder(torch, v), "weight") for v in weights.values()]
             tprune.global_unstructured(params, pruning_method=tprune.L1Unstructured,
                                        amount=0.5)
-            return None
+            return [h.weight_mask.numpy() != 0 for h, _ in params]
         anchor = ("torch.nn.utils.prune.global_unstructured (L1Unstructured)", torch_global)
     total = sum(v.nbytes for v in weights.values())
+    def check(ours, theirs):                 # the same count; differences only at the tie
+        flat_s = np.concatenate([np.abs(v).ravel() for v in weights.values()])
+        flat_o = np.concatenate([ours[k].ravel() for k in weights])
+        _check_up_to_ties(flat_s)(flat_o, np.concatenate([t.ravel() for t in theirs]))
     return Run(litecomp=lambda: prune.global_unstructured(weights, 0.5), anchor=anchor,
-               bytes=2 * total + n,
+               bytes=2 * total + n, check=check,
                notes=f"{n / 1e6:.0f}M weights; litecomp's extra memory is the masks (1 byte "
                      "per parameter); torch concatenates scores and builds float masks")
 
@@ -106,8 +110,12 @@ def rows(quick):
             idx = torch.topk(t.abs(), w.shape[1] // 2, dim=1, largest=False).indices
             return torch.ones_like(t, dtype=torch.bool).scatter_(1, idx, False)
         anchor = ("torch.topk(|W|, k, dim=1) + scatter", torch_rows)
+    def check(ours, theirs):
+        theirs = theirs.numpy()
+        for r in np.flatnonzero((ours != theirs).any(1)):   # only ties may differ
+            _check_up_to_ties(w[r])(ours[r], theirs[r])
     return Run(litecomp=lambda: prune.per_row(w, 0.5), anchor=anchor,
-               bytes=w.nbytes + w.size)
+               bytes=w.nbytes + w.size, check=check)
 
 
 @case("nm 2:4 mask, fc.weight 98631x512 f32", group="prune")
@@ -118,7 +126,8 @@ def nm24(quick):
                anchor=("memory copy of the weight (litecomp stream_copy)",
                        lambda: _C.stream_copy(dst.view(np.uint8).reshape(-1),
                                               w.view(np.uint8).reshape(-1))),
-               bytes=w.nbytes + w.size, notes="read the weight, write a 1-byte mask")
+               bytes=w.nbytes + w.size, notes="read the weight, write a 1-byte mask",
+               yardstick="the time of copying the weight once (no peer computes N:M masks)")
 
 
 @case("bake (orig * mask), fc.weight 98631x512 f32", group="prune")
@@ -131,7 +140,8 @@ def bake(quick):
                anchor=("memory copy of the weight (litecomp stream_copy)",
                        lambda: _C.stream_copy(dst.view(np.uint8).reshape(-1),
                                               w.view(np.uint8).reshape(-1))),
-               bytes=3 * w.nbytes, notes="read orig and the float mask, write the product")
+               bytes=3 * w.nbytes, notes="read orig and the float mask, write the product",
+               yardstick="the time of copying the weight once")
 
 
 @case("sparse.compress 50%-pruned fc.weight (bitmask)", group="prune")
@@ -145,4 +155,5 @@ def compress(quick):
                        lambda: _C.stream_copy(dst.view(np.uint8).reshape(-1),
                                               wp.view(np.uint8).reshape(-1))),
                bytes=2 * wp.nbytes + wp.nbytes // 2 + wp.size // 8,
-               notes="two reads of the weight, write half the values and the bits")
+               notes="two reads of the weight, write half the values and the bits",
+               yardstick="the time of copying the weight once")

@@ -52,7 +52,16 @@ def observe_quantize(quick):
         anchor = ("torch PerChannelMinMaxObserver + quantize_per_channel", torch_path)
     return Run(litecomp=lambda: Q.quantize(w, 8, axis=0),
                anchor=anchor[:2], missing_reason=anchor[2] if len(anchor) > 2 else "",
-               bytes=2 * w.nbytes + w.size, notes="litecomp reads w twice (min/max, quantize)")
+               bytes=2 * w.nbytes + w.size, notes="litecomp reads w twice (min/max, quantize)",
+               check=_same_codes_and_scales)
+
+
+def _same_codes_and_scales(a, b):
+    """litecomp's unsigned codes minus its zero points are torch's qint8 codes; same scales."""
+    signed = a.data.astype(np.int16) - a.zero_points.reshape(-1, 1)
+    np.testing.assert_array_equal(signed, b.int_repr().numpy())
+    np.testing.assert_array_equal(a.scales.reshape(-1),
+                                  b.q_per_channel_scales().numpy().astype(np.float32))
 
 
 def _model(quick):

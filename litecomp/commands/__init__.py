@@ -8,6 +8,7 @@ COMMANDS = [
     "prune",
     "quantize",
     "shrink",
+    "compress",
 ]
 
 

@@ -83,6 +83,30 @@ def _parse_pair(text, sep, what):
     return a, b
 
 
+def _streamable(src, out):
+    """A dense .safetensors output from a checkpoint without torch's pruning
+    reparametrisation (X_orig + X_mask, which loading bakes): the streaming path."""
+    if not str(out).endswith(".safetensors"):
+        return False
+    from .. import io
+    with io.open(src) as ck:
+        return not any(n.endswith(("_orig", "_mask")) for n in ck)
+
+
+def _size(path):
+    """Bytes of a checkpoint file, or of a folder's / index's tensors."""
+    import os
+
+    import numpy as np
+
+    from .. import io
+    if os.path.isfile(path) and not str(path).endswith(".json"):
+        return os.path.getsize(path)
+    with io.open(path) as ck:
+        return sum(int(np.prod(ck.info(n)[1], dtype=np.int64)) * np.dtype(ck.info(n)[0])
+                   .itemsize for n in ck)
+
+
 def stage_of(args):
     """The recipe stage that --method/--amount/--nm/--block-shape/--targets/--ignore
     describe."""
@@ -124,6 +148,17 @@ def run(args):
         plan = recipe.stages(args.recipe, family="prune")
     else:
         plan = stage_of(args)
+    calibrated = any(s.calibrated for s in recipe.stages(plan, family="prune"))
+    if not args.sparse and not calibrated and _streamable(args.input, args.output):
+        # one tensor at a time, in and out (litecomp.compress)
+        from ..compress import compress
+        from ..prune.report import SparsityReport
+        rows = compress(args.input, args.output, plan, format="safetensors")
+        print(SparsityReport(tuple((r.name, r.numel, round(r.sparsity * r.numel))
+                                   for r in rows if r.methods)))
+        print(f"\n{args.input}: {format_bytes(_size(args.input))} -> {args.output}: "
+              f"{format_bytes(os.path.getsize(args.output))} (dense)")
+        return 0
     sd = load(args.input)
     checked = recipe.stages(plan, family="prune")
     if any(s.calibrated for s in checked):

@@ -4,7 +4,8 @@ NAME = "quantize"
 HELP = "quantize a checkpoint (litecomp packed format, GGUF, or NF4) and report the error"
 
 FORMATS = ("litecomp", "gguf:Q8_0", "gguf:Q4_0", "gguf:Q4_1", "gguf:Q5_0", "gguf:Q5_1",
-           "gguf:Q4_K", "gguf:Q6_K", "nf4", "fp4", "kmeans")
+           "gguf:Q2_K", "gguf:Q3_K", "gguf:Q4_K", "gguf:Q5_K", "gguf:Q6_K", "nf4", "fp4",
+           "kmeans")
 
 
 def add_arguments(p):
@@ -55,10 +56,10 @@ def run(args):
     if args.block_size is not None and args.format not in ("nf4", "fp4"):
         raise ArgumentError(f"--block-size: only nf4 and fp4 (and gptq's lazy column block) "
                             f"take a block size, not {args.format} (use --group-size)")
-    sd = io.load(args.input, key=args.key)
-    before = os.path.getsize(args.input) if os.path.isfile(args.input) else \
-        sum(v.nbytes for v in sd.values())
+    from .prune import _size
+    before = _size(args.input)
     if args.format.startswith("gguf:"):
+        sd = io.load(args.input, key=args.key)
         from ..quant import gguf
         kinds = gguf.write_gguf(args.output, sd, args.format[5:], targets=targets,
                                 ignore=ignore)
@@ -78,8 +79,14 @@ def run(args):
             elif not args.per_tensor:
                 stage["axis"] = 0
         stage.update({k: v for k, v in (("targets", targets), ("ignore", ignore)) if v})
-        out, report = state.quantize_state_dict(sd, stage)
-        io.save(out, args.output)
+        if str(args.output).endswith(".safetensors"):
+            # one tensor at a time, in and out (litecomp.compress)
+            from ..compress import compress
+            report = [r for r in compress(args.input, args.output, stage, key=args.key)
+                      if r.methods]
+        else:
+            out, report = state.quantize_state_dict(io.load(args.input, key=args.key), stage)
+            io.save(out, args.output)
         nq = len(report)
     after = os.path.getsize(args.output)
     if report and not args.quiet:

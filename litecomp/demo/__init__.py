@@ -26,6 +26,7 @@ STEPS = [
     "quantize",
     "calibrated",
     "shrink",
+    "export",
     "distill",
 ]
 

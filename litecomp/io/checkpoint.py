@@ -186,6 +186,28 @@ class _Source:
             self._bases[key] = base
         return torchzip.view_of(base, ref, self.path)
 
+    def release(self, a):
+        """Drop the pages of the memory map under array ``a`` from this process (the page
+        cache keeps them; a later read faults them back in), so streaming a file larger
+        than RAM does not grow the resident set."""
+        buf = self.buf
+        if not isinstance(buf, _mmap.mmap) or not hasattr(buf, "madvise") or a.nbytes == 0:
+            return
+        try:
+            base = np.frombuffer(buf, np.uint8).ctypes.data
+        except (TypeError, ValueError):
+            return
+        start = a.__array_interface__["data"][0] - base
+        if not 0 <= start < len(buf):
+            return                      # not a view of this map (a copy was made)
+        page = _mmap.PAGESIZE
+        lo = start // page * page
+        hi = min(len(buf), start + a.nbytes)
+        try:
+            buf.madvise(_mmap.MADV_DONTNEED, lo, hi - lo)
+        except (OSError, ValueError):  # pragma: no cover - platform without madvise
+            pass
+
     def close(self):
         f, self.f = getattr(self, "f", None), None
         if f is not None:
@@ -256,6 +278,12 @@ class Checkpoint(Mapping):
     def info(self, name):
         """(dtype, shape) of one tensor without reading its data."""
         return self._where[name].info(name)
+
+    def release(self, name, array):
+        """Drop from this process the mapped pages under ``array`` (a value of ``name``
+        returned earlier); streaming code calls it when done with a tensor, so the resident
+        set stays near one tensor.  A no-op for files that are not memory-mapped."""
+        self._where[name].release(np.asarray(array))
 
     def close(self):
         for s in self._sources:

@@ -1,6 +1,7 @@
 """GGUF (ggml) block formats: quantize / dequantize byte-identical to the ``gguf``
-package's ``gguf.quants`` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1; Q4_K and Q6_K dequantize, and
-quantize following llama.cpp's reference algorithm), and export of a state dict to a
+package's ``gguf.quants`` (Q8_0, Q4_0, Q4_1, Q5_0, Q5_1), the K-quants Q2_K, Q3_K, Q4_K,
+Q5_K and Q6_K byte-identical to llama.cpp's reference quantizers (with an optional
+importance matrix; gguf.quants can only dequantize these), and export of a state dict to a
 ``.gguf`` file through gguf's GGUFWriter (the optional dependency).
 
 Arrays keep gguf.quants' shapes: quantizing (..., n) gives uint8 (..., n / block * bytes).
@@ -18,6 +19,8 @@ from ..select import select as select_names
 #: name: (ggml type id, values per block, bytes per block), from the block structs in
 #: csrc/gguf.h (LC_GGUF_TYPES), the one place they are written down.
 FORMATS = _C.gguf_formats()
+#: the K-quants (256-value super-blocks; quantize takes an importance matrix)
+K_QUANTS = tuple(n for n, (_t, blk, _b) in FORMATS.items() if blk == 256)
 
 
 def _format(qtype):
@@ -27,12 +30,29 @@ def _format(qtype):
     return name, FORMATS[name]
 
 
-def quantize(x, qtype, *, out=None) -> np.ndarray:
+def quantize(x, qtype, *, imatrix=None, out=None) -> np.ndarray:
     """ggml blocks of ``x`` along its last axis (whose size must be a multiple of the block
-    size); NaN/inf raise NonFiniteError.  ``out`` (uint8, C-contiguous, of the result's
+    size); NaN/inf raise NonFiniteError.
+
+    ``imatrix`` (K-quants only): importance weights, one non-negative value per column of
+    ``x`` (llama.cpp's importance matrix: the mean of x^2 of the layer's input, see
+    ``litecomp.export.imatrix``); the fit then minimises the weighted error as llama.cpp's
+    quantizer does with ``--imatrix``.  ``out`` (uint8, C-contiguous, of the result's
     shape) is written instead of a new array -- reusing a buffer avoids the page faults of
     fresh memory, which can cost more than the quantization itself."""
     name, (tid, blk, nbytes) = _format(qtype)
+    qw = None
+    if imatrix is not None:
+        if name not in K_QUANTS:
+            raise ArgumentError(f"imatrix: only the K-quants ({', '.join(K_QUANTS)}) take an "
+                                f"importance matrix, not {name}")
+        qw = np.ascontiguousarray(as_array(imatrix, "imatrix"), np.float32)
+        cols = np.shape(x)[-1] if np.ndim(x) else 1
+        if qw.ndim != 1 or qw.size != cols:
+            raise ShapeError(f"imatrix: expected {cols} weights (one per column of x), got "
+                             f"shape {qw.shape}")
+        if not np.all(np.isfinite(qw)) or np.any(qw < 0):
+            raise ArgumentError("imatrix: weights must be finite and non-negative")
     k = as_kernel_input(x, "x")
     shape = k.array.shape or (1,)
     if k.array.size == 0 or shape[-1] % blk:
@@ -44,7 +64,7 @@ def quantize(x, qtype, *, out=None) -> np.ndarray:
     elif not (isinstance(out, np.ndarray) and out.dtype == np.uint8 and out.shape == want
               and out.flags.c_contiguous and out.flags.writeable):
         raise ArgumentError(f"out: expected a writeable C-contiguous uint8 array of shape {want}")
-    _C.gguf_quantize(k.raw, k.code, tid, out)
+    _C.gguf_quantize(k.raw, k.code, tid, out, qw)
     return out
 
 

@@ -126,8 +126,14 @@ def quantize_state_dict(state_dict, recipe, *, min_ndim=2):
 
 
 def quantize_stage(a, stage):
-    """One tensor by a quantization stage (methods rtn, nf4, fp4, kmeans)."""
-    o = stage.options
+    """One tensor by a quantization stage (methods rtn, fp8, nf4, fp4, kmeans)."""
+    o = {k: v for k, v in stage.options.items() if k != "activations"}  # export metadata
+    if stage.method == "gguf":
+        raise ArgumentError(f"{stage.where()}: gguf stages are stored by litecomp.export.gguf "
+                            "(litecomp compress --format gguf), not in a state dict")
+    if stage.method == "fp8":
+        from .fp8 import quantize_fp8
+        return quantize_fp8(a, **o)
     if stage.method in ("nf4", "fp4"):
         return quantize_4bit(a, stage.method, **o)
     if stage.method == "kmeans":
@@ -150,7 +156,9 @@ def quantize_one(a, spec):
     return quantize(a, **spec)
 
 
-_KINDS = {1: QTensor, 2: Quant4, 3: CodebookTensor}
+from .fp8 import FP8Tensor  # noqa: E402
+
+_KINDS = {1: QTensor, 2: Quant4, 3: CodebookTensor, 4: FP8Tensor}
 
 
 def load_quantized(state_dict, prefix):

@@ -15,6 +15,31 @@ def minmax(x, view):
     return v.min(axis=(1, 2)) + np.float32(0), v.max(axis=(1, 2)) + np.float32(0)
 
 
+def calc_qparams(min_val, max_val, qmin, qmax, scheme, zero_point_symmetric=0):
+    """torch.ao's ``_calculate_qparams`` (observer.py), one slot at a time in float32 scalars,
+    written from its definition rather than from litecomp.quant.calc_qparams:
+    min_n = min(min, 0), max_p = max(max, 0), eps = finfo(float32).eps;
+    symmetric: s = max(max(-min_n, max_p) / ((qmax - qmin) / 2), eps), zp fixed;
+    affine: s = max((max_p - min_n) / (qmax - qmin), eps),
+    zp = clamp(qmin - round_half_even(min_n / s), qmin, qmax).
+    Returns (scales float32, zero_points int64), one per slot."""
+    f = np.float32
+    eps = np.finfo(np.float32).eps
+    scales, zps = [], []
+    for lo, hi in zip(np.atleast_1d(np.asarray(min_val, f)).tolist(),
+                      np.atleast_1d(np.asarray(max_val, f)).tolist()):
+        min_n, max_p = f(min(lo, 0.0)), f(max(hi, 0.0))
+        if scheme == "symmetric":
+            s = max(f(max(-min_n, max_p) / f((qmax - qmin) / 2)), eps)
+            z = zero_point_symmetric
+        else:
+            s = max(f(f(max_p - min_n) / f(qmax - qmin)), eps)
+            z = min(max(qmin - int(np.rint(f(min_n / f(s)))), qmin), qmax)
+        scales.append(s)
+        zps.append(z)
+    return np.array(scales, f), np.array(zps, np.int64)
+
+
 def _expand(p, view):
     a, c, b, mode = view
     p = np.asarray(p)

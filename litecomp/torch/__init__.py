@@ -138,3 +138,4 @@ from .prune import activation_stats, apply_masks, masks_from_module  # noqa: E40
 from .qlinear import QuantLinear, quantize_model  # noqa: E402,F401
 from .oneshot import OneshotResult, oneshot  # noqa: E402,F401
 from .shrink import LowRankLinear, apply_lowrank, apply_shrink  # noqa: E402,F401
+from .export import compress  # noqa: E402,F401
