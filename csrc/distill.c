@@ -6,7 +6,9 @@
  * any thread count.  A row is read at most twice (three times for JSD, skew KL, skew reverse
  * KL and TVD, whose gradient needs a row constant that only the loss pass gives); a thread
  * finishes a row before the next, so the later passes read it from cache.  Nothing of size
- * [N, V] is allocated: the gradient goes into the caller's buffer.
+ * [N, V] is allocated: the gradient goes into the caller's buffer, which may be the float32
+ * (float64) student logits themselves -- the last pass reads each element before it writes
+ * it, and nothing reads the row after -- so distill.fused_linear keeps one buffer per chunk.
  *
  * The row algorithms live once, in distill_rows.h, over a 16-lane vector vocabulary
  * (distill_lanes.h has one per path).  The scalar path runs them with plain C loops over the

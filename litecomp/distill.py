@@ -41,6 +41,8 @@ and SIMD level.
 """
 
 
+from typing import NamedTuple
+
 import numpy as np
 
 from . import _C
@@ -120,18 +122,18 @@ def _grad_buffer(out, shape, f64):
     return out
 
 
-def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_index=None,
-         labels=None, alpha=0.0, beta=None, lam=None, grad=True, out=None):
-    """The loss ``kind`` (see the module table) and its gradient: ``(loss, grad)``.
+class _Settings(NamedTuple):
+    kind: str           # the kernel's kind (jsd/skew at their limits become kl/reverse_kl)
+    temperature: float
+    beta: float         # JSD's beta or the skew losses' lambda, as the kernel takes it
+    alpha: float
+    tfac: float         # T^2 for kl and soft_cross_entropy, else 1
 
-    beta: JSD's beta (default 0.5).  lam: the skew losses' lambda (default 0.1); ``beta=``
-    still sets it, with a DeprecationWarning.
-    out: an optional float32 (float64 for float64 input) array of the student's shape that
-    receives the gradient (it is also returned).
-    """
+
+def _settings(kind, temperature, alpha, beta, lam, labels) -> _Settings:
+    """Check the loss options shared by :func:`loss` and :func:`fused_linear`."""
     name = _ALIASES.get(kind, kind)
     check_choice(name, "kind", tuple(KINDS))
-    check_choice(reduction, "reduction", REDUCTIONS)
     temperature = check_float(temperature, "temperature", lo=0.0)
     if temperature == 0.0:
         raise ArgumentError("temperature: must be positive, got 0.0")
@@ -162,6 +164,29 @@ def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_in
     elif beta is not None:
         raise ArgumentError(f"beta: only jsd takes beta (the skew losses take lam), "
                             f"not {name}")
+    return _Settings(name, temperature, b, alpha, tfac)
+
+
+def _row_kernel(cfg, s2, scode, t2, tcode, lab, ignore, weight, grad, row_loss):
+    """One call of the row kernel over [n, V] rows: fills row_loss (and grad, which may be
+    ``s2`` itself: every element is read before it is written); returns the loss sum."""
+    return _C.distill_rows(KINDS[cfg.kind], s2, scode, t2, tcode, lab, ignore,
+                           cfg.temperature, cfg.beta, cfg.alpha, cfg.tfac, weight, grad,
+                           row_loss)
+
+
+def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_index=None,
+         labels=None, alpha=0.0, beta=None, lam=None, grad=True, out=None):
+    """The loss ``kind`` (see the module table) and its gradient: ``(loss, grad)``.
+
+    beta: JSD's beta (default 0.5).  lam: the skew losses' lambda (default 0.1); ``beta=``
+    still sets it, with a DeprecationWarning.
+    out: an optional float32 (float64 for float64 input) array of the student's shape that
+    receives the gradient (it is also returned; it may be ``student`` itself, a float32
+    (float64) C-contiguous array, which is then overwritten with its gradient).
+    """
+    cfg = _settings(kind, temperature, alpha, beta, lam, labels)
+    check_choice(reduction, "reduction", REDUCTIONS)
     ignore = -100 if ignore_index is None else check_int(ignore_index, "ignore_index")
 
     sk, tk = _prepare(student, teacher)
@@ -174,9 +199,8 @@ def loss(kind, student, teacher, *, temperature=1.0, reduction="mean", ignore_in
     f64 = sk.array.dtype == np.float64
     g = _grad_buffer(out, shape, f64) if grad else None
     row_loss = np.empty(n, np.float64)
-    total = _C.distill_rows(KINDS[name], s2, sk.code, t2, tk.code, lab, ignore, temperature,
-                            b, alpha, tfac, weight,
-                            None if g is None else g.reshape(n, shape[-1]), row_loss)
+    total = _row_kernel(cfg, s2, sk.code, t2, tk.code, lab, ignore, weight,
+                        None if g is None else g.reshape(n, shape[-1]), row_loss)
     if reduction == "none":
         value = row_loss.reshape(shape[:-1])
     else:
@@ -308,4 +332,7 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0,
 
 __all__ = ["loss", "kl_div", "soft_cross_entropy", "reverse_kl", "jsd", "skew_kl",
            "skew_reverse_kl", "tvd", "mse", "cosine", "attention_kl", "topk", "kl_div_topk",
-           "KINDS", "REDUCTIONS"]
+           "fused_linear", "FusedLinearResult", "default_chunk", "KINDS", "REDUCTIONS"]
+
+# the lm_head matmul fused with these losses (it uses the helpers above)
+from ._distill_linear import FusedLinearResult, default_chunk, fused_linear  # noqa: E402

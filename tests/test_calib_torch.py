@@ -306,7 +306,8 @@ def test_mha_inputs_are_the_right_ones():
         out = nn.functional.multi_head_attention_forward(
             args[0].transpose(0, 1), args[1].transpose(0, 1), args[2].transpose(0, 1), 32, 4,
             mod.in_proj_weight, mod.in_proj_bias, None, None, False, 0.0,
-            torch.eye(32), torch.zeros(32), training=False, need_weights=False)[0]
+            torch.eye(32), torch.zeros(32), training=False, need_weights=False,
+            attn_mask=kwargs.get("attn_mask"))[0]     # DecoderLM's causal memory mask
         seen.setdefault("attn", []).append(out.transpose(0, 1).reshape(-1, 32))
     layer0.multihead_attn.register_forward_pre_hook(grab, with_kwargs=True)
     with torch.no_grad():

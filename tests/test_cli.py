@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -26,6 +27,9 @@ def test_demo_small_prints_parameter_table_and_summary(tmp_path):
     assert (tmp_path / "model-Q4_K.gguf.report.json").exists()
     total = sum(a.size for a in litecomp.examples.tiny_decoder_lm().values())
     assert f"{total:,} parameters" in out
+    # the distill step's fused lm_head + KL gives the loss of the materialised logits
+    m = re.search(r"no logits: .* loss ([0-9.]+) \(on materialised logits ([0-9.]+)\)", out)
+    assert m and abs(float(m.group(1)) - float(m.group(2))) <= 2e-6, out
 
 
 def test_demo_in_process_and_step_selection(capsys, tmp_path):

@@ -107,3 +107,114 @@ def jsd_f32(quick):
 @case("KL T=2 loss+grad [2048, 98631] bf16", group="distill", repeats=3)
 def kl_bf16(quick):
     return _make("kl", _torch_kl, ml_dtypes.bfloat16, quick)
+
+
+# ------------------------------------------------------------------ fused lm_head + loss
+# The issue's size: 4096 token positions, hidden 512, vocabulary 98,631; the teacher is
+# given as hidden states and a head of the same shape, both heads with a bias.
+FN, FD = 4096, 512
+
+
+def _fused_problem(quick, dtype):
+    n, d, v = (64, 32, 1000) if quick else (FN, FD, V)
+    h = litecomp.random.normal((n, d), seed=5)
+    th = litecomp.random.normal((n, d), seed=6)
+    w = litecomp.random.uniform((v, d), -d ** -0.5, d ** -0.5, seed=7)
+    tw = litecomp.random.uniform((v, d), -d ** -0.5, d ** -0.5, seed=8) * 3
+    b = litecomp.random.uniform(v, -d ** -0.5, d ** -0.5, seed=9)
+    tb = litecomp.random.uniform(v, -d ** -0.5, d ** -0.5, seed=10)
+    return [a.astype(dtype) for a in (h, w, b, th, tw, tb)]
+
+
+def _torch_fused_anchor(torch, F, h, w, b, th, tw, tb):
+    """What a torch user writes: logits, log_softmax, kl_div, backward (eager)."""
+    h, w, b = (x.detach().requires_grad_() for x in (h, w, b))
+    s = F.linear(h, w, b)
+    with torch.no_grad():
+        t = F.linear(th, tw, tb)
+    loss = F.kl_div(F.log_softmax(s / T, -1), F.log_softmax(t / T, -1), reduction="batchmean",
+                    log_target=True) * T * T
+    loss.backward()
+    return loss.item(), h.grad, w.grad, b.grad
+
+
+def _fused(dtype, quick):
+    h, w, b, th, tw, tb = _fused_problem(quick, dtype)
+    n, v = h.shape[0], w.shape[0]
+
+    def ours():
+        return distill.fused_linear(h, w, (th, tw, tb), kind="kl", temperature=T,
+                                    student_bias=b)
+
+    notes = (f"N={n} d={h.shape[1]} V={v}; [N, V] f32 logits = {n * v * 4 / 2**20:.0f} MiB; "
+             f"chunk {distill.default_chunk(v)}; litecomp peak includes grad W {v * h.shape[1] * 4 / 2**20:.0f} MiB; "
+             f"4 matmuls = {8 * n * h.shape[1] * v / 1e12:.2f} TFLOP on both sides")
+    torch = optional_import("torch")
+    if torch is None:
+        return Run(litecomp=ours, anchor=missing("torch eager linear + kl_div", "torch"),
+                   notes=notes)
+    import torch.nn.functional as F
+    from litecomp.torch import from_numpy
+    tt = [from_numpy(x) for x in (h, w, b, th, tw, tb)]
+
+    def anchor():
+        return _torch_fused_anchor(torch, F, *tt)
+
+    def check(a, b_):
+        tol = 1e-4 if dtype == np.float32 else 3e-2
+        assert abs(a.loss - b_[0]) <= tol * abs(b_[0]), (a.loss, b_[0])
+        for g, ref in zip(a[1:], b_[1:]):
+            ref = ref.float()
+            err = float((torch.from_numpy(g) - ref).abs().max())
+            assert err <= tol * 10 * float(ref.abs().max()), err
+
+    return Run(litecomp=ours, anchor=("torch eager linear+log_softmax+kl_div fwd+bwd", anchor),
+               check=check, notes=notes)
+
+
+def _unfused_anchor(h, w, b, th, tw, tb):
+    """litecomp without the fusion: materialise both [N, V] logits (NumPy matmuls),
+    distill.kl_div on them, then the two matmuls back."""
+    h, w, b, th, tw, tb = (x.astype(np.float32) for x in (h, w, b, th, tw, tb))
+    s = h @ w.T + b
+    t = th @ tw.T + tb
+    value, g = distill.kl_div(s, t, temperature=T, reduction="batchmean")
+    del s, t
+    return value, g @ w, g.T @ h, g.sum(axis=0)
+
+
+def _fused_vs_unfused(quick):
+    h, w, b, th, tw, tb = _fused_problem(quick, np.float32)
+
+    def ours():
+        return distill.fused_linear(h, w, (th, tw, tb), kind="kl", temperature=T,
+                                    student_bias=b)
+
+    def anchor():
+        return _unfused_anchor(h, w, b, th, tw, tb)
+
+    def check(a, b_):
+        assert abs(a.loss - b_[0]) <= 1e-5 * abs(b_[0]), (a.loss, b_[0])
+        for g, ref in zip(a[1:], b_[1:]):
+            assert np.abs(g - ref).max() <= 1e-4 * np.abs(ref).max()
+
+    n, v = h.shape[0], w.shape[0]
+    return Run(litecomp=ours, anchor=("litecomp unfused: logits + distill.kl_div + matmuls",
+                                      anchor), check=check,
+               notes=f"N={n} d={h.shape[1]} V={v}; the unfused path holds s, t and the "
+                     f"gradient, {3 * n * v * 4 / 2**20:.0f} MiB of [N, V] float32")
+
+
+@case("fused linear+KL T=2 [4096x512 -> 98631] f32 vs unfused", group="distill", repeats=1)
+def fused_kl_vs_unfused(quick):
+    return _fused_vs_unfused(quick)
+
+
+@case("fused linear+KL T=2 [4096x512 -> 98631] f32", group="distill", repeats=1)
+def fused_kl_f32(quick):
+    return _fused(np.float32, quick)
+
+
+@case("fused linear+KL T=2 [4096x512 -> 98631] bf16", group="distill", repeats=1)
+def fused_kl_bf16(quick):
+    return _fused(ml_dtypes.bfloat16, quick)

@@ -157,3 +157,24 @@ def kl_div_topk(student, ids, logprobs, *, mode="renormalize", temperature=1.0):
         losses.append(T * T * kl)
         grads.append(T * da)
     return np.array(losses), np.array(grads).reshape(s.shape)
+
+
+def fused_linear(student_hidden, student_weight, teacher, *, student_bias=None, **kw):
+    """The definition of litecomp.distill.fused_linear, the unfused way: materialise the
+    [N, V] logits in float64, take :func:`loss`, and chain the matmuls back.
+    Returns (loss, grad_hidden, grad_weight, grad_bias)."""
+    h = np.asarray(student_hidden, np.float64)
+    w = np.asarray(student_weight, np.float64)
+    s = h @ w.T
+    if student_bias is not None:
+        s = s + np.asarray(student_bias, np.float64)
+    if isinstance(teacher, (tuple, list)):
+        t = np.asarray(teacher[0], np.float64) @ np.asarray(teacher[1], np.float64).T
+        if len(teacher) == 3:
+            t = t + np.asarray(teacher[2], np.float64)
+    else:
+        t = np.asarray(teacher, np.float64)
+    value, g = loss(kw.pop("kind", "kl"), s, t, **kw)
+    g2, h2 = g.reshape(-1, w.shape[0]), h.reshape(-1, w.shape[1])
+    gb = None if student_bias is None else g2.sum(axis=0)
+    return value, (g2 @ w).reshape(h.shape), g2.T @ h2, gb

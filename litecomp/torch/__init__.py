@@ -4,6 +4,8 @@ litecomp does.
 - ``DecoderLM``: the torch twin of ``litecomp.examples.decoder_lm`` (same names and shapes).
 - ``to_numpy`` / ``from_numpy``: zero-copy conversion of CPU tensors, bfloat16 included;
   ``numpy_state_dict(module)`` (with the module's config) / ``load_numpy_state_dict``.
+- distillation: ``DistillationLoss`` (logits), ``FusedLinearDistillationLoss`` (hidden
+  states + lm_head, no logits), ``FeatureDistillation`` (chosen layers), ``distill_step``.
 """
 
 try:
@@ -68,8 +70,10 @@ def from_numpy(a: np.ndarray) -> "torch.Tensor":
 class DecoderLM(nn.Module):
     """The motivating model in torch: Embedding -> TransformerDecoder -> Linear.
 
-    ``forward(tokens)`` takes [batch, seq] token ids and returns [batch, seq, vocab] logits,
-    with a causal mask and the embedded sequence as the decoder's memory.  ``heads``,
+    ``forward(tokens)`` takes [batch, seq] token ids and returns [batch, seq, vocab] logits.
+    The decoder's memory is the embedded sequence itself, so both its self-attention and its
+    cross-attention get the causal mask: position i sees positions <= i only, and the logits
+    at i are a next-token prediction that cannot read token i + 1.  ``heads``,
     ``cross_heads`` and ``ffn`` may be one per layer and ``head_dim`` need not be
     d_model / heads: ``DecoderLM(**litecomp.shrink.ffn(...).config)`` loads a shrunk decoder
     with ``strict=True``.
@@ -100,8 +104,10 @@ class DecoderLM(nn.Module):
     def forward(self, tokens):
         h = self.embed(tokens) + self.positional_encoding
         seq = tokens.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(seq, device=tokens.device)
-        h = self.transformer_decoder(h, h, tgt_mask=mask, tgt_is_causal=True)
+        mask = nn.Transformer.generate_square_subsequent_mask(seq, device=tokens.device,
+                                                              dtype=h.dtype)
+        h = self.transformer_decoder(h, h, tgt_mask=mask, memory_mask=mask,
+                                     tgt_is_causal=True, memory_is_causal=True)
         return self.fc(h)
 
 
@@ -125,7 +131,9 @@ def load_numpy_state_dict(module: "nn.Module", state_dict, strict=True):
 
 
 from .quant import FakeQuantize  # noqa: E402,F401  (quantization-aware training)
-from .distill import DistillationLoss, distillation_loss_torch  # noqa: E402,F401
+from .distill import (DistillationLoss, FusedLinearDistillationLoss,  # noqa: E402,F401
+                      distill_step, distillation_loss_torch, hidden_states)
+from .features import FeatureDistillation  # noqa: E402,F401
 from .prune import activation_stats, apply_masks, masks_from_module  # noqa: E402,F401
 from .qlinear import QuantLinear, quantize_model  # noqa: E402,F401
 from .oneshot import OneshotResult, oneshot  # noqa: E402,F401

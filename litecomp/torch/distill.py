@@ -163,3 +163,177 @@ class DistillationLoss(nn.Module):
                                        reduction=c["reduction"], ignore_index=c["ignore_index"],
                                        labels=labels, alpha=c["alpha"], beta=c["beta"],
                                        lam=c["lam"])
+
+
+# ------------------------------------------------------------------ fused lm_head + loss
+class _FusedLinear(torch.autograd.Function):
+    """litecomp.distill.fused_linear: loss and all gradients in forward, chunk by chunk;
+    backward scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, teacher, t_weight, t_bias, labels, cfg):
+        want = tuple(name for name, need in zip(("hidden", "weight", "bias"),
+                                                ctx.needs_input_grad[:3]) if need)
+        if t_weight is None:
+            tch = to_numpy(teacher)
+        else:
+            tch = (to_numpy(teacher), to_numpy(t_weight)) + \
+                (() if t_bias is None else (to_numpy(t_bias),))
+        res = _d.fused_linear(
+            to_numpy(hidden), to_numpy(weight), tch, kind=cfg["kind"],
+            temperature=cfg["temperature"], alpha=cfg["alpha"], beta=cfg["beta"],
+            lam=cfg["lam"], labels=None if labels is None else to_numpy(labels),
+            ignore_index=cfg["ignore_index"], reduction=cfg["reduction"],
+            student_bias=None if bias is None else to_numpy(bias), chunk=cfg["chunk"],
+            grad=want or False)
+        ctx.grads = [None if g is None else from_numpy(g).to(x.dtype)
+                     for g, x in zip(res[1:], (hidden, weight, bias))]
+        return torch.tensor(res.loss, dtype=hidden.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        scale = grad_out.item()
+        grads = [g if g is None or scale == 1.0 else g * scale for g in ctx.grads]
+        return (*grads, None, None, None, None, None)
+
+
+def _weight_bias(head, name):
+    """(weight, bias or None) of an nn.Linear, a weight tensor or a (weight, bias) pair."""
+    if isinstance(head, nn.Linear):
+        return head.weight, head.bias
+    if isinstance(head, torch.Tensor):
+        return head, None
+    if isinstance(head, (tuple, list)) and len(head) == 2:
+        return head[0], head[1]
+    raise _d.ArgumentError(f"{name}: expected an nn.Linear, a weight tensor or a (weight, "
+                           f"bias) pair, got {type(head).__name__}")
+
+
+def _submodule_slot(model, name):
+    parent, _, attr = name.rpartition(".")
+    return (model.get_submodule(parent) if parent else model), attr
+
+
+def hidden_states(model, inputs, head=None):
+    """``model(inputs)`` with its output head swapped for the identity, so no logits are
+    made: returns ``(last hidden states, head module)``.
+
+    head: the head's (dotted) attribute name; default ``"lm_head"`` (Hugging Face) if the
+    model has one, else ``"fc"`` (``DecoderLM``).  An output with a ``.logits`` field (a
+    transformers ModelOutput) gives that field, which then holds the hidden states.
+    """
+    if head is None:
+        head = "lm_head" if hasattr(model, "lm_head") else "fc"
+    try:
+        parent, attr = _submodule_slot(model, head)
+        lm_head = getattr(parent, attr)
+    except AttributeError:
+        raise _d.ArgumentError(f"head: {type(model).__name__} has no submodule {head!r}") \
+            from None
+    setattr(parent, attr, nn.Identity())
+    try:
+        out = model(inputs)
+    finally:
+        setattr(parent, attr, lm_head)
+    return getattr(out, "logits", out), lm_head
+
+
+class FusedLinearDistillationLoss(nn.Module):
+    """A distillation loss that takes the student's last hidden states and its lm_head
+    instead of logits, so the ``[N, V]`` logits never exist (``litecomp.distill.fused_linear``
+    on CPU tensors, chunks of ``chunk`` rows):
+
+        loss = FusedLinearDistillationLoss("kl", temperature=2.0)
+        value = loss(student_hidden, student.fc, teacher_logits_or_(hidden, head), labels)
+
+    The teacher is its logits, or ``(teacher_hidden, teacher_head)`` with the head an
+    nn.Linear, a weight tensor or a (weight, bias) pair -- then its logits are made a chunk
+    at a time too.  The student's head may be any of those three forms as well.  kind,
+    temperature, alpha, beta, lam, ignore_index, reduction ("mean", "sum" or "batchmean"): as
+    in ``DistillationLoss``.  The gradients are computed in forward (the only time the logits
+    exist) and kept for backward: ``[N, d]`` plus the head's own size.  Tensors on another
+    device, or of a dtype the kernels do not take, go through the same math in torch ops
+    (materialising the logits).  ``head`` names the model attribute that
+    :meth:`hidden_states` swaps out (see :func:`hidden_states`).
+    """
+
+    def __init__(self, kind="kl", *, temperature=1.0, reduction="mean", alpha=0.0, beta=None,
+                 lam=None, ignore_index=-100, chunk=None, head=None):
+        super().__init__()
+        if reduction not in ("mean", "sum", "batchmean"):
+            raise _d.ArgumentError(f"reduction: {reduction!r} is not one of 'mean', 'sum', "
+                                   "'batchmean' (the fused loss needs a scalar)")
+        name = _d._ALIASES.get(kind, kind)
+        if name not in _d.KINDS:
+            raise _d.ArgumentError(f"kind: {kind!r} is not one of {', '.join(_d.KINDS)}")
+        if name in _d._SKEW_KINDS:
+            lam, beta = renamed(lam, beta, "lam", "beta"), None
+        self.cfg = dict(kind=name, temperature=float(temperature), reduction=reduction,
+                        alpha=float(alpha), beta=beta, lam=lam, ignore_index=int(ignore_index),
+                        chunk=chunk)
+        self.head = head
+
+    def extra_repr(self):
+        return ", ".join(f"{k}={v!r}" for k, v in self.cfg.items())
+
+    def hidden_states(self, model, inputs):
+        """``(last hidden states, head)`` of ``model`` on ``inputs``, without logits."""
+        return hidden_states(model, inputs, self.head)
+
+    def forward(self, student_hidden, lm_head, teacher, labels=None):
+        w, b = _weight_bias(lm_head, "lm_head")
+        if isinstance(teacher, (tuple, list)):
+            if len(teacher) == 3:
+                t, tw, tb = teacher
+            elif len(teacher) == 2:
+                t, (tw, tb) = teacher[0], _weight_bias(teacher[1], "teacher head")
+            else:
+                raise _d.ArgumentError("teacher: expected logits or (hidden, head)")
+            t, tw = t.detach(), tw.detach()
+            tb = None if tb is None else tb.detach()
+        else:
+            t, tw, tb = teacher.detach(), None, None
+        tensors = [x for x in (student_hidden, w, b, t, tw, tb) if x is not None]
+        if labels is not None:
+            labels = labels.to(torch.int64)
+        if all(x.device.type == "cpu" and x.dtype in _C_DTYPES for x in tensors):
+            return _FusedLinear.apply(student_hidden, w, b, t, tw, tb, labels, self.cfg)
+        c = self.cfg
+        s_logits = F.linear(student_hidden, w, b)
+        t_logits = t if tw is None else F.linear(t, tw, tb)
+        return distillation_loss_torch(c["kind"], s_logits, t_logits,
+                                       temperature=c["temperature"],
+                                       reduction=c["reduction"], ignore_index=c["ignore_index"],
+                                       labels=labels, alpha=c["alpha"], beta=c["beta"],
+                                       lam=c["lam"])
+
+
+def distill_step(student, teacher, batch, loss, optimizer, *, features=None):
+    """One step of distillation: the teacher (eval mode, no gradient) and the student see the
+    same inputs, the student takes one optimizer step on ``loss``.  Returns the loss.
+
+    batch: the inputs, or ``(inputs, labels)`` (labels for the hard-label term and
+    ignore_index).  loss: a ``DistillationLoss`` (on logits) or a
+    ``FusedLinearDistillationLoss`` (on hidden states and heads: no logits at all), or any
+    ``loss(student_logits, teacher_logits, labels)``.  features: a ``FeatureDistillation``
+    whose hooks see both forward passes; its loss is added.  The optimizer must hold the
+    projections of ``features`` too, when it has any.
+    """
+    inputs, labels = batch if isinstance(batch, (tuple, list)) else (batch, None)
+    teacher.eval()
+    student.train()
+    if isinstance(loss, FusedLinearDistillationLoss):
+        with torch.no_grad():
+            t_out = loss.hidden_states(teacher, inputs)      # (hidden states, head)
+        value = loss(*loss.hidden_states(student, inputs), t_out, labels)
+    else:
+        with torch.no_grad():
+            t_out = teacher(inputs)
+        value = loss(student(inputs), t_out, labels)
+    if features is not None:
+        value = value + features()
+    optimizer.zero_grad(set_to_none=True)
+    value.backward()
+    optimizer.step()
+    return value.item()
