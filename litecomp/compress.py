@@ -403,10 +403,8 @@ def check_recipe(recipe, format, *, done=(), runners=None):
     indices another pass already ran).  Returns the leading shrink stages."""
     plan_stages = _stages(recipe)
     if format == "gguf":
-        import importlib.util
-        if importlib.util.find_spec("gguf") is None:
-            raise ArgumentError("format: 'gguf' writes through the gguf package, which is not "
-                                "installed (pip install gguf)")
+        from .export.ggufmodel import require_gguf
+        require_gguf()
     if runners is None:
         runners = {fam: cls() for fam, cls in RUNNERS.items()}
         for r in runners.values():

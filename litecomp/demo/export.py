@@ -11,8 +11,8 @@ NAME = "export"
 
 def run(ctx) -> str:
     """litecomp compress: the shrunk model -> a Q4_K GGUF file, streamed tensor by tensor."""
-    import importlib.util
-    if importlib.util.find_spec("gguf") is None:
+    from ..export import ggufmodel
+    if not ggufmodel.available():
         print("skipped: GGUF files are written through the gguf package (pip install gguf)")
         return "skipped (pip install gguf)"
     from .. import save

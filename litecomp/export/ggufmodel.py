@@ -245,6 +245,19 @@ def _byte_shape(shape, kind):
     return (rows, shape[-1] // blk * nbytes)
 
 
+def available() -> bool:
+    """Whether the gguf package (the extra GGUF files are written through) is installed."""
+    import importlib.util
+    return importlib.util.find_spec("gguf") is not None
+
+
+def require_gguf():
+    """Raise, before any work, when GGUF files cannot be written here."""
+    if not available():
+        raise ArgumentError("format: 'gguf' writes through the gguf package, which is not "
+                            "installed (pip install gguf)")
+
+
 def gguf_file(path, arch, fill, tensors, progress=None):
     """Write a GGUF file with gguf's GGUFWriter, streaming: ``fill(writer)`` adds the keys
     and every tensor's info (in order); ``tensors`` yields (name, make) and each ``make()``
@@ -297,6 +310,7 @@ def gguf(state_dict, path, *, config=None, qtype="Q8_0", tokenizer=None, imatrix
     """
     if qtype not in QTYPES:
         raise ArgumentError(f"qtype: {qtype!r} is not one of {', '.join(QTYPES)}")
+    require_gguf()
     cfg = load_config(config)
     infos = _infos(state_dict)
     arch = _arch_of(infos, cfg)
