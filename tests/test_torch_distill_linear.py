@@ -195,6 +195,28 @@ def test_bf16_is_the_chunked_bf16_computation():
     assert torch.equal(got[2], gw.bfloat16()) and torch.equal(got[3], gb.bfloat16())
 
 
+def test_bf16_no_n_by_v_array_beyond_one_chunk():
+    """The torch engine's buffers: bf16 student and teacher logits and the float32 gradient
+    of one chunk, the float32 weight gradient; nothing of size [N, V]."""
+    import tracemalloc
+    n, d, v, chunk = 1024, 32, 8192, 64
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(n, d, generator=g).bfloat16()
+    w = (torch.randn(v, d, generator=g) * 0.3).bfloat16()
+    th = torch.randn(n, d, generator=g).bfloat16()
+    crit = FusedLinearDistillationLoss("kl", chunk=chunk)
+    crit(h[:chunk].requires_grad_(), w.requires_grad_(), (th[:chunk], w.detach())).backward()
+    tracemalloc.start()       # sees NumPy's allocations (the buffers and gradients), not torch's
+    crit(h.requires_grad_(), w, (th, w.detach()))
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    buffers = chunk * v * (2 + 2 + 4)
+    grads = n * d * 2 + v * d * 4
+    # measured: peak = grads + buffers + 16 KiB
+    assert peak < grads + buffers + (256 << 10)
+    assert peak < n * v * 2 / 4                      # a quarter of one [N, V] bf16 array
+
+
 def test_only_the_gradients_autograd_asks_for():
     h, w, b, th, tw, lab = _problem()
     crit = FusedLinearDistillationLoss("kl")

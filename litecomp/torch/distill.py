@@ -330,7 +330,9 @@ class FusedLinearDistillationLoss(nn.Module):
     at a time too.  The student's head may be any of those three forms as well.  kind,
     temperature, alpha, beta, lam, ignore_index, reduction ("mean", "sum" or "batchmean"): as
     in ``DistillationLoss``.  The gradients are computed in forward (the only time the logits
-    exist) and kept for backward: ``[N, d]`` plus the head's own size.  Tensors on another
+    exist) and kept for backward: ``[N, d]`` plus the head's own size.  When every tensor is
+    bfloat16 the matmuls are torch's bf16 GEMM (what torch eager runs; NumPy has none),
+    otherwise NumPy's BLAS in float32 (float64).  Tensors on another
     device, or of a dtype the kernels do not take, go through the same math in torch ops
     (materialising the logits).  ``head`` names the model attribute that
     :meth:`hidden_states` swaps out (see :func:`hidden_states`).
