@@ -199,7 +199,7 @@ def test_bf16_no_n_by_v_array_beyond_one_chunk():
     """The torch engine's buffers: bf16 student and teacher logits and the float32 gradient
     of one chunk, the float32 weight gradient; nothing of size [N, V]."""
     import tracemalloc
-    n, d, v, chunk = 1024, 32, 8192, 64
+    n, d, v, chunk = 4096, 32, 8192, 64
     g = torch.Generator().manual_seed(0)
     h = torch.randn(n, d, generator=g).bfloat16()
     w = (torch.randn(v, d, generator=g) * 0.3).bfloat16()
@@ -214,7 +214,7 @@ def test_bf16_no_n_by_v_array_beyond_one_chunk():
     grads = n * d * 2 + v * d * 4
     # measured: peak = grads + buffers + 16 KiB
     assert peak < grads + buffers + (256 << 10)
-    assert peak < n * v * 2 / 4                      # a quarter of one [N, V] bf16 array
+    assert peak < n * v * 2 / 8                      # 1/8 of one [N, V] bf16 array
 
 
 def test_only_the_gradients_autograd_asks_for():
