@@ -139,7 +139,7 @@ def test_bf16_matches_torch_eager_bf16(case):
     got, want = _fused_bf16(kind, *tensors, **opts), _eager(kind, *tensors, **opts)
     ref = _eager(kind, *(x.double() for x in tensors), **opts)   # float64, same bf16 inputs
     assert all(g.dtype == torch.bfloat16 for g in got)
-    assert got[0].item() == pytest.approx(want[0].item(), rel=8e-3)     # 2 bf16 ulps
+    assert got[0].item() == pytest.approx(want[0].item(), rel=1.6e-2)    # 2 bf16 ulps
     for g, w_, r in zip(got[1:], want[1:], ref[1:]):
         assert _rel(g, w_) <= grad_tol
         assert _rel(g, r) <= 3e-2
@@ -193,6 +193,35 @@ def test_bf16_is_the_chunked_bf16_computation():
     assert got[0].item() == torch.tensor(total / rows.numel()).bfloat16().item()
     assert torch.equal(got[1], gh)
     assert torch.equal(got[2], gw.bfloat16()) and torch.equal(got[3], gb.bfloat16())
+
+
+def test_bf16_3d_non_contiguous_hidden_and_teacher_logits():
+    torch.manual_seed(0)
+    head = nn.Linear(8, 30).bfloat16()
+    h = torch.randn(5, 2, 8).bfloat16().transpose(0, 1)          # [2, 5, 8], not contiguous
+    t_logits = torch.randn(2, 5, 30).bfloat16()
+    lab = torch.randint(0, 30, (2, 5))
+    lab[0, 1] = -100
+    crit = FusedLinearDistillationLoss("kl", temperature=2.0, alpha=0.5, chunk=3)
+    hs = [h.detach().requires_grad_(), h.contiguous().detach().requires_grad_()]
+    out = [crit(x, head, t_logits, lab) for x in hs]
+    for o in out:
+        o.backward()
+    assert out[0].item() == out[1].item()
+    assert torch.equal(hs[0].grad, hs[1].grad) and hs[0].grad.shape == (2, 5, 8)
+    want = _eager_logits(h, head, t_logits, lab)
+    # measured (5 seeds): the bf16 loss equal or 1 ulp apart (6.8e-3), the hidden states'
+    # gradient 9.4e-3 of its largest entry
+    assert out[0].item() == pytest.approx(want[0], rel=1.6e-2)          # 2 bf16 ulps
+    assert _rel(hs[0].grad, want[1]) <= 2e-2
+
+
+def _eager_logits(h, head, t_logits, lab):
+    h = h.detach().requires_grad_()
+    loss = lt.distillation_loss_torch("kl", head(h), t_logits, temperature=2.0, labels=lab,
+                                      alpha=0.5)
+    loss.backward()
+    return loss.item(), h.grad
 
 
 def test_bf16_no_n_by_v_array_beyond_one_chunk():
