@@ -48,6 +48,28 @@ def threads(n: int):
         _C.set_thread_override(old)
 
 
+_TRIM = None
+
+
+def release_memory() -> None:
+    """Give the heap's free pages back to the operating system (glibc's ``malloc_trim``;
+    nothing elsewhere).  Freed NumPy and torch buffers of a few MB stay in the heap and keep
+    counting as resident memory; a pipeline that frees a block's working set calls this
+    so the next block starts from what is really in use."""
+    global _TRIM
+    if _TRIM is None:
+        _TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+                _TRIM = ctypes.CDLL(None).malloc_trim
+                _TRIM.argtypes, _TRIM.restype = [ctypes.c_size_t], ctypes.c_int
+            except (OSError, AttributeError):
+                _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
 _BLAS = None
 
 

@@ -402,9 +402,6 @@ def check_recipe(recipe, format, *, done=(), runners=None):
     format can hold its result, calibrated stages have what they need (``done``: stage
     indices another pass already ran).  Returns the leading shrink stages."""
     plan_stages = _stages(recipe)
-    if format == "gguf":
-        from .export.ggufmodel import require_gguf
-        require_gguf()
     if runners is None:
         runners = {fam: cls() for fam, cls in RUNNERS.items()}
         for r in runners.values():
@@ -414,6 +411,9 @@ def check_recipe(recipe, format, *, done=(), runners=None):
         r = _runner_for(s, runners, done)
         if hasattr(r, "check"):
             r.check(s, format)
+    if format == "gguf":  # after the recipe: a stage GGUF cannot hold is the first news
+        from .export.ggufmodel import require_gguf
+        require_gguf()
     return shrinks
 
 

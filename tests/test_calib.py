@@ -228,6 +228,37 @@ def test_gptq_dead_inputs_get_zero_weight(layer):
     assert (deq[:, 7] == 0).all() and (deq[:, 6] != 0).any()
 
 
+@pytest.mark.parametrize("opts", [dict(), dict(act_order=True, static_groups=True),
+                                  dict(act_order=True), dict(group_size=None)])
+def test_gptq_run_values_and_loss(layer, opts):
+    """gptq_run's values are the QTensor's dequantized weights bit for bit, and its loss
+    gives the output error from H alone: loss - lam ||E||^2 = tr(E H E^T)."""
+    from litecomp.quant.gptq import gptq_run
+    x, w, h = layer
+    r = gptq_run(w, h, 4, opts.pop("group_size", 64), **opts)
+    assert np.array_equal(r.values, r.qtensor.dequantize())
+    assert r.dead.tolist() == [j == 7 for j in range(256)]
+    e = r.values - w
+    e[:, r.dead] = 0
+    direct = out_err(x, w, np.where(r.dead, w, r.values)) * 2 / x.shape[0]
+    # measured: within 1e-7 relative of the product with H (float32 loop, float64 sums)
+    np.testing.assert_allclose(obs.damped_error(r.loss, r.lam, e).sum(), direct, rtol=1e-5)
+    assert r.lam == pytest.approx(0.01 * np.mean(np.where(r.dead, 1, np.diagonal(h.matrix))),
+                                  rel=1e-6)
+
+
+def test_sparsegpt_run_loss(layer):
+    from litecomp.prune.sparsegpt import sparsegpt_run
+    x, w, h = layer
+    for kw in (dict(sparsity=0.5), dict(n=2, m=4), dict(sparsity=0.5, bits=4, group_size=64)):
+        r = sparsegpt_run(w, h, **kw)
+        e = r.new_w - w
+        e[:, r.dead] = 0
+        direct = out_err(x, w, np.where(r.dead, w, r.new_w)) * 2 / x.shape[0]
+        np.testing.assert_allclose(obs.damped_error(r.loss, r.lam, e).sum(), direct,
+                                   rtol=1e-5)
+
+
 def test_gptq_beats_rtn_by_a_clear_margin(layer):
     x, w, h = layer
     rtn = out_err(x, w, litecomp.quant.quantize(w, 4, group_size=128).dequantize())
@@ -385,6 +416,15 @@ def test_apply_stage_on_a_state_dict(tmp_path, rng):
     np.testing.assert_array_equal(q.dequantize(), np.concatenate([p.dequantize() for p in parts]))
     for r in rep:
         assert r.error < r.baseline_error
+    # the report's errors are the definition's, ||X (W' - W)^T||^2 / ||X W^T||^2 (the
+    # GPTQ loop's loss gives the numerator; measured within 1e-8 relative)
+    wq = q.dequantize()
+    num = sum(out_err(x * (i + 1), sd["attn.in_proj_weight"][i * d:(i + 1) * d],
+                      wq[i * d:(i + 1) * d]) for i in range(3))
+    den = sum(out_err(x * (i + 1), 0 * sd["attn.in_proj_weight"][i * d:(i + 1) * d],
+                      sd["attn.in_proj_weight"][i * d:(i + 1) * d]) for i in range(3))
+    r_attn = next(r for r in rep if r.name == "attn.in_proj_weight")
+    assert r_attn.error == pytest.approx(num / den, rel=1e-4)
     # prune then quantize: the zeros survive GPTQ
     sd2, rep2 = calib.apply_recipe(sd, [{"method": "sparsegpt", "sparsity": 0.5,
                                          "targets": ["fc.weight"]},
@@ -430,3 +470,20 @@ def test_cli_gptq_and_sparsegpt_with_hessians(tmp_path, rng, capsys):
     assert main(["prune", src, str(p), "--method", "sparsegpt"]) == 1
     assert "--hessians" in capsys.readouterr().err
     assert main(["quantize", src, str(q), "--method", "gptq"]) == 1
+
+
+@pytest.mark.parametrize("n, bad", [(300, 5), (1100, 1050), (1600, 700), (1600, 1599)])
+def test_failed_cholesky_is_undone_without_a_copy(rng, n, bad):
+    """inverse_factor retries a failed Cholesky on H itself: what cholesky_lower changed
+    (its lower triangle and diagonal blocks) comes back exactly."""
+    a = rng.standard_normal((n, n)).astype(np.float32)
+    H = a @ a.T
+    H[bad, bad] = -1e4
+    orig = H.copy()
+    saved = [H[k:k + obs._CHOL_BLOCK, k:k + obs._CHOL_BLOCK].copy()
+             for k in range(0, n, obs._CHOL_BLOCK)]
+    with pytest.raises(np.linalg.LinAlgError):
+        obs.cholesky_lower(H)
+    assert np.array_equal(H, orig) == (bad < obs._CHOL_BLOCK)  # a later block: H changed
+    obs._restore_lower(H, saved)
+    assert np.array_equal(H, orig)

@@ -172,14 +172,24 @@ def hessian_accumulation(quick):
 
 
 # ------------------------------------------------------------------ the peer, whole model
-def _tiny_llama(quick):
+# "toy": 4 layers of width 512 (the torch forward passes, the same on both sides, are most
+# of the time); "tinyllama": 2 layers of TinyLlama-1.1B's real shape (width 2048, MLP 5632,
+# 32 query heads over 4 KV heads), where compressing each layer is most of the time.
+LLAMA_SHAPES = {
+    "toy": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4,
+                num_attention_heads=8, num_key_value_heads=8),
+    "tinyllama": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=2,
+                      num_attention_heads=32, num_key_value_heads=4),
+}
+
+
+def _tiny_llama(quick, shape="toy", seed=0):
     transformers = optional_import("transformers")
-    cfg = transformers.LlamaConfig(vocab_size=512 if quick else 2048, hidden_size=128 if quick
-                                   else 512, intermediate_size=256 if quick else 1536,
-                                   num_hidden_layers=2 if quick else 4, num_attention_heads=4
-                                   if quick else 8, num_key_value_heads=4 if quick else 8,
-                                   max_position_embeddings=256)
-    torch.manual_seed(0)
+    dims = dict(hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=4) if quick else LLAMA_SHAPES[shape]
+    cfg = transformers.LlamaConfig(vocab_size=512 if quick else 2048,
+                                   max_position_embeddings=256, **dims)
+    torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(cfg)
     # llm-compressor re-reads the config from model.config.name_or_path: give it a folder
     import tempfile
@@ -210,7 +220,7 @@ def _word_tokenizer(vocab):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="0", pad_token="0")
 
 
-def _peer_case(method, quick):
+def _peer_case(method, quick, shape="toy", seed=0):
     llmc = optional_import("llmcompressor")
     if torch is None or optional_import("transformers") is None or llmc is None:
         return Run(litecomp=lambda: None,
@@ -218,9 +228,9 @@ def _peer_case(method, quick):
                    missing_reason="llmcompressor not installed (pip install torch==2.13.0 "
                                   "llmcompressor, on one command line)")
     import litecomp.torch as lt
-    base, cfg = _tiny_llama(quick)
-    batches = _calib_tokens(cfg, quick)
-    test = _calib_tokens(cfg, quick, n=4, seed=1)
+    base, cfg = _tiny_llama(quick, shape, seed)
+    batches = _calib_tokens(cfg, quick, seed=2 * seed)
+    test = _calib_tokens(cfg, quick, n=4, seed=2 * seed + 1)
     with torch.no_grad():
         ref = [base(b).logits for b in test]
     if method == "gptq":
@@ -272,6 +282,18 @@ def peer_gptq(quick):
 @case("oneshot SparseGPT 50%, small LLaMA, beside llm-compressor", group="calib", repeats=1, warm_up=False)
 def peer_sparsegpt(quick):
     return _peer_case("sparsegpt", quick)
+
+
+@case("oneshot GPTQ W4A16 (g128), 2 TinyLlama-1.1B-shaped layers, beside llm-compressor",
+      group="calib", repeats=1, warm_up=False)
+def peer_gptq_tinyllama(quick):
+    return _peer_case("gptq", quick, "tinyllama")
+
+
+@case("oneshot SparseGPT 50%, 2 TinyLlama-1.1B-shaped layers, beside llm-compressor",
+      group="calib", repeats=1, warm_up=False)
+def peer_sparsegpt_tinyllama(quick):
+    return _peer_case("sparsegpt", quick, "tinyllama")
 
 
 # ------------------------------------------------------------------ quality, full-size decoder

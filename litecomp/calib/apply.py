@@ -79,43 +79,57 @@ def _sparsity_of(o, where):
     return s
 
 
-def _compress(w, H, stage, keep=None):
-    """(new float32 weight, QTensor or None, keep mask or None, baseline float32 weight)."""
+def _compress(w, box, stage, keep=None):
+    """(new float32 weight, QTensor or None, keep mask or None, (error, baseline error,
+    tr(W H W^T)) energies).  ``box``: ``[H]``, the caller's only reference to a float32
+    array, which is consumed: the method runs in its memory after the baseline's energies
+    are taken."""
+    H = box.pop()
     from ..prune import nm as nm_mask, per_row
     from ..prune.scores import wanda as wanda_score
-    from ..prune.sparsegpt import sparsegpt
+    from ..prune.sparsegpt import sparsegpt_run
     from ..quant import quantize
-    from ..quant.gptq import gptq
+    from ..quant.gptq import gptq_run
     o, where = stage.options, stage.where()
+    w32 = np.asarray(w, np.float32)
     if stage.method == "gptq":
         opts = {k: o[k] for k in ("bits", "group_size", "scheme", "act_order",
                                   "static_groups", "damp", "block_size") if k in o}
         bits, gs = opts.get("bits", 4), opts.get("group_size", 128)
         scheme = opts.get("scheme", "symmetric")
+        base = quantize(np.where(keep, w, 0) if keep is not None else w, bits,
+                        scheme=scheme, **({"group_size": gs} if gs else {"axis": 0}))
+        bnum, den = _energies(w32, [base.dequantize()], H)
         if keep is not None:
             sg = {k: v for k, v in opts.items() if k in ("bits", "group_size", "scheme",
                                                           "damp", "block_size")}
             sg.setdefault("bits", bits)
             sg.setdefault("group_size", gs)
-            new, _, q = sparsegpt(w, H, mask=keep, **sg)
+            box = [H]
+            del H
+            r = sparsegpt_run(w, box, mask=keep, **sg)
+            new, q = r.new_w, r.qtensor
         else:
-            q = gptq(w, H, **opts)
-            new = q.dequantize()
-        base = quantize(np.where(keep, w, 0) if keep is not None else w, bits,
-                        scheme=scheme, **({"group_size": gs} if gs else {"axis": 0}))
-        return np.asarray(new, np.float32), q, keep, base.dequantize()
+            box = [H]
+            del H
+            r = gptq_run(w, box, **opts)
+            new, q = r.values, r.qtensor
+        new = np.asarray(new, np.float32)
+        return new, q, keep, (_run_energy(w32, new, r), bnum, den)
     if stage.method == "sparsegpt":
         opts = {k: o[k] for k in ("sparsity", "n", "m", "block_size", "damp", "bits",
                                   "group_size", "scheme") if k in o}
         _sparsity_of(o, where)
-        res = sparsegpt(w, H, **opts)
-        new, k = res[0], res[1]
-        q = res[2] if len(res) == 3 else None
         if "n" in o or "m" in o:
             bm = nm_mask(w, o.get("n", 2), o.get("m", 4))
         else:
             bm = per_row(w, float(o["sparsity"]))
-        return np.asarray(new, np.float32), q, k, np.where(bm, w, 0).astype(np.float32)
+        bnum, den = _energies(w32, [np.where(bm, w32, 0)], H)
+        box = [H]
+        del H
+        r = sparsegpt_run(w, box, **opts)
+        new = np.asarray(r.new_w, np.float32)
+        return new, r.qtensor, r.keep, (_run_energy(w32, new, r), bnum, den)
     if stage.method == "wanda":
         s = _sparsity_of(o, where)
         score = wanda_score(w, np.diagonal(H).astype(np.float64) / 2)  # mean x^2
@@ -125,16 +139,40 @@ def _compress(w, H, stage, keep=None):
         else:
             k = per_row(w, float(s), importance_scores=score)
             bm = per_row(w, float(s))
-        w32 = np.asarray(w, np.float32)
-        return np.where(k, w32, 0), None, k, np.where(bm, w32, 0)
+        new = np.where(k, w32, 0)
+        num, bnum, den = _energies(w32, [new, np.where(bm, w32, 0)], H)
+        return new, None, k, (num, bnum, den)
     raise ArgumentError(f"{where}: method {stage.method!r} cannot run on a state dict "
                         "with Hessians (awq and smoothquant fold scales into the op before "
                         "a layer: use litecomp.torch.oneshot)")
 
 
-def _energy(E, H) -> float:
-    """tr(E H E^T) = n/2 * ||X E^T||^2 (float64 sum)."""
-    return float(np.sum((E @ H) * E, dtype=np.float64))
+_ROWS = 256  # rows per product with H in the energies: bounds the temporaries
+
+
+def _energy(E, H, minus=None) -> float:
+    """tr(E H E^T) = n/2 * ||X E^T||^2 (float64 sum), with E = E - minus when given, a
+    block of rows at a time (no temporary beyond [256, in])."""
+    total = 0.0
+    for r0 in range(0, E.shape[0], _ROWS):
+        e = E[r0:r0 + _ROWS] if minus is None else E[r0:r0 + _ROWS] - minus[r0:r0 + _ROWS]
+        total += float(np.sum((e @ H) * e, dtype=np.float64))
+    return total
+
+
+def _energies(w, candidates, H):
+    """(tr(E H E^T) for E = c - w, for each candidate c ..., then tr(W H W^T))."""
+    return tuple(_energy(c, H, w) for c in candidates) + (_energy(w, H),)
+
+
+def _run_energy(w, new, run) -> float:
+    """tr(E H E^T), E = new - w, from an OBS loop's loss (``obs.damped_error``): no product
+    with H."""
+    from .obs import damped_error
+    e = new - w
+    if run.dead.any():
+        e[:, run.dead] = 0
+    return float(np.sum(damped_error(run.loss, run.lam, e)))
 
 
 def _join_qtensors(qs, shape):
@@ -157,20 +195,18 @@ def compress_tensor(name, w, parts, stage, keep=None):
         stage = Stage(stage.method, stage.targets, stage.ignore,
                       {**stage.options, "static_groups": True}, stage.index)
         note = "packed q/k/v: act_order with static_groups"
-    news, qs, keeps, bases = [], [], [], []
+    news, qs, keeps = [], [], []
     err_num = err_den = base_num = 0.0
     for rows, h, _label in parts:
         wp = np.asarray(w[rows])
-        H = h.matrix
-        new, q, k, base = _compress(wp, H, stage, None if keep is None else keep[rows])
+        new, q, k, (num, bnum, den) = _compress(wp, [h.matrix], stage,
+                                                None if keep is None else keep[rows])
         news.append(new)
         qs.append(q)
         keeps.append(k)
-        bases.append(base)
-        w32 = wp.astype(np.float32)
-        err_num += _energy(new - w32, H)
-        base_num += _energy(base - w32, H)
-        err_den += _energy(w32, H)
+        err_num += num
+        base_num += bnum
+        err_den += den
     new = np.concatenate(news) if len(news) > 1 else news[0]
     q = None if qs[0] is None else (_join_qtensors(qs, w.shape) if len(qs) > 1 else qs[0])
     k = None if keeps[0] is None else (np.concatenate(keeps) if len(keeps) > 1 else keeps[0])

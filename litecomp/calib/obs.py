@@ -27,10 +27,16 @@ DAMP_RETRIES = 4
 
 
 def check_hessian(H, cols, name="H") -> np.ndarray:
-    """H as a float32 (cols, cols) array: square, the weight's width, finite, symmetric."""
+    """H as a float32 (cols, cols) array: square, the weight's width, finite, symmetric.
+    A one-element list ``[H]`` hands the caller's only reference over: a float32 array is
+    then used (and later changed) in place, not copied."""
     from .hessian import Hessian
     owned = isinstance(H, Hessian)
-    if owned:
+    if isinstance(H, list) and len(H) == 1:
+        H = H.pop()
+        owned = isinstance(H, np.ndarray)
+    if isinstance(H, Hessian):
+        owned = True
         H = H.matrix  # a fresh array: no second copy
     H = as_array(H, name)
     if H.dtype.kind not in "fV":
@@ -96,7 +102,21 @@ def tri_inv_lower(L) -> np.ndarray:
     return L
 
 
-def cholesky_lower(A, block=512) -> np.ndarray:
+_CHOL_BLOCK = 512  # cholesky_lower's diagonal blocks
+
+
+def _restore_lower(A, saved):
+    """Undo a failed ``cholesky_lower(A)`` from what it leaves alone: the strict upper
+    triangle outside the diagonal blocks, and the diagonal blocks ``saved`` before."""
+    n = A.shape[0]
+    for i, k0 in enumerate(range(0, n, _CHOL_BLOCK)):
+        k1 = min(k0 + _CHOL_BLOCK, n)
+        A[k0:k1, k0:k1] = saved[i]
+        if k1 < n:
+            A[k1:, k0:k1] = A[k0:k1, k1:].T
+
+
+def cholesky_lower(A, block=_CHOL_BLOCK) -> np.ndarray:
     """The lower Cholesky factor of a float32 matrix, computed in place in A (returned):
     right-looking and blocked, each diagonal block by ``np.linalg.cholesky``, the panel by
     the block's triangular inverse and the trailing update by ``np.matmul`` in column
@@ -131,6 +151,26 @@ def _zero_upper(A):
     return A
 
 
+def _flip(A):
+    """A <- J A J (rows and columns reversed) in place, row by row: no n^2 temporary."""
+    n = A.shape[0]
+    for i in range(n // 2):
+        top = A[i, ::-1].copy()
+        A[i] = A[n - 1 - i, ::-1]
+        A[n - 1 - i] = top
+    if n % 2:
+        A[n // 2] = A[n // 2, ::-1].copy()
+    return A
+
+
+def damp_value(diag, step) -> np.float32:
+    """What ``inverse_factor`` adds to every diagonal entry: step * mean(diag H), dead
+    entries (H_jj = 0) counted as 1."""
+    d = np.asarray(diag)
+    mean = float(np.mean(np.where(d == 0, 1, d), dtype=np.float64))
+    return np.float32(step * mean)
+
+
 def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
     """(U, damp used): U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1
 
@@ -151,27 +191,29 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
         idx = np.flatnonzero(dead)
         H[idx, idx] = 1
         d[idx] = 1
-    mean = float(np.mean(d, dtype=np.float64))
     step = damp
     n = H.shape[0]
-    for i in range(n // 2):  # H <- J H J in place (row by row: no n^2 temporary)
-        top = H[i, ::-1].copy()
-        H[i] = H[n - 1 - i, ::-1]
-        H[n - 1 - i] = top
-    if n % 2:
-        H[n // 2] = H[n // 2, ::-1].copy()
+    _flip(H)
     d = d[::-1].copy()
     idx = np.arange(n)
     for attempt in range(DAMP_RETRIES + 1):
-        H[idx, idx] = d + np.float32(step * mean)
+        H[idx, idx] = d + damp_value(d, step)
+        # cholesky_lower changes H's lower triangle and its diagonal blocks only: keep
+        # those blocks, and a failed attempt is undone from the upper triangle (no second
+        # n^2 copy of H)
+        saved = [H[k0:k0 + _CHOL_BLOCK, k0:k0 + _CHOL_BLOCK].copy()
+                 for k0 in range(0, n, _CHOL_BLOCK)] if attempt < DAMP_RETRIES else None
         try:
-            L = cholesky_lower(H.copy() if attempt < DAMP_RETRIES else H)
+            L = cholesky_lower(H)
+            if not np.isfinite(L).all():
+                raise np.linalg.LinAlgError("not finite")
         except np.linalg.LinAlgError:
             L = None
+            if saved is not None:
+                _restore_lower(H, saved)
         if L is not None and np.isfinite(L).all():
             del H
-            U = tri_inv_lower(L)[::-1, ::-1]
-            U = np.ascontiguousarray(U)
+            U = _flip(tri_inv_lower(L))  # in L's memory
             del L
             if np.isfinite(U).all() and (np.diagonal(U) > 0).all():
                 return U, step
@@ -185,7 +227,8 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
                           f"damp={nxt:g}", RuntimeWarning, stacklevel=3)
             step = nxt
     raise NonFiniteError(f"{name}: is not positive definite even with damp={step:g} "
-                         f"(times mean(diag H) = {mean:.3g}); check the calibration data")
+                         f"(times mean(diag H) = {float(np.mean(d, dtype=np.float64)):.3g}); "
+                         "check the calibration data")
 
 
 class Quantizer:
@@ -206,12 +249,15 @@ class Quantizer:
         self.codes = np.empty((rows, cols), np.uint8)
 
 
-def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None):
+def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None,
+        loss=None):
     """The OBS loop over ``W`` (float32, changed in place into the result) with factor U.
 
     Pruning: ``sparsity`` (each block prunes exactly round(sparsity * rows * count) of its
     entries, lowest w^2 / U_jj^2 first, ties to the lower flat index), ``nm=(n, m)``, or
     ``keep`` (a fixed bool mask, True = keep).  Returns the keep mask (or None).
+    ``loss``: a float64 [rows] array that receives each row's sum of err^2 -- the output
+    error energy tr(E H_d E^T) of that row exactly (E = Err U), H_d the damped Hessian.
     """
     from ..prune import l1_unstructured
     rows, cols = W.shape
@@ -244,12 +290,23 @@ def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None):
                      q.codes if q else None, pmode, pm, n, m)
         if pmode:
             keep_out[:, i1:i2] = pm == 0
+        if loss is not None:
+            e64 = err.astype(np.float64)
+            loss += np.einsum("ij,ij->i", e64, e64)
         for c0 in range(i2, cols, panel):
             c1 = min(c0 + panel, cols)
             t = buf[:rows * (c1 - c0)].reshape(rows, c1 - c0)
             np.matmul(err, U[i1:i2, c0:c1], out=t)
             np.subtract(W[:, c0:c1], t, out=W[:, c0:c1])
     return keep_out
+
+
+def damped_error(loss, lam, E) -> np.ndarray:
+    """Per row, tr(E H E^T) from a run's ``loss`` (tr(E H_d E^T), H_d = H + lam I, exact for
+    E = Err U): loss - lam ||E_r||^2 -- the output error without a [rows, cols] x H product.
+    E: the final weight minus the (dead-column-zeroed) input weight."""
+    e = np.asarray(E, np.float64)
+    return np.maximum(loss - lam * np.einsum("ij,ij->i", e, e), 0.0)
 
 
 def output_error(W, Wq, H) -> float:

@@ -19,6 +19,7 @@ smallest (k + 1 entries, more on ties).
 """
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -49,6 +50,26 @@ def sparsegpt(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0.01,
     Returns ``(new_w, keep)`` -- new_w in w's dtype with pruned entries exactly 0, keep a
     bool mask -- or ``(new_w, keep, qtensor)`` with ``bits``.
     """
+    r = sparsegpt_run(w, H, sparsity, n=n, m=m, block_size=block_size, damp=damp, bits=bits,
+                      group_size=group_size, scheme=scheme, mask=mask)
+    return r[:2] if r.qtensor is None else r[:3]
+
+
+class SparseGPTResult(NamedTuple):
+    """:func:`sparsegpt`'s result with what its loop leaves (``litecomp.calib`` reports
+    from it): ``loss`` per row tr(E H_d E^T), H_d = H + lam I; ``dead`` inputs."""
+    new_w: np.ndarray
+    keep: np.ndarray
+    qtensor: object
+    loss: np.ndarray
+    lam: float
+    dead: np.ndarray
+
+
+def sparsegpt_run(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0.01,
+                  bits=None, group_size=None, scheme="symmetric",
+                  mask=None) -> SparseGPTResult:
+    """:func:`sparsegpt` returning a ``SparseGPTResult``."""
     from ..calib import obs
     from ..quant.core import SCHEMES, _check_bits
     from ..quant.gptq import _qtensor, _row_qparams, check_group_size
@@ -99,12 +120,15 @@ def sparsegpt(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0.01,
         idx = np.flatnonzero(dead)
         Hm[idx, idx] = 1
         W[:, dead] = 0
+    diag = np.diagonal(Hm).copy()
     box = [Hm]
     del Hm
-    U, _ = obs.inverse_factor(box, damp)  # frees H once the factor exists
-    keep_out = obs.run(W, U, block_size, quantizer=qz, sparsity=sparsity, nm=nm, keep=keep)
+    U, step = obs.inverse_factor(box, damp)  # frees H once the factor exists
+    loss = np.zeros(rows, np.float64)
+    keep_out = obs.run(W, U, block_size, quantizer=qz, sparsity=sparsity, nm=nm, keep=keep,
+                       loss=loss)
+    del U
     new_w = _as_dtype(W, dtype)
-    if qz is None:
-        return new_w, keep_out
-    return new_w, keep_out, _qtensor(qz.codes, qz.scales, qz.zero_points, bits, (rows, cols),
-                                     scheme, group_size)
+    q = None if qz is None else _qtensor(qz.codes, qz.scales, qz.zero_points, bits,
+                                         (rows, cols), scheme, group_size)
+    return SparseGPTResult(new_w, keep_out, q, loss, float(obs.damp_value(diag, step)), dead)

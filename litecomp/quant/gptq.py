@@ -15,6 +15,8 @@ the layer's inputs.  The loop is csrc/calib.c, the linear algebra NumPy's BLAS/L
 True
 """
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .._check import check_choice, check_float, check_int
@@ -45,6 +47,15 @@ def check_group_size(group_size, cols):
     return group_size
 
 
+class GPTQResult(NamedTuple):
+    """What the GPTQ loop leaves besides the QTensor (``litecomp.calib`` reports from it)."""
+    qtensor: QTensor
+    values: np.ndarray   # float32 [out, in]: qtensor.dequantize(), in the original order
+    loss: np.ndarray     # float64 [out]: per row tr(E H_d E^T) (obs.run's loss)
+    lam: float           # the value added to H's diagonal (H_d = H + lam I)
+    dead: np.ndarray     # bool [in]: inputs that never fire (H_jj = 0), weight set to 0
+
+
 def gptq(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False, damp=0.01,
          block_size=128, static_groups=False) -> QTensor:
     """GPTQ-quantize a [out, in] weight with the Hessian ``H`` of its inputs.
@@ -57,6 +68,14 @@ def gptq(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False, d
     to the diagonal.  ``block_size``: columns per lazy update.  Inputs that never fire
     (H_jj = 0) get weight 0.  Returns a ``QTensor`` in ``quantize``'s layout.
     """
+    return gptq_run(w, H, bits, group_size, scheme=scheme, act_order=act_order, damp=damp,
+                    block_size=block_size, static_groups=static_groups).qtensor
+
+
+def gptq_run(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False,
+             damp=0.01, block_size=128, static_groups=False) -> GPTQResult:
+    """:func:`gptq` with what its loop leaves: the dequantized values (no second pass over
+    the codes) and the per-row error energy (see ``GPTQResult``)."""
     from ..calib import obs
     bits = _check_bits(bits)
     check_choice(scheme, "scheme", SCHEMES)
@@ -85,9 +104,11 @@ def gptq(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False, d
         perm = np.argsort(-np.diagonal(Hm), kind="stable")
         W = np.ascontiguousarray(W[:, perm])
         Hm = Hm[np.ix_(perm, perm)]
+    diag = np.diagonal(Hm).copy()
     box = [Hm]
     del Hm
-    U, _ = obs.inverse_factor(box, damp)  # frees H once the factor exists
+    U, step = obs.inverse_factor(box, damp)  # frees H once the factor exists
+    lam = float(obs.damp_value(diag, step))
 
     if group_size is None:
         qz = obs.Quantizer(rows, cols, bits, scheme, None, dynamic=False, scales=s,
@@ -98,14 +119,20 @@ def gptq(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False, d
                            zero_points=z, gidx=gidx)
     else:
         qz = obs.Quantizer(rows, cols, bits, scheme, group_size, dynamic=True)
-    obs.run(W, U, block_size, quantizer=qz)
+    loss = np.zeros(rows, np.float64)
+    obs.run(W, U, block_size, quantizer=qz, loss=loss)
+    del U
 
     codes = qz.codes
     keep_perm = perm is not None and group_size is not None and not static_groups
-    if perm is not None and not keep_perm:
-        codes = np.ascontiguousarray(codes[:, np.argsort(perm)])
-    return _qtensor(codes, qz.scales, qz.zero_points, bits, (rows, cols), scheme, group_size,
-                    perm if keep_perm else None)
+    if perm is not None:
+        inv = np.argsort(perm)
+        W = np.ascontiguousarray(W[:, inv])
+        if not keep_perm:
+            codes = np.ascontiguousarray(codes[:, inv])
+    q = _qtensor(codes, qz.scales, qz.zero_points, bits, (rows, cols), scheme, group_size,
+                 perm if keep_perm else None)
+    return GPTQResult(q, W, loss, lam, dead)
 
 
 def _qtensor(codes, scales, zps, bits, shape, scheme, group_size, perm=None) -> QTensor:

@@ -24,6 +24,7 @@ from torch import nn
 
 from ..calib.apply import LayerReport, compress_tensor
 from ..calib.hessian import Hessian
+from .._runtime import release_memory
 from ..errors import ArgumentError
 from ..recipe import Stage, stages
 from . import capture as cap
@@ -52,58 +53,114 @@ class OneshotResult:
                             align=["<", "<", ">", ">", ">", ">", "<"])
 
 
+class _Acc:
+    """A running sum of x^T x (float32, by torch's addmm where the activations are: the
+    NumPy/BLAS thread pool never wakes between the model's own ops) and its token count,
+    shared by the taps that see one tensor (q/k/v_proj, gate/up_proj)."""
+
+    def __init__(self, features):
+        self.features = features
+        self.sum = None
+        self.count = 0
+        self.last = None   # (call number, key, x) of the last tensor added
+        self._h = None
+
+    def add(self, x, call, key):
+        a = _tokens(x)
+        if self.sum is None:
+            self.sum = torch.zeros((self.features,) * 2, dtype=a.dtype, device=a.device)
+        self.sum.addmm_(a.T, a)
+        if not bool(torch.isfinite(torch.diagonal(self.sum)).all()):
+            from ..errors import NonFiniteError
+            raise NonFiniteError("x: contains NaN or inf (or values whose square "
+                                 "overflows float32)")
+        self.count += a.shape[0]
+        self.last = (call, key, x)
+        self._h = None
+
+    def split(self, call):
+        """A copy without this call's tensor (a tap that shared it sees another one now)."""
+        c = _Acc(self.features)
+        if self.sum is not None:
+            c.sum = self.sum.clone()
+            c.count = self.count
+            if self.last is not None and self.last[0] == call:
+                a = _tokens(self.last[2])
+                c.sum.addmm_(a.T, a, alpha=-1)
+                c.count -= a.shape[0]
+        return c
+
+    @property
+    def h(self) -> Hessian:
+        if self._h is None:
+            self._h = _AccHessian(self)
+        return self._h
+
+
+class _AccHessian(Hessian):
+    """The ``Hessian`` of an ``_Acc``, read from its float32 sum: ``matrix`` is made in
+    float32 directly (no float64 copy of the sum on the way); ``sum`` (float64) is made
+    when asked for."""
+
+    def __init__(self, acc):  # no super().__init__: no zero float64 sum
+        self.features = acc.features
+        self.count = acc.count
+        self._src = acc.sum
+        self._sum = None
+
+    @property
+    def sum(self):
+        if self._sum is None:
+            self._sum = np.zeros((self.features,) * 2, np.float64) if self._src is None \
+                else self._src.double().cpu().numpy()
+        return self._sum
+
+    @sum.setter
+    def sum(self, value):
+        self._sum, self._src = value, None
+
+    def as_matrix(self, dtype=np.float32):
+        if self._sum is not None or self._src is None or not self.count or \
+                np.dtype(dtype) != np.float32:
+            return super().as_matrix(dtype)
+        m = (self._src * (2.0 / self.count)).cpu().numpy()
+        return m if m.dtype == np.float32 else m.astype(np.float32)
+
+
 class _Stats:
-    """What one tap accumulates: the Hessian sum (x^T x by torch where the activations
-    are, into a float64 tensor: the NumPy/BLAS thread pool never wakes between the
-    model's own ops), and, for AWQ / SmoothQuant, mean |x|, max |x| and a token sample."""
+    """What one tap accumulates: its x^T x (an ``_Acc``, maybe shared) and, for AWQ /
+    SmoothQuant, mean |x|, max |x| and a token sample."""
 
     def __init__(self, features, need_x):
         self.features = features
-        self.sum = None  # float64, on the activations' device
-        self.count = 0
+        self.acc = _Acc(features)
         self.need_x = need_x
         self.abs_sum = np.zeros(features, np.float64) if need_x else None
         self.abs_max = np.zeros(features, np.float32) if need_x else None
         self.samples = []
         self.n_samples = 0
-        self._h = None
 
-    def update(self, x, gram=None):
-        """Add one activation batch; ``gram``: its x^T x if already computed (a tap that
-        sees the same tensor as another, e.g. q/k/v_proj), returned either way."""
-        a = _tokens(x)
-        if gram is None:
-            gram = a.T @ a
-            if not bool(torch.isfinite(torch.diagonal(gram)).all()):
-                from ..errors import NonFiniteError
-                raise NonFiniteError("x: contains NaN or inf (or values whose square "
-                                     "overflows float32)")
-        if self.sum is None:
-            self.sum = torch.zeros((self.features,) * 2, dtype=torch.float64, device=a.device)
-        self.sum += gram
-        self.count += a.shape[0]
-        self._h = None
-        if self.need_x:
-            from . import to_numpy
-            a32 = np.asarray(to_numpy(a.cpu()), np.float32)
-            self.abs_sum += np.abs(a32).sum(axis=0, dtype=np.float64)
-            np.maximum(self.abs_max, np.abs(a32).max(axis=0), out=self.abs_max)
-            if self.n_samples < 4096:
-                step = max(1, a32.shape[0] // 512)
-                take = a32[::step][:4096 - self.n_samples]
-                self.samples.append(take.copy())
-                self.n_samples += take.shape[0]
-        return gram
+    def update_x(self, x):
+        if not self.need_x:
+            return
+        from . import to_numpy
+        a32 = np.asarray(to_numpy(_tokens(x).cpu()), np.float32)
+        self.abs_sum += np.abs(a32).sum(axis=0, dtype=np.float64)
+        np.maximum(self.abs_max, np.abs(a32).max(axis=0), out=self.abs_max)
+        if self.n_samples < 4096:
+            step = max(1, a32.shape[0] // 512)
+            take = a32[::step][:4096 - self.n_samples]
+            self.samples.append(take.copy())
+            self.n_samples += take.shape[0]
+
+    @property
+    def count(self):
+        return self.acc.count
 
     @property
     def h(self) -> Hessian:
         """The litecomp Hessian of everything seen so far."""
-        if self._h is None:
-            h = Hessian(self.features)
-            if self.sum is not None:
-                h.add_gram(self.sum.cpu().numpy(), self.count)
-            self._h = h
-        return self._h
+        return self.acc.h
 
     @property
     def x(self):
@@ -378,6 +435,8 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
                     local = _local_params(new, bname, params)
                     for j, inp in enumerate(inps):
                         inps[j] = cap.next_inputs(inp, cap.call_block(block, inp, local))
+                    del local
+                release_memory()
                 if bar is not None:
                     bar.update(1)
             del inps
@@ -432,19 +491,48 @@ def _collect(module, prefix, taps, inps, need_x, call):
     rel = [cap.Tap(t.key, t.module_name[len(prefix) + 1:] if prefix else t.module_name,
                    t.kind, t.param, t.rows, t.features) for t in taps]
 
-    seen = {}  # one call's inputs already reduced: taps fed the same tensor share x^T x
+    # Taps fed one tensor (q/k/v_proj, gate/up_proj) share one accumulator: joined when
+    # they see the same tensor in the first call, split again if they ever do not.
+    seen = {}    # this call: key -> the accumulator that took that tensor
+    call_no = [0]
+    # The call's output is not needed, only what the taps see: once every tap has fired
+    # (each exactly once per call, as the first call showed) the rest of the forward is
+    # skipped -- in a transformer block, the last projection and what follows it.
+    fired = {}
+    stop_early = [False]
 
     def observe(tap, x):
         key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x._version)
-        hit = seen.get(key)
-        gram = stats[tap.key].update(x, None if hit is None else hit[1])
-        if hit is None:
-            seen[key] = (x, gram)  # holding x: its memory cannot be reused meanwhile
+        st = stats[tap.key]
+        acc = st.acc
+        got = seen.get(key)
+        if call_no[0] == 0 and got is not None and got is not acc and acc.count == 0:
+            st.acc = acc = got   # first call: join the tap that took this tensor
+        elif acc.last is not None and acc.last[0] == call_no[0] and acc.last[1] != key:
+            st.acc = acc = acc.split(call_no[0])   # shared, but this tap sees another
+        if not (acc.last is not None and acc.last[0] == call_no[0] and acc.last[1] == key):
+            acc.add(x, call_no[0], key)
+            seen[key] = acc
+        st.update_x(x)
+        fired[tap.key] = fired.get(tap.key, 0) + 1
+        if stop_early[0] and len(fired) == len(stats):
+            raise cap._Stop
 
     with cap.Capture(module, rel, observe):
-        for inp in inps:
-            call(inp)
+        for i, inp in enumerate(inps):
+            call_no[0] = i
+            try:
+                call(inp)
+            except cap._Stop:
+                pass
             seen.clear()
+            for st in stats.values():   # drop the last tensors (they hold memory)
+                if st.acc.last is not None:
+                    st.acc.last = (i, st.acc.last[1], None)
+            if i == 0:
+                stop_early[0] = len(fired) == len(stats) and \
+                    all(c == 1 for c in fired.values())
+            fired.clear()
     return stats
 
 
@@ -457,6 +545,8 @@ def _calibrate_and_compress(model, block, bname, inps, btaps, by_param, params, 
     _compress_layers(model, btaps, stats, by_param, params, modules, new, compact, report)
     if keep_h is not None:
         keep_h.update({k: s.h for k, s in stats.items()})
+    del stats
+    release_memory()
 
 
 def _tail(model, batches, ttaps, by_param, params, modules, new, compact, report, keep_h):
@@ -492,38 +582,90 @@ def _compress_layers(model, taps, stats, by_param, params, modules, new, compact
         for p, entries in by_param.items():
             if not entries[0][1]:
                 work.setdefault(p, None)
-    current = {p: (new[p] if p in new else _np(params[p])) for p in work}
+    current = _Current(work, new, params)
     # smoothing stages first: they change the layer, its producer and its input statistics
     scales = _smooth(taps, stats, by_param, params, modules, new, current, report)
     for p in work:
-        w = current[p]
-        keep = last_q = None
-        for st, ptaps in by_param[p]:
-            if st.family == "smooth":
-                continue
-            if not ptaps:  # embedding (data-free only)
-                w, keep, q = _data_free(p, w, st, keep, report)
-            elif not st.calibrated:
-                w, keep, q = _data_free(p, w, st, keep, report,
-                                        _parts_for(ptaps, stats, scales, w))
-            else:
-                parts = _parts_for(ptaps, stats, scales, w)
-                if st.method == "awq":
-                    w, q, rep = _awq_quantize(p, w, ptaps, stats, scales, st, keep)
-                else:
-                    w2, q, k, rep = compress_tensor(p, w, parts, st, keep)
-                    w = w2
-                    keep = k if k is not None else keep
-                report.append(rep)
-            if q is not None:
-                compact[p] = q
-                w = np.asarray(q.dequantize(), np.float32)
-            last_q = q
-        if last_q is not None:  # the last stage quantized: w is its values
-            new.set_quantized(p, last_q)
+        with _kernel_threads(params[p].numel()):
+            _compress_param(p, by_param, stats, scales, current, new, compact, report)
+        current.done(p)
+
+
+class _Current(dict):
+    """{param: float32 working value} of the parameters being compressed, each made when
+    first read (the latest new value, else the model's) and dropped once the parameter is
+    done: one layer's float copy at a time, not the whole block's."""
+
+    def __init__(self, work, new, params):
+        super().__init__()
+        self._work, self._new, self._params = work, new, params
+
+    def _load(self, p):
+        if not dict.__contains__(self, p):
+            v = self._new[p] if p in self._new else _np(self._params[p])
+            dict.__setitem__(self, p, v)
+        return dict.__getitem__(self, p)
+
+    def __getitem__(self, p):
+        if p in self._work:
+            return self._load(p)
+        return dict.__getitem__(self, p)
+
+    def __contains__(self, p):
+        return p in self._work or dict.__contains__(self, p)
+
+    def get(self, p, default=None):
+        return self[p] if p in self else default
+
+    def done(self, p):
+        self.pop(p, None)
+        self._work = {k: v for k, v in self._work.items() if k != p}
+
+
+_SMALL = 1 << 22  # elements: below this a weight's kernels run on the calling thread
+
+
+def _kernel_threads(size):
+    """litecomp's kernels on one thread for a small weight: between the BLAS calls of the
+    OBS loop and torch's own ops, the thread pools' spinning workers cost more than a
+    second thread gains on a few milliseconds of work (measured in oneshot: 2x on the
+    whole compression of a 4-layer model)."""
+    import contextlib
+    from .._runtime import threads
+    return threads(1) if size < _SMALL else contextlib.nullcontext()
+
+
+def _compress_param(p, by_param, stats, scales, current, new, compact, report):
+    """Every non-smoothing stage of parameter ``p`` in recipe order."""
+    w = current[p]
+    keep = last_q = None
+    for st, ptaps in by_param[p]:
+        if st.family == "smooth":
+            continue
+        made = False  # w is already q's values
+        if not ptaps:  # embedding (data-free only)
+            w, keep, q = _data_free(p, w, st, keep, report)
+        elif not st.calibrated:
+            w, keep, q = _data_free(p, w, st, keep, report,
+                                    _parts_for(ptaps, stats, scales, w))
         else:
-            new[p] = w
-        current[p] = w
+            parts = _parts_for(ptaps, stats, scales, w)
+            if st.method == "awq":
+                w, q, rep = _awq_quantize(p, w, ptaps, stats, scales, st, keep)
+            else:
+                w, q, k, rep = compress_tensor(p, w, parts, st, keep)
+                made = True
+                keep = k if k is not None else keep
+            report.append(rep)
+        if q is not None:
+            compact[p] = q
+            if not made:
+                w = np.asarray(q.dequantize(), np.float32)
+        last_q = q
+    if last_q is not None:  # the last stage quantized: w is its values
+        new.set_quantized(p, last_q)
+    else:
+        new[p] = w
 
 
 def _parts_for(ptaps, stats, scales, w):
