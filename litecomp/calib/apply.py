@@ -185,6 +185,12 @@ def _join_qtensors(qs, shape):
                    q0.scheme, q0.axis, q0.group_size)
 
 
+def _symmetric(m):
+    """A Hessian's matrix, marked symmetric (it is x^T x by construction)."""
+    from .obs import SymmetricMatrix
+    return m.view(SymmetricMatrix)
+
+
 def compress_tensor(name, w, parts, stage, keep=None):
     """Compress one weight whose row blocks have the given Hessians.  Returns (new float32
     weight, QTensor or None, keep mask or None, LayerReport)."""
@@ -199,7 +205,7 @@ def compress_tensor(name, w, parts, stage, keep=None):
     err_num = err_den = base_num = 0.0
     for rows, h, _label in parts:
         wp = np.asarray(w[rows])
-        new, q, k, (num, bnum, den) = _compress(wp, [h.matrix], stage,
+        new, q, k, (num, bnum, den) = _compress(wp, [_symmetric(h.matrix)], stage,
                                                 None if keep is None else keep[rows])
         news.append(new)
         qs.append(q)

@@ -29,8 +29,12 @@ DAMP_RETRIES = 4
 def check_hessian(H, cols, name="H") -> np.ndarray:
     """H as a float32 (cols, cols) array: square, the weight's width, finite, symmetric.
     A one-element list ``[H]`` hands the caller's only reference over: a float32 array is
-    then used (and later changed) in place, not copied."""
+    then used (and later changed) in place, not copied.  A ``Hessian``, or ``[m]`` with m a
+    ``SymmetricMatrix`` view (a Hessian's matrix), is symmetric by construction: only its
+    values are checked."""
     from .hessian import Hessian
+    symmetric = isinstance(H, Hessian) or (isinstance(H, list) and len(H) == 1 and
+                                           isinstance(H[0], SymmetricMatrix))
     owned = isinstance(H, Hessian)
     if isinstance(H, list) and len(H) == 1:
         H = H.pop()
@@ -47,6 +51,10 @@ def check_hessian(H, cols, name="H") -> np.ndarray:
         raise ShapeError(f"{name}: is {H.shape[0]}x{H.shape[1]} but the weight has {cols} "
                          "input columns")
     H = np.asarray(H, np.float32) if owned and H.dtype == np.float32 else np.array(H, np.float32)
+    if symmetric:
+        if not np.isfinite(np.diagonal(H)).all() or not np.isfinite(H).all():
+            raise NonFiniteError(f"{name}: contains NaN or inf")
+        return H
     asym = scale = 0.0
     for r0 in range(0, H.shape[0], 512):  # row panels: no full-size temporaries
         panel = H[r0:r0 + 512]
@@ -75,6 +83,11 @@ def check_weight(w, name="w") -> np.ndarray:
     if not np.isfinite(W).all():
         raise NonFiniteError(f"{name}: contains NaN or inf")
     return W
+
+
+class SymmetricMatrix(np.ndarray):
+    """A float32 matrix known to be symmetric (a Hessian's x^T x sum): ``check_hessian``
+    checks only that it is finite."""
 
 
 _single = threading.local()  # .on: already inside a single-threaded BLAS block
@@ -305,8 +318,11 @@ def damped_error(loss, lam, E) -> np.ndarray:
     """Per row, tr(E H E^T) from a run's ``loss`` (tr(E H_d E^T), H_d = H + lam I, exact for
     E = Err U): loss - lam ||E_r||^2 -- the output error without a [rows, cols] x H product.
     E: the final weight minus the (dead-column-zeroed) input weight."""
-    e = np.asarray(E, np.float64)
-    return np.maximum(loss - lam * np.einsum("ij,ij->i", e, e), 0.0)
+    e = np.asarray(E)
+    sq = np.empty(e.shape[0], np.float64)
+    for r0 in range(0, e.shape[0], 256):  # row blocks: no float64 copy of E
+        sq[r0:r0 + 256] = np.sum(np.square(e[r0:r0 + 256]), axis=1, dtype=np.float64)
+    return np.maximum(loss - lam * sq, 0.0)
 
 
 def output_error(W, Wq, H) -> float:
