@@ -290,7 +290,9 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
     ``report_path`` (the command uses ``<out>.report.json``) they are saved as JSON.
 
     ``config`` / ``tokenizer``: the Hugging Face config (and tokenizer.json) for the
-    compressed-tensors and GGUF formats, and for shrink stages' architecture; ``imatrix``:
+    compressed-tensors and GGUF formats, and for shrink stages' architecture (default: the
+    config litecomp saved beside a checkpoint file, ``litecomp.arch.config_path``);
+    ``imatrix``:
     importance weights for GGUF K-quants; ``hessians``: saved Hessians (a safetensors file
     from ``litecomp.calib.save_hessians``, or {layer: Hessian}) for the calibrated stages
     gptq, sparsegpt and wanda; ``key``: the nested entry of a torch checkpoint that holds
@@ -302,6 +304,11 @@ def compress(source, out, recipe, *, format="litecomp", config=None, tokenizer=N
     from . import io
     if format not in FORMATS:
         raise ArgumentError(f"format: {format!r} is not one of {', '.join(FORMATS)}")
+    if config is None and isinstance(source, (str, os.PathLike)):
+        from .arch import config_path
+        side = config_path(source)  # the config litecomp saved beside the checkpoint
+        if os.path.isfile(side):
+            config = side
     plan_stages = _stages(recipe)
     given_q, done, given_reports = _given or ({}, (), {})
     runners = {fam: cls() for fam, cls in RUNNERS.items()}

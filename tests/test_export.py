@@ -130,6 +130,19 @@ def test_seed_decoder_under_its_own_architecture(tmp_path):
                                   lg.dequantize(lg.quantize(w, "Q8_0"), "Q8_0"))
 
 
+def test_seed_decoder_head_count_is_never_guessed(tmp_path):
+    """nn.TransformerDecoder's state dict does not hold nhead: without a config it is
+    refused (nothing written), with a StateDict its .config gives it."""
+    sd = litecomp.examples.tiny_decoder_lm()
+    with pytest.raises(litecomp.ArgumentError, match="head count"):
+        export.gguf(dict(sd), tmp_path / "d.gguf", qtype="Q8_0")
+    assert not (tmp_path / "d.gguf").exists()
+    from litecomp.arch import StateDict
+    export.gguf(StateDict(dict(sd), config={"heads": 2}), tmp_path / "d.gguf", qtype="Q8_0")
+    r = gguf.GGUFReader(str(tmp_path / "d.gguf"))
+    assert field(r, "litecomp.attention.head_count") == 2
+
+
 def test_imatrix_file_round_trip_and_use(tmp_path, rng):
     from litecomp.prune.scores import ActivationStats
     sd, cfg = tiny_llama(rng, layers=1)

@@ -20,6 +20,10 @@ def run(ctx) -> str:
     src = ctx.path("model_vocab_shrunk.safetensors")
     if not os.path.exists(src):  # the shrink step did not run
         src = save(ctx.state_dict, ctx.path("model_for_export.safetensors"))
+        cfg = getattr(ctx.state_dict, "config", None)
+        if cfg:  # the head count is not in the tensors: compress reads it from here
+            from ..arch import config_path, save_config
+            save_config(cfg, config_path(src))
     out = ctx.path("model-Q4_K.gguf")
     recipe = [{"method": "magnitude", "sparsity": 0.3, "targets": ["re:.*linear.*"]},
               {"method": "gguf", "qtype": "Q4_K"}]

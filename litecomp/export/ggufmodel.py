@@ -140,7 +140,12 @@ def _decoder_keys(cfg, infos):
     vocab, d = infos["embed.weight"][1]
     layers = len({n.split(".")[2] for n in infos if n.startswith("transformer_decoder.layers.")})
     ffn = infos.get("transformer_decoder.layers.0.linear1.weight", (None, (4 * d,)))[1][0]
-    heads = int(cfg.get("num_attention_heads", cfg.get("heads", 8)))
+    heads = cfg.get("num_attention_heads", cfg.get("heads"))
+    if heads is None:  # a state dict of nn.TransformerDecoder does not record nhead
+        raise ArgumentError("config: the head count of a litecomp decoder is not in its "
+                            "tensors; pass config={'heads': N} (or a litecomp.arch.StateDict "
+                            "whose .config has it)")
+    heads = int(heads)
     if d % heads:
         raise ArgumentError(f"config: {heads} heads do not divide d_model {d}")
     return [("uint32", "litecomp.context_length", int(cfg.get("max_position_embeddings", 512))),
@@ -312,6 +317,8 @@ def gguf(state_dict, path, *, config=None, qtype="Q8_0", tokenizer=None, imatrix
         raise ArgumentError(f"qtype: {qtype!r} is not one of {', '.join(QTYPES)}")
     require_gguf()
     cfg = load_config(config)
+    if cfg is None and isinstance(getattr(state_dict, "config", None), dict):
+        cfg = dict(state_dict.config)   # a litecomp.arch.StateDict carries its config
     infos = _infos(state_dict)
     arch = _arch_of(infos, cfg)
     mapping = llama_names(infos, arch)
