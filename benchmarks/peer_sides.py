@@ -1,0 +1,52 @@
+"""The llm-compressor comparison with each side in its own fresh process (the benchmark
+cases run both in one process, where the second side's peak memory includes what the
+first left in the heap):
+
+    python -m benchmarks.peer_sides [--method gptq|sparsegpt] [--shape toy|tinyllama]
+                                    [--seeds 0,1,2]
+
+Needs torch, transformers and llmcompressor (``pip install torch==2.13.0 llmcompressor``
+on one command line).  Prints one line per side and seed: wall time (deep copy of the
+model, oneshot, evaluation), CPU time, peak resident memory above the start, held-out
+logit error; then the mean error per side."""
+
+import argparse
+import subprocess
+import sys
+
+CHILD = r"""
+import sys, time
+from benchmarks.cases import calib as bc
+from benchmarks.harness import run_with_peak
+method, side, shape, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+run = bc._peer_case(method, False, shape, seed)
+fn = run.litecomp if side == "litecomp" else run.anchor[1]
+c0, t0 = time.process_time(), time.perf_counter()
+peak, err = run_with_peak(fn)
+print(f"{time.perf_counter() - t0:.2f} {time.process_time() - c0:.2f} {peak / 2**20:.1f} "
+      f"{err:.6f}")
+"""
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.peer_sides")
+    ap.add_argument("--method", default="gptq", choices=("gptq", "sparsegpt"))
+    ap.add_argument("--shape", default="toy", choices=("toy", "tinyllama"))
+    ap.add_argument("--seeds", default="0")
+    args = ap.parse_args(argv)
+    errs = {"litecomp": [], "llm-compressor": []}
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for side in ("litecomp", "llm-compressor"):
+            out = subprocess.run([sys.executable, "-c", CHILD, args.method, side, args.shape,
+                                  str(seed)], capture_output=True, text=True, check=True)
+            wall, cpu, peak, err = out.stdout.strip().splitlines()[-1].split()
+            errs[side].append(float(err))
+            print(f"{args.method} {args.shape} seed {seed} {side:15s} wall {wall} s  cpu "
+                  f"{cpu} s  peak {peak} MB  error {err}", flush=True)
+    for side, e in errs.items():
+        print(f"mean error {side}: {sum(e) / len(e):.5f} over {len(e)} seed(s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
