@@ -169,10 +169,7 @@ def _run_energy(w, new, run) -> float:
     """tr(E H E^T), E = new - w, from an OBS loop's loss (``obs.damped_error``): no product
     with H."""
     from .obs import damped_error
-    e = new - w
-    if run.dead.any():
-        e[:, run.dead] = 0
-    return float(np.sum(damped_error(run.loss, run.lam, e)))
+    return float(np.sum(damped_error(run.loss, run.lam, new, w, run.dead)))
 
 
 def _join_qtensors(qs, shape):

@@ -52,7 +52,7 @@ def check_hessian(H, cols, name="H") -> np.ndarray:
                          "input columns")
     H = np.asarray(H, np.float32) if owned and H.dtype == np.float32 else np.array(H, np.float32)
     if symmetric:
-        if not np.isfinite(np.diagonal(H)).all() or not np.isfinite(H).all():
+        if not np.isfinite(H).all():
             raise NonFiniteError(f"{name}: contains NaN or inf")
         return H
     asym = scale = 0.0
@@ -185,7 +185,8 @@ def damp_value(diag, step) -> np.float32:
 
 
 def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
-    """(U, damp used): U upper triangular with U^T U = (H + damp * mean(diag H) * I)^-1
+    """(U, damp used, lam): U upper triangular with U^T U = (H + lam I)^-1, lam = damp *
+    mean(diag H) the value added to the diagonal
 
 
     ``H`` is a checked float32 matrix; its zero diagonal entries (dead inputs) are set to 1
@@ -229,7 +230,7 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
             U = _flip(tri_inv_lower(L))  # in L's memory
             del L
             if np.isfinite(U).all() and (np.diagonal(U) > 0).all():
-                return U, step
+                return U, step, float(damp_value(d, step))
             H = None
         if H is None:
             raise NonFiniteError(f"{name}: its inverse is not finite (damp={step:g}); "
@@ -304,8 +305,7 @@ def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None,
         if pmode:
             keep_out[:, i1:i2] = pm == 0
         if loss is not None:
-            e64 = err.astype(np.float64)
-            loss += np.einsum("ij,ij->i", e64, e64)
+            loss += row_sq(err)
         for c0 in range(i2, cols, panel):
             c1 = min(c0 + panel, cols)
             t = buf[:rows * (c1 - c0)].reshape(rows, c1 - c0)
@@ -314,15 +314,24 @@ def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None,
     return keep_out
 
 
-def damped_error(loss, lam, E) -> np.ndarray:
+def row_sq(a, minus=None, dead=None) -> np.ndarray:
+    """Per row, the float64 sum of squares of ``a`` (of ``a - minus`` when given, columns
+    ``dead`` left out), 256 rows at a time: no float64 or full-size difference array."""
+    out = np.empty(a.shape[0], np.float64)
+    for r0 in range(0, a.shape[0], 256):
+        e = a[r0:r0 + 256] if minus is None else a[r0:r0 + 256] - minus[r0:r0 + 256]
+        if dead is not None and dead.any():
+            e = np.where(dead, np.float32(0), e)
+        out[r0:r0 + 256] = np.sum(np.square(e), axis=1, dtype=np.float64)
+    return out
+
+
+def damped_error(loss, lam, E, minus=None, dead=None) -> np.ndarray:
     """Per row, tr(E H E^T) from a run's ``loss`` (tr(E H_d E^T), H_d = H + lam I, exact for
     E = Err U): loss - lam ||E_r||^2 -- the output error without a [rows, cols] x H product.
-    E: the final weight minus the (dead-column-zeroed) input weight."""
-    e = np.asarray(E)
-    sq = np.empty(e.shape[0], np.float64)
-    for r0 in range(0, e.shape[0], 256):  # row blocks: no float64 copy of E
-        sq[r0:r0 + 256] = np.sum(np.square(e[r0:r0 + 256]), axis=1, dtype=np.float64)
-    return np.maximum(loss - lam * sq, 0.0)
+    E: the final weight minus the (dead-column-zeroed) input weight; or give the final
+    weight as E, the input weight as ``minus`` and the dead columns as ``dead``."""
+    return np.maximum(loss - lam * row_sq(np.asarray(E), minus, dead), 0.0)
 
 
 def output_error(W, Wq, H) -> float:

@@ -120,10 +120,9 @@ def sparsegpt_run(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0
         idx = np.flatnonzero(dead)
         Hm[idx, idx] = 1
         W[:, dead] = 0
-    diag = np.diagonal(Hm).copy()
     box = [Hm]
     del Hm
-    U, step = obs.inverse_factor(box, damp)  # frees H once the factor exists
+    U, _, lam = obs.inverse_factor(box, damp)  # frees H once the factor exists
     loss = np.zeros(rows, np.float64)
     keep_out = obs.run(W, U, block_size, quantizer=qz, sparsity=sparsity, nm=nm, keep=keep,
                        loss=loss)
@@ -131,4 +130,4 @@ def sparsegpt_run(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0
     new_w = _as_dtype(W, dtype)
     q = None if qz is None else _qtensor(qz.codes, qz.scales, qz.zero_points, bits,
                                          (rows, cols), scheme, group_size)
-    return SparseGPTResult(new_w, keep_out, q, loss, float(obs.damp_value(diag, step)), dead)
+    return SparseGPTResult(new_w, keep_out, q, loss, lam, dead)

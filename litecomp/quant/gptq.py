@@ -104,11 +104,9 @@ def gptq_run(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=Fals
         perm = np.argsort(-np.diagonal(Hm), kind="stable")
         W = np.ascontiguousarray(W[:, perm])
         Hm = Hm[np.ix_(perm, perm)]
-    diag = np.diagonal(Hm).copy()
     box = [Hm]
     del Hm
-    U, step = obs.inverse_factor(box, damp)  # frees H once the factor exists
-    lam = float(obs.damp_value(diag, step))
+    U, _, lam = obs.inverse_factor(box, damp)  # frees H once the factor exists
 
     if group_size is None:
         qz = obs.Quantizer(rows, cols, bits, scheme, None, dynamic=False, scales=s,
