@@ -15,6 +15,7 @@ tensors, the blocks run through ``torch.func.functional_call``, and the swap int
 model's parameters happens at the end.  An exception part-way leaves the model as it was.
 """
 
+import contextlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -24,7 +25,7 @@ from torch import nn
 
 from ..calib.apply import LayerReport, compress_tensor
 from ..calib.hessian import Hessian
-from .._runtime import release_memory
+from .._runtime import release_memory, threads
 from ..errors import ArgumentError
 from ..recipe import Stage, stages
 from . import capture as cap
@@ -62,8 +63,13 @@ class _Acc:
         self.features = features
         self.sum = None
         self.count = 0
-        self.last = None   # (call number, key, x) of the last tensor added
+        self.last = None   # (call number, key) of the last tensor added
+        self.x = None      # that tensor, during its call (split needs it)
         self._h = None
+
+    def took(self, call):
+        """The key of the tensor added during call ``call``, or None."""
+        return self.last[1] if self.last is not None and self.last[0] == call else None
 
     def add(self, x, call, key):
         a = _tokens(x)
@@ -75,7 +81,7 @@ class _Acc:
             raise NonFiniteError("x: contains NaN or inf (or values whose square "
                                  "overflows float32)")
         self.count += a.shape[0]
-        self.last = (call, key, x)
+        self.last, self.x = (call, key), x
         self._h = None
 
     def split(self, call):
@@ -84,8 +90,8 @@ class _Acc:
         if self.sum is not None:
             c.sum = self.sum.clone()
             c.count = self.count
-            if self.last is not None and self.last[0] == call:
-                a = _tokens(self.last[2])
+            if self.took(call) is not None:
+                a = _tokens(self.x)
                 c.sum.addmm_(a.T, a, alpha=-1)
                 c.count -= a.shape[0]
         return c
@@ -506,11 +512,14 @@ def _collect(module, prefix, taps, inps, need_x, call):
         st = stats[tap.key]
         acc = st.acc
         got = seen.get(key)
+        took = acc.took(call_no[0])
         if call_no[0] == 0 and got is not None and got is not acc and acc.count == 0:
             st.acc = acc = got   # first call: join the tap that took this tensor
-        elif acc.last is not None and acc.last[0] == call_no[0] and acc.last[1] != key:
+            took = key
+        elif took is not None and took != key:
             st.acc = acc = acc.split(call_no[0])   # shared, but this tap sees another
-        if not (acc.last is not None and acc.last[0] == call_no[0] and acc.last[1] == key):
+            took = None
+        if took is None:
             acc.add(x, call_no[0], key)
             seen[key] = acc
         st.update_x(x)
@@ -526,9 +535,8 @@ def _collect(module, prefix, taps, inps, need_x, call):
             except cap._Stop:
                 pass
             seen.clear()
-            for st in stats.values():   # drop the last tensors (they hold memory)
-                if st.acc.last is not None:
-                    st.acc.last = (i, st.acc.last[1], None)
+            for st in stats.values():   # drop the call's tensors (they hold memory)
+                st.acc.x = None
             if i == 0:
                 stop_early[0] = len(fired) == len(stats) and \
                     all(c == 1 for c in fired.values())
@@ -598,7 +606,7 @@ class _Current(dict):
 
     def __init__(self, work, new, params):
         super().__init__()
-        self._work, self._new, self._params = work, new, params
+        self._work, self._new, self._params = set(work), new, params
 
     def _load(self, p):
         if not dict.__contains__(self, p):
@@ -619,7 +627,7 @@ class _Current(dict):
 
     def done(self, p):
         self.pop(p, None)
-        self._work = {k: v for k, v in self._work.items() if k != p}
+        self._work.discard(p)
 
 
 _SMALL = 1 << 22  # elements: below this a weight's kernels run on the calling thread
@@ -630,8 +638,6 @@ def _kernel_threads(size):
     OBS loop and torch's own ops, the thread pools' spinning workers cost more than a
     second thread gains on a few milliseconds of work (measured in oneshot: 2x on the
     whole compression of a 4-layer model)."""
-    import contextlib
-    from .._runtime import threads
     return threads(1) if size < _SMALL else contextlib.nullcontext()
 
 
