@@ -9,18 +9,11 @@ thread's CPU work only, so both sides run with one thread.
 import time
 import warnings
 
-import numpy as np
 
 
 def _median_cpu(f, repeats=25):
-    for _ in range(3):
-        f()
-    t = []
-    for _ in range(repeats):
-        a = time.thread_time_ns()
-        f()
-        t.append(time.thread_time_ns() - a)
-    return float(np.median(t)) / 1e9
+    from .harness import time_it
+    return time_it(f, repeats, clock=time.thread_time, warm_ups=3)
 
 
 def _row(name, anchor, ours):
