@@ -15,7 +15,10 @@
  * the rows are split across threads: no reduction, the same bits for any thread count.  The
  * update loop is plain multiply-then-subtract (the build has -ffp-contract=off), compiled
  * once for the baseline ISA and once with AVX2 / AVX-512 target attributes; elementwise IEEE
- * arithmetic gives the same bits on every path.
+ * arithmetic gives the same bits on every path.  obs_row is the definition; with AVX-512
+ * the rows go 16 at a time through obs_tile_avx512 (one vector per column, the rows in its
+ * lanes), which overlaps the per-column latency chain of 16 rows -- same operations, same
+ * bits (tests/test_calib.py compares every path with the reference).
  *
  * Quantizer (qmode 1): codes are clamp(zp + rne(x * (1/s)), 0, qmax) and the kept value is
  * (code - zp) * s, float32 -- litecomp.quant.quantize's rule, so the codes are a QTensor's.
@@ -149,20 +152,149 @@ static void obs_row(const obs_job *jb, int64_t r, float *w1, update_fn update) {
     memcpy(Wr + i1, w1, (size_t)cnt * sizeof(float));
 }
 
+#ifdef LC_X86
+/* The same per-column steps for a tile of 16 rows at once, one AVX-512 vector per column
+ * (the tile's block segment kept transposed in `wt`, count x 16): the quantize -> divide ->
+ * update chain of one column runs for 16 rows together, and every operation is the scalar
+ * path's elementwise IEEE operation (multiply then subtract, a true division, RNE rounding,
+ * whose sign of zero cannot matter before the integer conversion), so each row gets the
+ * bits obs_row gives it.  N:M ranks and the scores are the same comparisons, per lane. */
+#define OBS_TILE 16
+LC_TARGET_AVX512 static void obs_tile_avx512(const obs_job *jb, int64_t r0, float *wt,
+                                             float *et, uint16_t *pk) {
+    const int64_t cnt = jb->count, i1 = jb->i1, cols = jb->cols;
+    for (int64_t k = 0; k < OBS_TILE; k++) {
+        const float *Wr = jb->W + (r0 + k) * cols + i1;
+        for (int64_t i = 0; i < cnt; i++) wt[i * OBS_TILE + k] = Wr[i];
+    }
+    if (jb->pmode == 1)
+        for (int64_t i = 0; i < cnt; i++) {
+            uint16_t b = 0;
+            for (int64_t k = 0; k < OBS_TILE; k++)
+                b |= (uint16_t)((jb->pmask[(r0 + k) * cnt + i] != 0) << k);
+            pk[i] = b;
+        }
+    int64_t last_g = -1;
+    __m512 sv = _mm512_setzero_ps(), invv = sv;
+    __m512i zv = _mm512_setzero_si512();
+    const __m512i qmaxv = _mm512_set1_epi32(jb->qmax);
+    for (int64_t i = 0; i < cnt; i++) {
+        const int64_t col = i1 + i;
+        const float *Ui = jb->U + i * cnt;
+        if (jb->pmode == 2 && i % jb->m == 0) {
+            __m512 sc[128];
+            int64_t mm = jb->m < cnt - i ? jb->m : cnt - i;
+            for (int64_t a = 0; a < mm; a++) {
+                float dj = jb->U[(i + a) * cnt + (i + a)];
+                __m512 x = _mm512_load_ps(wt + (i + a) * OBS_TILE);
+                sc[a] = _mm512_div_ps(_mm512_mul_ps(x, x), _mm512_set1_ps(dj * dj));
+            }
+            for (int64_t a = 0; a < mm; a++) {
+                __m512i rank = _mm512_setzero_si512();
+                const __m512i one = _mm512_set1_epi32(1);
+                for (int64_t b = 0; b < mm; b++) {
+                    __mmask16 lt = _mm512_cmp_ps_mask(sc[b], sc[a], _CMP_LT_OQ);
+                    if (b < a) lt |= _mm512_cmp_ps_mask(sc[b], sc[a], _CMP_EQ_OQ);
+                    rank = _mm512_mask_add_epi32(rank, lt, rank, one);
+                }
+                pk[i + a] = _mm512_cmplt_epi32_mask(rank, _mm512_set1_epi32((int32_t)jb->n));
+            }
+        }
+        __m512 w = _mm512_load_ps(wt + i * OBS_TILE);
+        __m512 q = jb->pmode ? _mm512_maskz_mov_ps((__mmask16)~pk[i], w) : w;
+        if (jb->qmode) {
+            int64_t g = jb->gidx ? jb->gidx[col] : col / jb->group_size;
+            if (jb->dynamic && col % jb->group_size == 0) {
+                int64_t len = jb->group_size < cols - col ? jb->group_size : cols - col;
+                for (int64_t k = 0; k < OBS_TILE; k++)
+                    group_params(jb->W + (r0 + k) * cols + col, len, jb->sym, jb->qmax,
+                                 jb->scales + (r0 + k) * jb->ngroups + g,
+                                 jb->zps + (r0 + k) * jb->ngroups + g);
+                last_g = -1;
+            }
+            if (g != last_g) {
+                float sa[OBS_TILE];
+                int32_t za[OBS_TILE];
+                for (int64_t k = 0; k < OBS_TILE; k++) {
+                    sa[k] = jb->scales[(r0 + k) * jb->ngroups + g];
+                    za[k] = jb->zps[(r0 + k) * jb->ngroups + g];
+                }
+                sv = _mm512_loadu_ps(sa);
+                invv = _mm512_div_ps(_mm512_set1_ps(1.0f), sv);
+                zv = _mm512_loadu_si512(za);
+                last_g = g;
+            }
+            __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(q, invv),
+                                            _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            v = _mm512_max_ps(v, _mm512_cvtepi32_ps(_mm512_sub_epi32(_mm512_setzero_si512(), zv)));
+            v = _mm512_min_ps(v, _mm512_cvtepi32_ps(_mm512_sub_epi32(qmaxv, zv)));
+            __m512i code = _mm512_add_epi32(_mm512_cvttps_epi32(v), zv);
+            if (jb->codes) {
+                int32_t ca[OBS_TILE];
+                _mm512_storeu_si512(ca, code);
+                for (int64_t k = 0; k < OBS_TILE; k++)
+                    jb->codes[(r0 + k) * cols + col] = (uint8_t)ca[k];
+            }
+            q = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(code, zv)), sv);
+        }
+        const __m512 e = _mm512_div_ps(_mm512_sub_ps(w, q), _mm512_set1_ps(Ui[i]));
+        _mm512_store_ps(et + i * OBS_TILE, e);
+        for (int64_t j = i + 1; j < cnt; j++) {
+            float *p = wt + j * OBS_TILE;
+            _mm512_store_ps(p, _mm512_sub_ps(_mm512_load_ps(p),
+                                             _mm512_mul_ps(e, _mm512_set1_ps(Ui[j]))));
+        }
+        _mm512_store_ps(wt + i * OBS_TILE, q);
+    }
+    for (int64_t k = 0; k < OBS_TILE; k++) {
+        float *Wr = jb->W + (r0 + k) * cols + i1, *er = jb->err + (r0 + k) * cnt;
+        for (int64_t i = 0; i < cnt; i++) {
+            Wr[i] = wt[i * OBS_TILE + k];
+            er[i] = et[i * OBS_TILE + k];
+        }
+    }
+    if (jb->pmode == 2)
+        for (int64_t k = 0; k < OBS_TILE; k++)
+            for (int64_t i = 0; i < cnt; i++)
+                jb->pmask[(r0 + k) * cnt + i] = (uint8_t)((pk[i] >> k) & 1);
+}
+#endif
+
 static lc_status obs_block(const obs_job *jb) {
     update_fn update = pick_update();
+    int tiled = 0;
+#ifdef LC_X86
+    tiled = lc_simd() >= LC_SIMD_AVX512;
+#endif
+    /* work units: tiles of OBS_TILE rows on the tiled path (the rows past the last full
+     * tile go through obs_row, with the same bits), single rows otherwise */
+    const int64_t tile = tiled ? 16 : 1, ntiles = jb->rows / tile;
+    const int64_t units = ntiles + (jb->rows - ntiles * tile);
     int bad = 0;
     const int nt = lc_threads_for(jb->rows * jb->count * jb->count / 2);
     (void)nt; /* unused in a serial build */
     LC_OMP(parallel num_threads(nt) if (nt > 1) reduction(| : bad))
     {
-        float *w1 = malloc((size_t)(jb->count > 0 ? jb->count : 1) * sizeof(float));
-        if (!w1) bad = 1;
+        const size_t c = (size_t)(jb->count > 0 ? jb->count : 1);
+        float *w1 = malloc(c * sizeof(float));
+        float *wt = tiled ? aligned_alloc(64, 2 * c * 16 * sizeof(float)) : NULL;
+        uint16_t *pk = tiled ? malloc(c * sizeof(uint16_t)) : NULL;
+        int ok = w1 && (!tiled || (wt && pk));
+        if (!ok) bad = 1;
         LC_OMP(for schedule(static))
-        for (int64_t r = 0; r < jb->rows; r++) {
-            if (w1) obs_row(jb, r, w1, update);
+        for (int64_t u = 0; u < units; u++) {
+            if (!ok) continue;
+#ifdef LC_X86
+            if (u < ntiles && tiled) {
+                obs_tile_avx512(jb, u * tile, wt, wt + c * 16, pk);
+                continue;
+            }
+#endif
+            obs_row(jb, ntiles * tile + (u - ntiles), w1, update);
         }
         free(w1);
+        free(wt);
+        free(pk);
     }
     return bad ? LC_ERR_NOMEM : LC_OK;
 }

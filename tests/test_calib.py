@@ -322,6 +322,39 @@ def test_sparsegpt_equals_reference_bit_for_bit(layer, mode):
             assert np.array_equal(res[2].dequantize(), res[0])
 
 
+TILE_MODES = [("gptq", dict(group_size=64, act_order=True)),
+              ("gptq", dict(group_size=64, act_order=True, static_groups=True, block_size=32)),
+              ("gptq", dict(group_size=None, scheme="affine", bits=3)),
+              ("sparsegpt", dict(sparsity=0.5, bits=4)),
+              ("sparsegpt", dict(n=2, m=4, bits=3, group_size=64, scheme="affine")),
+              ("sparsegpt", dict(mask="rows"))]
+
+
+@pytest.mark.parametrize("method, mode", TILE_MODES, ids=lambda m: str(m))
+def test_row_tiles_and_leftover_rows_equal_the_reference(layer, rng, method, mode):
+    """The AVX-512 path runs 16 rows at a time and the rows past the last full tile one by
+    one: 37 rows (two tiles and five more) give the reference's bits on every path."""
+    x, _, h = layer
+    w = rng.standard_normal((37, 256)).astype(np.float32)
+    mode = dict(mode)
+    if method == "gptq":
+        bits = mode.pop("bits", 4)
+        perm = np.argsort(-np.diagonal(np.where(np.eye(256, dtype=bool) & (h.matrix == 0), 1,
+                                                h.matrix)), kind="stable") \
+            if mode.get("act_order") else None
+        Q, codes, *_ = R.gptq(w, h.matrix, bits, hinv=factor(h.matrix, perm), **mode)
+        for _path, q in same_for_all_paths(lambda: gptq(w, h, bits, **mode)):
+            assert np.array_equal(q.codes(), codes) and np.array_equal(q.dequantize(), Q)
+        return
+    if mode.get("mask") == "rows":
+        mode["mask"] = litecomp.prune.per_row(w, 0.25)
+    new_r, keep_r, codes_r = R.sparsegpt(w, h.matrix, hinv=factor(h.matrix), **mode)
+    for _path, res in same_for_all_paths(lambda: sparsegpt(w, h, **mode)):
+        assert np.array_equal(res[0], new_r) and np.array_equal(res[1], keep_r)
+        if codes_r is not None:
+            assert np.array_equal(res[2].codes(), codes_r)
+
+
 def test_sparsegpt_masks(layer):
     x, w, h = layer
     new, keep = sparsegpt(w, h, 0.5)
