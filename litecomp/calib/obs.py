@@ -176,6 +176,18 @@ def _flip(A):
     return A
 
 
+def permuted(H, perm, *, flip=False) -> np.ndarray:
+    """H[perm][:, perm] as a new array (H is left alone), by a row gather and then the
+    columns in place one row panel at a time (NumPy's fancy indexing on two axes is twice
+    as slow).  ``flip``: J P H P^T J instead (the order reversed as well), the form
+    ``inverse_factor(..., flipped=True)`` takes, so it saves its own flip."""
+    p = np.asarray(perm)[::-1] if flip else np.asarray(perm)
+    out = H.take(p, axis=0)
+    for r0 in range(0, out.shape[0], 256):
+        out[r0:r0 + 256] = out[r0:r0 + 256].take(p, axis=1)
+    return out
+
+
 def damp_value(diag, step) -> np.float32:
     """What ``inverse_factor`` adds to every diagonal entry: step * mean(diag H), dead
     entries (H_jj = 0) counted as 1."""
@@ -184,7 +196,7 @@ def damp_value(diag, step) -> np.float32:
     return np.float32(step * mean)
 
 
-def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
+def inverse_factor(H, damp=0.01, *, name="H", overwrite=False, flipped=False):
     """(U, damp used, lam): U upper triangular with U^T U = (H + lam I)^-1, lam = damp *
     mean(diag H) the value added to the diagonal
 
@@ -193,7 +205,8 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
     first.  A Cholesky that fails is retried with 10x the damping, up to DAMP_RETRIES
     times, with a warning each time; then NonFiniteError.  ``overwrite=True`` lets it use
     H's memory (the caller's H is then garbage); a one-element list ``[H]`` also lets it
-    free H as soon as the factor exists.
+    free H as soon as the factor exists.  ``flipped=True``: H is given as J H J (rows and
+    columns reversed, e.g. by ``permuted(..., flip=True)``); the result is the same.
     """
     if isinstance(H, list):  # [H]: the caller hands its only reference over
         H = H.pop()
@@ -207,8 +220,9 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False):
         d[idx] = 1
     step = damp
     n = H.shape[0]
-    _flip(H)
-    d = d[::-1].copy()
+    if not flipped:
+        _flip(H)
+        d = d[::-1].copy()
     idx = np.arange(n)
     for attempt in range(DAMP_RETRIES + 1):
         H[idx, idx] = d + damp_value(d, step)
