@@ -152,6 +152,9 @@ static void obs_row(const obs_job *jb, int64_t r, float *w1, update_fn update) {
     memcpy(Wr + i1, w1, (size_t)cnt * sizeof(float));
 }
 
+#define OBS_TILE 16
+#define OBS_TILE_PARALLEL_MIN ((int64_t)1 << 28) /* multiply-subtracts */
+
 #ifdef LC_X86
 /* The same per-column steps for a tile of 16 rows at once, one AVX-512 vector per column
  * (the tile's block segment kept transposed in `wt`, count x 16): the quantize -> divide ->
@@ -159,7 +162,6 @@ static void obs_row(const obs_job *jb, int64_t r, float *w1, update_fn update) {
  * path's elementwise IEEE operation (multiply then subtract, a true division, RNE rounding,
  * whose sign of zero cannot matter before the integer conversion), so each row gets the
  * bits obs_row gives it.  N:M ranks and the scores are the same comparisons, per lane. */
-#define OBS_TILE 16
 LC_TARGET_AVX512 static void obs_tile_avx512(const obs_job *jb, int64_t r0, float *wt,
                                              float *et, uint16_t *pk) {
     const int64_t cnt = jb->count, i1 = jb->i1, cols = jb->cols;
@@ -268,10 +270,17 @@ static lc_status obs_block(const obs_job *jb) {
 #endif
     /* work units: tiles of OBS_TILE rows on the tiled path (the rows past the last full
      * tile go through obs_row, with the same bits), single rows otherwise */
-    const int64_t tile = tiled ? 16 : 1, ntiles = jb->rows / tile;
+    const int64_t tile = tiled ? OBS_TILE : 1, ntiles = jb->rows / tile;
     const int64_t units = ntiles + (jb->rows - ntiles * tile);
     int bad = 0;
-    const int nt = lc_threads_for(jb->rows * jb->count * jb->count / 2);
+    /* The tiled path does a 128-column block of 2048 rows in under a millisecond on one
+     * core, less than waking the team costs while the BLAS pool of the driver's trailing
+     * GEMM still spins on the other cores (measured on 2 cores: 5-8 ms a block, the whole
+     * GPTQ of a 256x2048 weight 2.5x slower on two threads than on one).  So it goes
+     * parallel only for blocks far larger than that. */
+    const int64_t work = jb->rows * jb->count * jb->count / 2;
+    const int nt = tiled ? (work >= OBS_TILE_PARALLEL_MIN ? lc_threads_for(work) : 1)
+                         : lc_threads_for(work);
     (void)nt; /* unused in a serial build */
     LC_OMP(parallel num_threads(nt) if (nt > 1) reduction(| : bad))
     {
