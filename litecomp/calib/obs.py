@@ -3,7 +3,9 @@
 Both follow one loop (IST-DASLab gptq.py / sparsegpt.py): U = the upper Cholesky factor of
 (H + damp)^-1, then for each lazy block of ``block_size`` columns the per-column loop
 (csrc/calib.c: choose the kept value, spread its error over the block's later columns)
-and one trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` through NumPy's BLAS.
+and the trailing update ``W[:, i2:] -= Err @ U[i1:i2, i2:]`` through NumPy's BLAS -- two
+levels: up to the end of the block's 512-column super-block at once, past it once per
+super-block (``_super_block``; float rounding only against the published order).
 
 The dense linear algebra is NumPy's: ``np.linalg.cholesky`` of the reversed H and a blocked
 triangular inverse built on ``np.matmul`` (NumPy has no trtri), which gives U directly:
@@ -270,7 +272,7 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False, flipped=False):
             L = None
             if saved is not None:
                 _restore_lower(H, saved)
-        if L is not None and np.isfinite(L).all():
+        if L is not None:  # (finite: checked above)
             del H
             U = _flip(tri_inv_lower(L))  # in L's memory
             del L
@@ -318,49 +320,89 @@ def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None,
     ``loss``: a float64 [rows] array that receives each row's sum of err^2 -- the output
     error energy tr(E H_d E^T) of that row exactly (E = Err U), H_d the damped Hessian.
     """
-    from ..prune import l1_unstructured
     rows, cols = W.shape
     pmode = 0 if (sparsity is None and nm is None and keep is None) else (2 if nm else 1)
     n, m = nm if nm else (0, 0)
     keep_out = np.ones((rows, cols), np.bool_) if pmode else None
     q = quantizer
+    sb = _super_block(block_size, q)
     panel = 1024  # columns per trailing-update GEMM: bounds the temporary
     buf = np.empty(rows * min(panel, max(cols - min(block_size, cols), 1)), np.float32)
-    for i1 in range(0, cols, block_size):
-        i2 = min(i1 + block_size, cols)
-        cnt = i2 - i1
-        U1 = np.ascontiguousarray(U[i1:i2, i1:i2])
-        err = np.empty((rows, cnt), np.float32)
-        pm = None
-        if pmode == 1:
-            if keep is not None:
-                pm = np.ascontiguousarray(~keep[:, i1:i2], np.uint8)
-            else:
-                d = np.diagonal(U1)
-                scores = W[:, i1:i2] ** 2 / (d * d)[None, :]
-                # one thread: a block's selection is small, and a thread team woken next
-                # to the trailing GEMM's still-spinning BLAS pool waits a scheduler slice
-                # (measured on 2 cores: 8 ms a block for 2048 rows, 0.5 ms on one)
-                with threads(1):
-                    pm = (~l1_unstructured(scores, float(sparsity))).astype(np.uint8)
-        elif pmode == 2:
-            pm = np.zeros((rows, cnt), np.uint8)
-        _C.obs_block(W, U1, err, i1, cnt,
-                     1 if q else 0, q.bits if q else 0,
-                     int(q.scheme == "symmetric") if q else 0, int(q.dynamic) if q else 0,
-                     q.group_size if q else 1, q.gidx if q else None,
-                     q.scales if q else None, q.zero_points if q else None,
-                     q.codes if q else None, pmode, pm, n, m)
-        if pmode:
-            keep_out[:, i1:i2] = pm == 0
-        if loss is not None:
-            loss += row_sq(err)
-        for c0 in range(i2, cols, panel):
-            c1 = min(c0 + panel, cols)
-            t = buf[:rows * (c1 - c0)].reshape(rows, c1 - c0)
-            np.matmul(err, U[i1:i2, c0:c1], out=t)
-            np.subtract(W[:, c0:c1], t, out=W[:, c0:c1])
+    errs = np.empty((rows, min(sb, cols)), np.float32) if sb > block_size else None
+    for s1 in range(0, cols, sb):
+        s2 = min(s1 + sb, cols)
+        for i1 in range(s1, s2, block_size):
+            i2 = min(i1 + block_size, s2)
+            err = _block(W, U, i1, i2, q, pmode, keep, sparsity, n, m, keep_out, loss)
+            if errs is None:  # one level: the block's update reaches every later column
+                _trailing(W, err, U[i1:i2], i2, cols, buf, panel)
+            else:             # near columns now, the rest once per super-block
+                errs[:, i1 - s1:i2 - s1] = err
+                _trailing(W, err, U[i1:i2], i2, s2, buf, panel)
+        if errs is not None:
+            _trailing(W, errs[:, :s2 - s1], U[s1:s2], s2, cols, buf, panel)
     return keep_out
+
+
+_SUPER_BLOCK = 512  # columns whose errors reach the far columns in one GEMM
+
+
+def _super_block(block_size, q):
+    """Columns per outer block of the two-level lazy update: the errors of a super-block's
+    blocks update its own later columns block by block, and every column past it in one
+    GEMM with K = the super-block's width (a quarter of the passes over W[:, far]; on 2
+    cores the per-block GEMM is bound by that traffic).  The far columns then hold
+    W - Err_S U_S instead of W - Err_1 U_1 - Err_2 U_2 ...: float rounding only.  A
+    dynamic group reads W past its block as it stands (the published code does), so a
+    group must not reach past its super-block: else one level."""
+    sb = block_size * max(1, _SUPER_BLOCK // block_size)
+    if q is not None and q.dynamic and sb % q.group_size and q.group_size % sb:
+        return block_size
+    return sb
+
+
+def _block(W, U, i1, i2, q, pmode, keep, sparsity, n, m, keep_out, loss):
+    """The per-column loop of columns i1:i2 (csrc/calib.c); returns the block's errors."""
+    from ..prune import l1_unstructured
+    rows, cnt = W.shape[0], i2 - i1
+    U1 = np.ascontiguousarray(U[i1:i2, i1:i2])
+    err = np.empty((rows, cnt), np.float32)
+    pm = None
+    if pmode == 1:
+        if keep is not None:
+            pm = np.ascontiguousarray(~keep[:, i1:i2], np.uint8)
+        else:
+            d = np.diagonal(U1)
+            scores = W[:, i1:i2] ** 2 / (d * d)[None, :]
+            # one thread: a block's selection is small, and a thread team woken next to
+            # the trailing GEMM's still-spinning BLAS pool waits a scheduler slice
+            # (measured on 2 cores: 8 ms a block for 2048 rows, 0.5 ms on one)
+            with threads(1):
+                pm = (~l1_unstructured(scores, float(sparsity))).astype(np.uint8)
+    elif pmode == 2:
+        pm = np.zeros((rows, cnt), np.uint8)
+    _C.obs_block(W, U1, err, i1, cnt,
+                 1 if q else 0, q.bits if q else 0,
+                 int(q.scheme == "symmetric") if q else 0, int(q.dynamic) if q else 0,
+                 q.group_size if q else 1, q.gidx if q else None,
+                 q.scales if q else None, q.zero_points if q else None,
+                 q.codes if q else None, pmode, pm, n, m)
+    if pmode:
+        keep_out[:, i1:i2] = pm == 0
+    if loss is not None:
+        loss += row_sq(err)
+    return err
+
+
+def _trailing(W, err, Urows, c_start, c_end, buf, panel):
+    """W[:, c_start:c_end] -= err @ Urows[:, c_start:c_end], ``panel`` columns at a time
+    (the product in ``buf``)."""
+    rows = W.shape[0]
+    for c0 in range(c_start, c_end, panel):
+        c1 = min(c0 + panel, c_end)
+        t = buf[:rows * (c1 - c0)].reshape(rows, c1 - c0)
+        np.matmul(err, Urows[:, c0:c1], out=t)
+        np.subtract(W[:, c0:c1], t, out=W[:, c0:c1])
 
 
 def row_sq(a, minus=None, dead=None) -> np.ndarray:
