@@ -326,9 +326,12 @@ def run(W, U, block_size, *, quantizer=None, sparsity=None, nm=None, keep=None,
     keep_out = np.ones((rows, cols), np.bool_) if pmode else None
     q = quantizer
     sb = _super_block(block_size, q)
-    panel = 1024  # columns per trailing-update GEMM: bounds the temporary
+    two = sb > block_size and cols > block_size
+    # columns per trailing-update GEMM: bounds the temporary; with two levels the
+    # super-block's errors take their share, so the two stay at rows x 1024 as before
+    panel = 1024 - sb if two else 1024
     buf = np.empty(rows * min(panel, max(cols - min(block_size, cols), 1)), np.float32)
-    errs = np.empty((rows, min(sb, cols)), np.float32) if sb > block_size else None
+    errs = np.empty((rows, min(sb, cols)), np.float32) if two else None
     for s1 in range(0, cols, sb):
         s2 = min(s1 + sb, cols)
         for i1 in range(s1, s2, block_size):
