@@ -751,3 +751,25 @@ def test_lockstep_runs_in_rounds_and_unwinds_on_error():
         ls.run(diverge, lambda label: None)
     with pytest.raises(LockstepError, match="1 of 3 calls ended"):
         ls.run(lambda i: None if i == 0 else ls.pause("p"), lambda label: None)
+
+
+def test_accumulator_sums_row_panels_and_fills_by_symmetry():
+    """The x^T x sum adds only the row panels' lower part; read, it is the whole product
+    (and exactly symmetric), and a split takes one tensor back out."""
+    import sys
+    os_ = sys.modules["litecomp.torch.oneshot"]
+    n = 1400
+    assert len(os_._row_panels(n)) == 2 and os_._row_panels(512) == [(0, 512)]
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 50, n, generator=g) for _ in range(3)]
+    acc = os_._Acc(n)
+    for i, x in enumerate(xs):
+        acc.add(x, i, ("k", i))
+    full = acc.full_sum()
+    want = sum(x.reshape(-1, n).double().T @ x.reshape(-1, n).double() for x in xs)
+    torch.testing.assert_close(full.double(), want, rtol=1e-5, atol=1e-3)
+    assert torch.equal(full, full.T) and acc.count == 300
+    c = acc.split(2)  # call 2's tensor taken back out
+    want2 = sum(x.reshape(-1, n).double().T @ x.reshape(-1, n).double() for x in xs[:2])
+    torch.testing.assert_close(c.full_sum().double(), want2, rtol=1e-4, atol=1e-2)
+    assert c.count == 200

