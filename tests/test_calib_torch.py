@@ -691,8 +691,9 @@ def test_one_pass_is_true_sequential_order(rec):
 
 
 def test_one_pass_chosen_by_size_and_structure(monkeypatch):
-    """None takes one pass when its activations fit ONE_PASS_BYTES; a block with a
-    MultiheadAttention always takes two (q/k/v and out_proj run inside one call)."""
+    """None takes one pass when its activations are at most ONE_PASS_FRACTION of the
+    model's size; a block with a MultiheadAttention always takes two (q/k/v and out_proj
+    run inside one call)."""
     import sys
     os_ = sys.modules["litecomp.torch.oneshot"]
     calls = []
@@ -700,11 +701,13 @@ def test_one_pass_chosen_by_size_and_structure(monkeypatch):
     monkeypatch.setattr(os_, "_one_pass", lambda *a: calls.append(a[2]) or real(*a))
     torch.manual_seed(0)
     rec = {"method": "gptq", "bits": 4, "group_size": 16, "ignore": ["lm_head"]}
+    # 48 tokens x (64 + 4 x 32) x 4 bytes = 36,864 held; the model is 108,160 bytes
+    monkeypatch.setattr(os_, "ONE_PASS_FRACTION", 0.35)
     lt.oneshot(LlamaLike().eval(), rec, tokens(2), progress=False,
                sequential_targets=["LlamaLikeDecoderLayer"])
     assert calls == ["layers.0", "layers.1"]
     calls.clear()
-    monkeypatch.setattr(os_, "ONE_PASS_BYTES", 1000)
+    monkeypatch.setattr(os_, "ONE_PASS_FRACTION", 0.33)
     lt.oneshot(LlamaLike().eval(), rec, tokens(2), progress=False,
                sequential_targets=["LlamaLikeDecoderLayer"])
     assert calls == []
