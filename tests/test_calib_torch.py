@@ -776,3 +776,33 @@ def test_accumulator_sums_row_panels_and_fills_by_symmetry():
     want2 = sum(x.reshape(-1, n).double().T @ x.reshape(-1, n).double() for x in xs[:2])
     torch.testing.assert_close(c.full_sum().double(), want2, rtol=1e-4, atol=1e-2)
     assert c.count == 200
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_report_error_is_the_definition(true_sequential, monkeypatch):
+    """Each report's error is ||X (W' - W)^T||^2 / ||X W^T||^2 on the layer's calibration
+    inputs: tr(E H E^T) / tr(W H W^T) with the kept Hessian -- whether the denominator came
+    from the layer's outputs in the calibration pass (two passes; not for the last layer
+    of a block, whose forward is skipped) or from H."""
+    from litecomp.calib.apply import Source
+    products = []
+    real = Source.energy
+    monkeypatch.setattr(Source, "energy",
+                        lambda self, E, minus=None: products.append(minus is None) or
+                        real(self, E, minus))
+    torch.manual_seed(0)
+    m = LlamaLike().eval()
+    before = {k: v.detach().numpy().copy() for k, v in m.named_parameters()}
+    res = lt.oneshot(m, {"method": "gptq", "bits": 4, "group_size": 16,
+                         "ignore": ["lm_head"]}, tokens(3), keep_hessians=True,
+                     sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
+                     true_sequential=true_sequential)
+    assert len(res.report) == 14
+    # tr(W H W^T) by a product with H: with two passes only for down_proj
+    assert products == [True] * (14 if true_sequential else 2)
+    for r in res.report:
+        w = before[r.name].astype(np.float64)
+        e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w
+        H = res.hessians[r.name[:-len(".weight")]].matrix.astype(np.float64)
+        want = np.sum((e @ H) * e) / np.sum((w @ H) * w)
+        assert r.error == pytest.approx(want, rel=1e-4), r.name

@@ -120,11 +120,11 @@ class Source:
         self._factors.clear()
 
 
-def _compress(w, src, stage, keep=None, baselines=False):
+def _compress(w, src, stage, keep=None, baselines=False, den=None):
     """(new float32 weight, QTensor or None, keep mask or None, (error, baseline error or
     None, tr(W H W^T)) energies).  ``src``: the Hessian's ``Source``.  ``baselines``: also
     the error of the data-free counterpart (round-to-nearest / magnitude per row), one
-    more product with H."""
+    more product with H.  ``den``: tr(W H W^T) when the caller knows it."""
     from ..prune import nm as nm_mask, per_row
     from ..prune.scores import wanda as wanda_score
     from ..prune.sparsegpt import sparsegpt_run
@@ -133,7 +133,8 @@ def _compress(w, src, stage, keep=None, baselines=False):
     o, where = stage.options, stage.where()
     w32 = np.asarray(w, np.float32)
     cols = w32.shape[1]
-    den = src.energy(w32)
+    if den is None:
+        den = src.energy(w32)
     if stage.method == "gptq":
         opts = {k: o[k] for k in ("bits", "group_size", "scheme", "act_order",
                                   "static_groups", "block_size") if k in o}
@@ -232,10 +233,11 @@ def _symmetric(m):
     return m.view(SymmetricMatrix)
 
 
-def compress_tensor(name, w, parts, stage, keep=None, *, baselines=False):
+def compress_tensor(name, w, parts, stage, keep=None, *, baselines=False, energies=None):
     """Compress one weight whose row blocks have the given Hessians (``Hessian`` or
     ``Source``).  Returns (new float32 weight, QTensor or None, keep mask or None,
-    LayerReport); the report's ``baseline_error`` only with ``baselines``."""
+    LayerReport); the report's ``baseline_error`` only with ``baselines``.  ``energies``:
+    per part, tr(W H W^T) if the caller has it (from the layer's outputs), else None."""
     note = ""
     if len(parts) > 1 and stage.method == "gptq" and stage.get("act_order") and \
             not stage.get("static_groups") and stage.get("group_size", 128) is not None:
@@ -245,12 +247,12 @@ def compress_tensor(name, w, parts, stage, keep=None, *, baselines=False):
         note = "packed q/k/v: act_order with static_groups"
     news, qs, keeps = [], [], []
     err_num = err_den = base_num = 0.0
-    for rows, h, _label in parts:
+    for i, (rows, h, _label) in enumerate(parts):
         wp = np.asarray(w[rows])
         src = h if isinstance(h, Source) else Source(h)
         new, q, k, (num, bnum, den) = _compress(wp, src, stage,
                                                 None if keep is None else keep[rows],
-                                                baselines)
+                                                baselines, energies[i] if energies else None)
         news.append(new)
         qs.append(q)
         keeps.append(k)

@@ -199,6 +199,8 @@ class _Stats:
         self.abs_max = np.zeros(features, np.float32) if need_x else None
         self.samples = []
         self.n_samples = 0
+        self.out_sq = 0.0   # sum of ||W x||^2 over the layer's outputs (``_collect``)
+        self.out_calls = 0  # calls whose output was seen
 
     def update_x(self, x):
         if not self.need_x:
@@ -216,6 +218,14 @@ class _Stats:
     @property
     def count(self):
         return self.acc.count
+
+    def output_energy(self, calls):
+        """tr(W H W^T) = 2/n * sum ||W x||^2 from the layer's outputs in the calibration
+        pass, when it saw every call's (the forward of the last layer of a block is
+        skipped); else None."""
+        if self.out_calls != calls or not self.count:
+            return None
+        return 2.0 * self.out_sq / self.count
 
     @property
     def h(self) -> Hessian:
@@ -609,7 +619,23 @@ def _collect(module, prefix, taps, inps, need_x, call):
         if stop_early[0] and len(fired) == len(stats):
             raise cap._Stop
 
-    with cap.Capture(module, rel, observe):
+    # The output energies tr(W H W^T) the report divides by, from the Linear layers'
+    # outputs of this same pass (no product with H; the layer's own weight and bias, so
+    # only where a plain Linear computes the output)
+    mods = dict(module.named_modules())
+    out_hooks = []
+    for t in rel:
+        mod = mods.get(t.module_name)
+        if t.kind == "input" and type(mod) is nn.Linear:
+            def out_hook(m, _inp, y, st=stats[t.key]):
+                e = y.detach()
+                if m.bias is not None:
+                    e = e - m.bias
+                st.out_sq += float(torch.sum(torch.square(e), dtype=torch.float64))
+                st.out_calls += 1
+            out_hooks.append(mod.register_forward_hook(out_hook))
+    with contextlib.ExitStack() as stack, cap.Capture(module, rel, observe):
+        stack.callback(lambda: [h.remove() for h in out_hooks])
         for i, inp in enumerate(inps):
             call_no[0] = i
             try:
@@ -623,6 +649,8 @@ def _collect(module, prefix, taps, inps, need_x, call):
                 stop_early[0] = len(fired) == len(stats) and \
                     all(c == 1 for c in fired.values())
             fired.clear()
+    for st in stats.values():
+        st.calls = len(inps)
     return stats
 
 
@@ -925,6 +953,7 @@ def _compress_param(run, p, stats, scales, current):
     new, compact, report = run.new, run.compact, run.report
     w = current[p]
     keep = last_q = None
+    first = p not in new and all(st.family != "smooth" for st, _ in run.by_param[p])
     for st, ptaps in run.by_param[p]:
         if st.family == "smooth":
             continue
@@ -939,8 +968,12 @@ def _compress_param(run, p, stats, scales, current):
             if st.method == "awq":
                 w, q, rep = _awq_quantize(p, w, ptaps, stats, scales, st, keep)
             else:
+                known = None
+                if first and not scales and len(ptaps) == 1:  # w is the model's weight
+                    o = stats[ptaps[0].key]
+                    known = [o.output_energy(getattr(o, "calls", -1))]
                 w, q, k, rep = compress_tensor(p, w, parts, st, keep,
-                                               baselines=run.baselines)
+                                               baselines=run.baselines, energies=known)
                 made = True
                 keep = k if k is not None else keep
             report.append(rep)
@@ -949,6 +982,7 @@ def _compress_param(run, p, stats, scales, current):
             if not made:
                 w = np.asarray(q.dequantize(), np.float32)
         last_q = q
+        first = False
     if last_q is not None:  # the last stage quantized: w is its values
         new.set_quantized(p, last_q)
     else:
