@@ -463,7 +463,8 @@ def test_apply_stage_on_a_state_dict(tmp_path, rng):
     hs["fc"] = calib.Hessian(d)
     hs["fc"].update(x)
     path = calib.save_hessians(hs, tmp_path / "H.safetensors")
-    out, rep = calib.apply_stage(sd, {"method": "gptq", "bits": 4, "group_size": 16}, path)
+    out, rep = calib.apply_stage(sd, {"method": "gptq", "bits": 4, "group_size": 16}, path,
+                                 baselines=True)
     assert {r.name for r in rep} == {"attn.in_proj_weight", "fc.weight"}
     assert "embed.weight" in out and "fc.weight.qdata" in out and "fc.bias" in out
     q = litecomp.quant.load_quantized(out, "attn.in_proj_weight")

@@ -270,7 +270,7 @@ def tokens(n=3, seed=1):
 def test_oneshot_updates_the_model_and_returns_the_state_dict():
     m = small_lm()
     res = lt.oneshot(m, {"method": "gptq", "bits": 4, "group_size": 16}, tokens(),
-                     progress=False)
+                     progress=False, baselines=True)
     sd = litecomp.quant.dequantize_state_dict(res.state_dict)
     for k, v in m.state_dict().items():
         np.testing.assert_array_equal(sd[k], v.numpy())
@@ -405,7 +405,7 @@ def test_taps_fed_one_tensor_share_its_hessian():
     res = lt.oneshot(copy.deepcopy(m), {"method": "gptq", "bits": 4, "group_size": 16,
                                         "ignore": ["lm_head"]}, b,
                      sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
-                     keep_hessians=True)
+                     keep_hessians=True, true_sequential=False)
     hs = res.hessians
     for p in ("q_proj", "k_proj", "o_proj"):
         want = calib.Hessian(32)
@@ -646,3 +646,163 @@ def test_shared_hessian_splits_when_the_taps_see_different_tensors():
     np.testing.assert_allclose(hs["0.b"].matrix, want_b.matrix, rtol=1e-5, atol=1e-6)
     assert hs["0.a"].count == hs["0.b"].count == hs["0.c"].count == 15
     assert not np.allclose(hs["0.a"].matrix, hs["0.b"].matrix)
+
+
+GROUPS = [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_attn.o_proj",),
+          ("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",)]
+
+
+@pytest.mark.parametrize("rec", [{"method": "gptq", "bits": 4, "group_size": 16},
+                                 {"method": "sparsegpt", "sparsity": 0.5}])
+def test_one_pass_is_true_sequential_order(rec):
+    """One pass per block gives each layer the Hessian of its input with the block's
+    earlier layers already compressed: group by group, it equals the two-pass pipeline run
+    on just that group of a model that has the earlier groups' one-pass values."""
+    torch.manual_seed(0)
+    m = LlamaLike().eval()
+    b = tokens(3)
+    one = copy.deepcopy(m)
+    res = lt.oneshot(one, dict(rec, ignore=["lm_head"]), b, true_sequential=True,
+                     sequential_targets=["LlamaLikeDecoderLayer"], progress=False)
+    two = copy.deepcopy(m)
+    lt.oneshot(two, dict(rec, ignore=["lm_head"]), b, true_sequential=False,
+               sequential_targets=["LlamaLikeDecoderLayer"], progress=False)
+    done = {}
+    for i in (0, 1):
+        for g in GROUPS:
+            ref = copy.deepcopy(m)
+            with torch.no_grad():
+                for k, v in done.items():
+                    ref.get_parameter(k).copy_(v)
+            names = [f"layers.{i}.{p}" for p in g]
+            lt.oneshot(ref, dict(rec, targets=names), b, true_sequential=False,
+                       sequential_targets=["LlamaLikeDecoderLayer"], progress=False)
+            for n in names:
+                k = n + ".weight"
+                torch.testing.assert_close(one.get_parameter(k), ref.get_parameter(k),
+                                           rtol=0, atol=1e-6)
+                done[k] = one.get_parameter(k).detach().clone()
+    # o_proj onward differ from llm-compressor's order (every Hessian of the uncompressed
+    # block); q/k/v of the first block see the same input either way
+    assert torch.equal(one.layers[0].self_attn.q_proj.weight, two.layers[0].self_attn.q_proj.weight)
+    assert not torch.equal(one.layers[0].self_attn.o_proj.weight,
+                           two.layers[0].self_attn.o_proj.weight)
+    assert [r.name for r in res.report][:3] == [f"layers.0.{p}.weight" for p in GROUPS[0]]
+
+
+def test_one_pass_chosen_by_size_and_structure(monkeypatch):
+    """None takes one pass when its activations are at most ONE_PASS_FRACTION of the
+    model's size; a block with a MultiheadAttention always takes two (q/k/v and out_proj
+    run inside one call)."""
+    import sys
+    os_ = sys.modules["litecomp.torch.oneshot"]
+    calls = []
+    real = os_._one_pass
+    monkeypatch.setattr(os_, "_one_pass", lambda *a: calls.append(a[2]) or real(*a))
+    torch.manual_seed(0)
+    rec = {"method": "gptq", "bits": 4, "group_size": 16, "ignore": ["lm_head"]}
+    # 48 tokens x (64 + 4 x 32) x 4 bytes = 36,864 held; the model is 108,160 bytes
+    monkeypatch.setattr(os_, "ONE_PASS_FRACTION", 0.35)
+    lt.oneshot(LlamaLike().eval(), rec, tokens(2), progress=False,
+               sequential_targets=["LlamaLikeDecoderLayer"])
+    assert calls == ["layers.0", "layers.1"]
+    calls.clear()
+    monkeypatch.setattr(os_, "ONE_PASS_FRACTION", 0.33)
+    lt.oneshot(LlamaLike().eval(), rec, tokens(2), progress=False,
+               sequential_targets=["LlamaLikeDecoderLayer"])
+    assert calls == []
+    lt.oneshot(LlamaLike().eval(), rec, tokens(2), progress=False, true_sequential=True,
+               sequential_targets=["LlamaLikeDecoderLayer"])
+    assert calls == ["layers.0", "layers.1"]
+    calls.clear()
+    lt.oneshot(small_lm(), {"method": "gptq", "bits": 4, "group_size": 16}, tokens(2),
+               progress=False, true_sequential=True)
+    assert calls == []
+
+
+def test_lockstep_runs_in_rounds_and_unwinds_on_error():
+    from litecomp.torch.lockstep import Lockstep, LockstepError
+    log = []
+    ls = Lockstep(3)
+
+    def work(i):
+        log.append(("a", i))
+        ls.pause("p")
+        log.append(("b", i))
+        ls.pause("q")
+        return i * 10
+    assert ls.run(work, lambda label: log.append(label)) == [0, 10, 20]
+    assert log == [("a", 0), ("a", 1), ("a", 2), "p", ("b", 0), ("b", 1), ("b", 2), "q"]
+
+    unwound = []
+
+    def bad(i):
+        try:
+            ls.pause("p")
+            if i == 1:
+                raise ValueError("boom")
+            ls.pause("q")
+        finally:
+            unwound.append(i)
+    with pytest.raises(ValueError, match="boom"):
+        ls.run(bad, lambda label: None)
+    assert sorted(unwound) == [0, 1, 2]  # the paused calls' finally blocks ran
+
+    def diverge(i):
+        ls.pause("p" if i else "x")
+    with pytest.raises(LockstepError, match="different points"):
+        ls.run(diverge, lambda label: None)
+    with pytest.raises(LockstepError, match="1 of 3 calls ended"):
+        ls.run(lambda i: None if i == 0 else ls.pause("p"), lambda label: None)
+
+
+def test_accumulator_sums_row_panels_and_fills_by_symmetry():
+    """The x^T x sum adds only the row panels' lower part; read, it is the whole product
+    (and exactly symmetric), and a split takes one tensor back out."""
+    import sys
+    os_ = sys.modules["litecomp.torch.oneshot"]
+    n = 1400
+    assert len(os_._row_panels(n)) == 2 and os_._row_panels(512) == [(0, 512)]
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 50, n, generator=g) for _ in range(3)]
+    acc = os_._Acc(n)
+    for i, x in enumerate(xs):
+        acc.add(x, i, ("k", i))
+    full = acc.full_sum()
+    want = sum(x.reshape(-1, n).double().T @ x.reshape(-1, n).double() for x in xs)
+    torch.testing.assert_close(full.double(), want, rtol=1e-5, atol=1e-3)
+    assert torch.equal(full, full.T) and acc.count == 300
+    c = acc.split(2)  # call 2's tensor taken back out
+    want2 = sum(x.reshape(-1, n).double().T @ x.reshape(-1, n).double() for x in xs[:2])
+    torch.testing.assert_close(c.full_sum().double(), want2, rtol=1e-4, atol=1e-2)
+    assert c.count == 200
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_report_error_is_the_definition(true_sequential, monkeypatch):
+    """Each report's error is ||X (W' - W)^T||^2 / ||X W^T||^2 on the layer's calibration
+    inputs: tr(E H E^T) / tr(W H W^T) with the kept Hessian -- whether the denominator came
+    from the layer's outputs in the calibration pass (two passes; not for the last layer
+    of a block, whose forward is skipped) or from H."""
+    from litecomp.calib.apply import Source
+    products = []
+    real = Source.energy
+    monkeypatch.setattr(Source, "energy",
+                        lambda self, E, minus=None: products.append(minus is None) or
+                        real(self, E, minus))
+    torch.manual_seed(0)
+    m = LlamaLike().eval()
+    before = {k: v.detach().numpy().copy() for k, v in m.named_parameters()}
+    res = lt.oneshot(m, {"method": "gptq", "bits": 4, "group_size": 16,
+                         "ignore": ["lm_head"]}, tokens(3), keep_hessians=True,
+                     sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
+                     true_sequential=true_sequential)
+    assert len(res.report) == 14
+    # tr(W H W^T) by a product with H: with two passes only for down_proj
+    assert products == [True] * (14 if true_sequential else 2)
+    for r in res.report:
+        w = before[r.name].astype(np.float64)
+        e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w
+        H = res.hessians[r.name[:-len(".weight")]].matrix.astype(np.float64)
+        want = np.sum((e @ H) * e) / np.sum((w @ H) * w)
+        assert r.error == pytest.approx(want, rel=1e-4), r.name

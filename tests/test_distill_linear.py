@@ -18,8 +18,10 @@ DIST = KINDS[:7]
 # Measured (5 seeds, N=45, d=24, V=333, chunk 8, labels with every 4th row ignored, alpha 0.3,
 # every kind): fused vs the unfused float32 path, max |diff| / max |unfused|: loss 2.7e-9,
 # gradients 5.4e-7 (hidden), 4.3e-7 (weight), 2.5e-7 (bias).  The unfused float32 path is
-# itself 1.1e-6 from float64.  Tolerances: about 4x the measured.
-LOSS_RTOL = 1e-8
+# itself 1.1e-6 from float64.  Tolerances: about 4x the measured -- for the loss, 4x of
+# what numpy 2.4.6's OpenBLAS gives (1.8e-8, the head-kl case: its float32 GEMM blocking
+# sums the logits in another order than the build the 2.7e-9 was measured on).
+LOSS_RTOL = 1e-7
 GRAD_RTOL = 2e-6
 
 

@@ -325,7 +325,8 @@ def decoder_layer_errors(quick, seqs=4, seq_len=128, seed=0):
         m = copy.deepcopy(model)
         if quick and "group_size" in recipe:
             recipe = dict(recipe, group_size=32)  # the tiny decoder is 64 wide
-        res = lt.oneshot(m, dict(recipe, ignore=["fc"]), batches, progress=False)
+        res = lt.oneshot(m, dict(recipe, ignore=["fc"]), batches, progress=False,
+                         baselines=True)
         out[name] = [(r.name, r.error, r.baseline_error) for r in res.report]
         del m
     return out

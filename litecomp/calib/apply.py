@@ -31,8 +31,9 @@ QKV = ("q", "k", "v")
 class LayerReport:
     """One compressed layer: method, resulting sparsity and bits, and the relative output
     error ||X (W' - W)^T||^2 / ||X W^T||^2 on the calibration inputs -- of this method
-    (``error``) and of its data-free counterpart at the same setting (``baseline_error``:
-    round-to-nearest for quantization, magnitude per row for pruning)."""
+    (``error``) and, when asked for (``baselines=True``), of its data-free counterpart at
+    the same setting (``baseline_error``: round-to-nearest for quantization, magnitude per
+    row for pruning; None otherwise)."""
     name: str
     method: str
     sparsity: float
@@ -79,12 +80,51 @@ def _sparsity_of(o, where):
     return s
 
 
-def _compress(w, box, stage, keep=None):
-    """(new float32 weight, QTensor or None, keep mask or None, (error, baseline error,
-    tr(W H W^T)) energies).  ``box``: ``[H]``, the caller's only reference to a float32
-    array, which is consumed: the method runs in its memory after the baseline's energies
-    are taken."""
-    H = box.pop()
+class Source:
+    """One Hessian as the compression of its weights reads it, each form made once however
+    many weights share it (q/k/v_proj, gate/up_proj): the float32 matrix for products
+    (``energy``; from a ``product_matrix()`` view where the Hessian has one, no copy), the
+    mean x^2 per column (``mean_sq``) and the OBS factor per (damp, act_order)
+    (``factor``).  ``release()`` drops what it made."""
+
+    def __init__(self, h):
+        self.h = h
+        self._m = None
+        self._factors = {}
+
+    def _product(self):
+        if self._m is None:
+            pm = getattr(self.h, "product_matrix", None)
+            self._m = pm() if pm is not None else (self.h.matrix, 1.0)
+        return self._m
+
+    def energy(self, E, minus=None) -> float:
+        """tr(E H E^T) (E - minus when given)."""
+        m, scale = self._product()
+        return scale * _energy(E, m, minus)
+
+    @property
+    def mean_sq(self):
+        return self.h.mean_sq
+
+    def factor(self, cols, damp, act_order=False):
+        from .obs import factor
+        key = (float(damp), bool(act_order))
+        if key not in self._factors:
+            self._factors[key] = factor([_symmetric(self.h.matrix)], cols, damp,
+                                        act_order=act_order)
+        return self._factors[key]
+
+    def release(self):
+        self._m = None
+        self._factors.clear()
+
+
+def _compress(w, src, stage, keep=None, baselines=False, den=None):
+    """(new float32 weight, QTensor or None, keep mask or None, (error, baseline error or
+    None, tr(W H W^T)) energies).  ``src``: the Hessian's ``Source``.  ``baselines``: also
+    the error of the data-free counterpart (round-to-nearest / magnitude per row), one
+    more product with H.  ``den``: tr(W H W^T) when the caller knows it."""
     from ..prune import nm as nm_mask, per_row
     from ..prune.scores import wanda as wanda_score
     from ..prune.sparsegpt import sparsegpt_run
@@ -92,56 +132,61 @@ def _compress(w, box, stage, keep=None):
     from ..quant.gptq import gptq_run
     o, where = stage.options, stage.where()
     w32 = np.asarray(w, np.float32)
+    cols = w32.shape[1]
+    if den is None:
+        den = src.energy(w32)
     if stage.method == "gptq":
         opts = {k: o[k] for k in ("bits", "group_size", "scheme", "act_order",
-                                  "static_groups", "damp", "block_size") if k in o}
+                                  "static_groups", "block_size") if k in o}
+        damp = o.get("damp", 0.01)
         bits, gs = opts.get("bits", 4), opts.get("group_size", 128)
         scheme = opts.get("scheme", "symmetric")
-        base = quantize(np.where(keep, w, 0) if keep is not None else w, bits,
-                        scheme=scheme, **({"group_size": gs} if gs else {"axis": 0}))
-        bnum, den = _energies(w32, [base.dequantize()], H)
+        bnum = None
+        if baselines:
+            base = quantize(np.where(keep, w, 0) if keep is not None else w, bits,
+                            scheme=scheme, **({"group_size": gs} if gs else {"axis": 0}))
+            bnum = src.energy(base.dequantize(), w32)
         if keep is not None:
             sg = {k: v for k, v in opts.items() if k in ("bits", "group_size", "scheme",
-                                                          "damp", "block_size")}
+                                                          "block_size")}
             sg.setdefault("bits", bits)
             sg.setdefault("group_size", gs)
-            box = [H]
-            del H
-            r = sparsegpt_run(w, box, mask=keep, **sg)
+            r = sparsegpt_run(w, src.factor(cols, damp), mask=keep, **sg)
             new, q = r.new_w, r.qtensor
         else:
-            box = [H]
-            del H
-            r = gptq_run(w, box, **opts)
+            r = gptq_run(w, src.factor(cols, damp, opts.get("act_order", False)), **opts)
             new, q = r.values, r.qtensor
         new = np.asarray(new, np.float32)
         return new, q, keep, (_run_energy(w32, new, r), bnum, den)
     if stage.method == "sparsegpt":
-        opts = {k: o[k] for k in ("sparsity", "n", "m", "block_size", "damp", "bits",
+        opts = {k: o[k] for k in ("sparsity", "n", "m", "block_size", "bits",
                                   "group_size", "scheme") if k in o}
         _sparsity_of(o, where)
-        if "n" in o or "m" in o:
-            bm = nm_mask(w, o.get("n", 2), o.get("m", 4))
-        else:
-            bm = per_row(w, float(o["sparsity"]))
-        bnum, den = _energies(w32, [np.where(bm, w32, 0)], H)
-        box = [H]
-        del H
-        r = sparsegpt_run(w, box, **opts)
+        bnum = None
+        if baselines:
+            if "n" in o or "m" in o:
+                bm = nm_mask(w, o.get("n", 2), o.get("m", 4))
+            else:
+                bm = per_row(w, float(o["sparsity"]))
+            bnum = src.energy(np.where(bm, w32, 0), w32)
+            del bm
+        r = sparsegpt_run(w, src.factor(cols, o.get("damp", 0.01)), **opts)
         new = np.asarray(r.new_w, np.float32)
         return new, r.qtensor, r.keep, (_run_energy(w32, new, r), bnum, den)
     if stage.method == "wanda":
         s = _sparsity_of(o, where)
-        score = wanda_score(w, np.diagonal(H).astype(np.float64) / 2)  # mean x^2
+        score = wanda_score(w, src.mean_sq)
         if "n" in o or "m" in o:
             k = nm_mask(w, o.get("n", 2), o.get("m", 4), importance_scores=score)
-            bm = nm_mask(w, o.get("n", 2), o.get("m", 4))
         else:
             k = per_row(w, float(s), importance_scores=score)
-            bm = per_row(w, float(s))
         new = np.where(k, w32, 0)
-        num, bnum, den = _energies(w32, [new, np.where(bm, w32, 0)], H)
-        return new, None, k, (num, bnum, den)
+        bnum = None
+        if baselines:
+            bm = nm_mask(w, o.get("n", 2), o.get("m", 4)) if ("n" in o or "m" in o) else \
+                per_row(w, float(s))
+            bnum = src.energy(np.where(bm, w32, 0), w32)
+        return new, None, k, (src.energy(new, w32), bnum, den)
     raise ArgumentError(f"{where}: method {stage.method!r} cannot run on a state dict "
                         "with Hessians (awq and smoothquant fold scales into the op before "
                         "a layer: use litecomp.torch.oneshot)")
@@ -188,9 +233,11 @@ def _symmetric(m):
     return m.view(SymmetricMatrix)
 
 
-def compress_tensor(name, w, parts, stage, keep=None):
-    """Compress one weight whose row blocks have the given Hessians.  Returns (new float32
-    weight, QTensor or None, keep mask or None, LayerReport)."""
+def compress_tensor(name, w, parts, stage, keep=None, *, baselines=False, energies=None):
+    """Compress one weight whose row blocks have the given Hessians (``Hessian`` or
+    ``Source``).  Returns (new float32 weight, QTensor or None, keep mask or None,
+    LayerReport); the report's ``baseline_error`` only with ``baselines``.  ``energies``:
+    per part, tr(W H W^T) if the caller has it (from the layer's outputs), else None."""
     note = ""
     if len(parts) > 1 and stage.method == "gptq" and stage.get("act_order") and \
             not stage.get("static_groups") and stage.get("group_size", 128) is not None:
@@ -200,15 +247,17 @@ def compress_tensor(name, w, parts, stage, keep=None):
         note = "packed q/k/v: act_order with static_groups"
     news, qs, keeps = [], [], []
     err_num = err_den = base_num = 0.0
-    for rows, h, _label in parts:
+    for i, (rows, h, _label) in enumerate(parts):
         wp = np.asarray(w[rows])
-        new, q, k, (num, bnum, den) = _compress(wp, [_symmetric(h.matrix)], stage,
-                                                None if keep is None else keep[rows])
+        src = h if isinstance(h, Source) else Source(h)
+        new, q, k, (num, bnum, den) = _compress(wp, src, stage,
+                                                None if keep is None else keep[rows],
+                                                baselines, energies[i] if energies else None)
         news.append(new)
         qs.append(q)
         keeps.append(k)
         err_num += num
-        base_num += bnum
+        base_num = None if bnum is None else base_num + bnum
         err_den += den
     new = np.concatenate(news) if len(news) > 1 else news[0]
     q = None if qs[0] is None else (_join_qtensors(qs, w.shape) if len(qs) > 1 else qs[0])
@@ -216,7 +265,8 @@ def compress_tensor(name, w, parts, stage, keep=None):
     sp = float(np.mean(new == 0))
     rep = LayerReport(name, stage.method, sp, q.bits if q is not None else None,
                       err_num / err_den if err_den else 0.0,
-                      base_num / err_den if err_den else 0.0, note)
+                      None if base_num is None else (base_num / err_den if err_den else 0.0),
+                      note)
     return new, q, k, rep
 
 
@@ -228,11 +278,12 @@ def _cast_like(new, like):
     return cast(new, name)
 
 
-def apply_stage(state_dict, stage, hessians, *, masks=None, min_ndim=2):
+def apply_stage(state_dict, stage, hessians, *, masks=None, min_ndim=2, baselines=False):
     """Run one recipe stage on ``state_dict`` with saved Hessians.
 
     ``hessians``: {layer: Hessian}, a Hessian file path, or a loaded file's dict.
     ``masks``: {name: keep mask} of earlier pruning stages (``apply_recipe`` passes them).
+    ``baselines``: each report also has the data-free counterpart's error.
     Returns ``(new state dict, [LayerReport])``; the input is not changed.  Quantized
     tensors become QTensor parts (``P.qdata``, ...), pruned ones stay dense float.
     """
@@ -264,7 +315,8 @@ def apply_stage(state_dict, stage, hessians, *, masks=None, min_ndim=2):
     for name in names:  # everything is computed before the output is assembled
         w = np.asarray(state_dict[name])
         keep = (masks or {}).get(name)
-        new, q, k, rep = compress_tensor(name, w, _parts(name, w, hs), st, keep)
+        new, q, k, rep = compress_tensor(name, w, _parts(name, w, hs), st, keep,
+                                         baselines=baselines)
         results[name] = (new, q, k)
         report.append(rep)
     out = {}
@@ -295,13 +347,13 @@ def _data_free(state_dict, st, masks):
     return out, [LayerReport(e.name, st.method, 0.0, e.bits, float("nan")) for e in errs]
 
 
-def apply_recipe(state_dict, recipe, hessians):
+def apply_recipe(state_dict, recipe, hessians, *, baselines=False):
     """Run every stage of ``recipe`` in order (see ``apply_stage``); returns (state dict,
     report of every stage)."""
     plan = stages(recipe)
     masks, report = {}, []
     sd = state_dict
     for st in plan:
-        sd, rep = apply_stage(sd, st, hessians, masks=masks)
+        sd, rep = apply_stage(sd, st, hessians, masks=masks, baselines=baselines)
         report.extend(rep)
     return sd, report

@@ -16,6 +16,7 @@ chol takes 4 n^3/3.
 
 import threading
 import warnings
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -290,6 +291,49 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False, flipped=False):
     raise NonFiniteError(f"{name}: is not positive definite even with damp={step:g} "
                          f"(times mean(diag H) = {float(np.mean(d, dtype=np.float64)):.3g}); "
                          "check the calibration data")
+
+
+class Factor(NamedTuple):
+    """H's inverse factor, made once (``factor``) and shared by every weight whose input has
+    that H (q/k/v_proj, gate/up_proj read one tensor): ``gptq_run`` and ``sparsegpt_run``
+    take it in place of H.  ``U``: upper, U^T U = (H_p + lam I)^-1 with H_p = H in ``perm``
+    order (act_order) or as is; ``step``: the damping that worked; ``lam``: what it added to
+    the diagonal; ``dead``: the inputs that never fire (H_jj = 0), in the original order."""
+    U: np.ndarray
+    step: float
+    lam: float
+    dead: np.ndarray
+    perm: Optional[np.ndarray]
+
+
+def factor(H, cols, damp=0.01, *, act_order=False, name="H") -> Factor:
+    """The ``Factor`` of ``H`` (checked as ``check_hessian``; a one-element list ``[H]``
+    hands it over, to be consumed).  ``act_order``: the columns in order of decreasing
+    H_jj (stable), GPTQ's act_order."""
+    Hm = check_hessian(H, cols, name)
+    dead = np.diagonal(Hm) == 0
+    if dead.any():
+        idx = np.flatnonzero(dead)
+        Hm[idx, idx] = 1
+    perm = None
+    if act_order:
+        perm = np.argsort(-np.diagonal(Hm), kind="stable")
+        Hm = permuted(Hm, perm, flip=True)  # the flip inverse_factor would do
+    box = [Hm]
+    del Hm
+    U, step, lam = inverse_factor(box, damp, name=name, flipped=act_order)  # frees H
+    return Factor(U, step, lam, dead, perm)
+
+
+def check_factor(f, cols, act_order=False, name="H") -> Factor:
+    """A ``Factor`` given in place of H: its width and column order must fit."""
+    if f.U.shape != (cols, cols):
+        raise ShapeError(f"{name}: the factor is {f.U.shape[0]}x{f.U.shape[1]} but the weight "
+                         f"has {cols} input columns")
+    if (f.perm is not None) != bool(act_order):
+        raise ArgumentError(f"{name}: the factor was made with act_order={f.perm is not None}"
+                            f", the call asks for act_order={bool(act_order)}")
+    return f
 
 
 class Quantizer:

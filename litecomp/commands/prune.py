@@ -173,7 +173,7 @@ def run(args):
         pruned = sd
         report = []
         for st in checked:
-            pruned, rep = calib.apply_stage(pruned, st, hs, masks=masks)
+            pruned, rep = calib.apply_stage(pruned, st, hs, masks=masks, baselines=True)
             report.extend(rep)
         print_calib_report(report)
     else:

@@ -128,7 +128,7 @@ def _run_gptq(args, targets, ignore):
     stage.update({k: v for k, v in (("targets", targets), ("ignore", ignore)) if v})
     hessians = calib.load_hessians(args.hessians)
     sd = io.load(args.input, key=args.key)
-    out, report = calib.apply_stage(sd, stage, hessians)
+    out, report = calib.apply_stage(sd, stage, hessians, baselines=True)
     io.save(out, args.output)
     if not args.quiet:
         print_calib_report(report)

@@ -101,7 +101,6 @@ def sparsegpt_run(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0
             raise ShapeError(f"m: {m} must divide the {cols} input columns and block_size "
                              f"{block_size}")
         nm = (n, m)
-    Hm = obs.check_hessian(H, cols)
     qz = None
     if bits is not None:
         bits = _check_bits(bits)
@@ -115,14 +114,13 @@ def sparsegpt_run(w, H, sparsity=None, *, n=None, m=None, block_size=128, damp=0
             qz = obs.Quantizer(rows, cols, bits, scheme, group_size, dynamic=True)
     elif group_size is not None:
         raise ArgumentError("group_size: only with bits (the joint quantized mode)")
-    dead = np.diagonal(Hm) == 0
+    f = obs.check_factor(H, cols) if isinstance(H, obs.Factor) else \
+        obs.factor(H, cols, damp)
+    dead = f.dead
     if dead.any():
-        idx = np.flatnonzero(dead)
-        Hm[idx, idx] = 1
         W[:, dead] = 0
-    box = [Hm]
-    del Hm
-    U, _, lam = obs.inverse_factor(box, damp)  # frees H once the factor exists
+    U, lam = f.U, f.lam
+    del f
     loss = np.zeros(rows, np.float64)
     keep_out = obs.run(W, U, block_size, quantizer=qz, sparsity=sparsity, nm=nm, keep=keep,
                        loss=loss)

@@ -60,7 +60,9 @@ def gptq(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=False, d
          block_size=128, static_groups=False) -> QTensor:
     """GPTQ-quantize a [out, in] weight with the Hessian ``H`` of its inputs.
 
-    ``H``: a ``litecomp.calib.Hessian`` or the (in, in) matrix 2/n X^T X.  ``group_size``:
+    ``H``: a ``litecomp.calib.Hessian`` or the (in, in) matrix 2/n X^T X (or its
+    ``litecomp.calib.obs.Factor``, shared by weights that read one input; ``damp`` is then
+    the factor's).  ``group_size``:
     one scale per this many input columns (None: one per output row).  ``act_order``:
     quantize the columns in order of decreasing H_jj; the result then carries ``perm``
     (codes stored in that order, groups are runs of it) unless ``static_groups`` fixes the
@@ -87,26 +89,22 @@ def gptq_run(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=Fals
     W = obs.check_weight(w)
     rows, cols = W.shape
     group_size = check_group_size(group_size, cols)
-    Hm = obs.check_hessian(H, cols)
+    f = obs.check_factor(H, cols, act_order) if isinstance(H, obs.Factor) else \
+        obs.factor(H, cols, damp, act_order=act_order)
     static_groups = bool(static_groups) and group_size is not None
 
     if group_size is None:  # per row: the published code fixes these before anything else
         s, z = _row_qparams(W, bits, scheme)
-    dead = np.diagonal(Hm) == 0
+    dead = f.dead
     if dead.any():
-        idx = np.flatnonzero(dead)
-        Hm[idx, idx] = 1
         W[:, dead] = 0
     if static_groups:
         s, z = _row_qparams(W, bits, scheme, group_size)
-    perm = None
-    if act_order:
-        perm = np.argsort(-np.diagonal(Hm), kind="stable")
+    perm = f.perm
+    if perm is not None:
         W = W.take(perm, axis=1)  # (W[:, perm] is several times slower)
-        Hm = obs.permuted(Hm, perm, flip=True)  # the flip inverse_factor would do
-    box = [Hm]
-    del Hm
-    U, _, lam = obs.inverse_factor(box, damp, flipped=act_order)  # frees H once U exists
+    U, lam = f.U, f.lam
+    del f
 
     if group_size is None:
         qz = obs.Quantizer(rows, cols, bits, scheme, None, dynamic=False, scales=s,
@@ -118,7 +116,7 @@ def gptq_run(w, H, bits=4, group_size=128, *, scheme="symmetric", act_order=Fals
     else:
         qz = obs.Quantizer(rows, cols, bits, scheme, group_size, dynamic=True)
     loss = np.zeros(rows, np.float64)
-    obs.run(W, U, block_size, quantizer=qz, loss=loss)
+    obs.run(W, U, block_size, quantizer=qz, loss=loss)  # reads U only (it may be shared)
     del U
 
     codes = qz.codes

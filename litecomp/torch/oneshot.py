@@ -18,17 +18,19 @@ model's parameters happens at the end.  An exception part-way leaves the model a
 import contextlib
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..calib.apply import LayerReport, compress_tensor
+from ..calib.apply import LayerReport, Source, compress_tensor
 from ..calib.hessian import Hessian
 from .._runtime import release_memory, threads
 from ..errors import ArgumentError
 from ..recipe import Stage, stages
 from . import capture as cap
+from .lockstep import LockstepError
 
 __all__ = ["oneshot", "OneshotResult"]
 
@@ -54,10 +56,21 @@ class OneshotResult:
                             align=["<", "<", ">", ">", ">", ">", "<"])
 
 
+def _row_panels(n):
+    """The row panels of a Hessian sum: each is added as panel x (its rows and every column
+    up to its end) -- the lower triangle and the diagonal blocks, about 5/8 of the full
+    x^T x's FLOPs on TinyLlama widths (measured 0.64x the time of the full product)."""
+    nb = max(1, round(n / 640))
+    bs = -(-n // nb)
+    return [(r0, min(r0 + bs, n)) for r0 in range(0, n, bs)]
+
+
 class _Acc:
     """A running sum of x^T x (float32, by torch's addmm where the activations are: the
     NumPy/BLAS thread pool never wakes between the model's own ops) and its token count,
-    shared by the taps that see one tensor (q/k/v_proj, gate/up_proj)."""
+    shared by the taps that see one tensor (q/k/v_proj, gate/up_proj).  Only the row
+    panels' lower part is summed (``_row_panels``); ``full_sum()`` fills in the rest by
+    symmetry when the sum is read."""
 
     def __init__(self, features):
         self.features = features
@@ -66,23 +79,39 @@ class _Acc:
         self.last = None   # (call number, key) of the last tensor added
         self.x = None      # that tensor, during its call (split needs it)
         self._h = None
+        self._src = None
+        self._full = False
+        self._panels = _row_panels(features)
 
     def took(self, call):
         """The key of the tensor added during call ``call``, or None."""
         return self.last[1] if self.last is not None and self.last[0] == call else None
 
+    def _addmm(self, a, alpha=1):
+        for r0, r1 in self._panels:
+            self.sum[r0:r1, :r1].addmm_(a[:, r0:r1].T, a[:, :r1], alpha=alpha)
+        self._full = False
+
     def add(self, x, call, key):
         a = _tokens(x)
         if self.sum is None:
             self.sum = torch.zeros((self.features,) * 2, dtype=a.dtype, device=a.device)
-        self.sum.addmm_(a.T, a)
+        self._addmm(a)
         if not bool(torch.isfinite(torch.diagonal(self.sum)).all()):
             from ..errors import NonFiniteError
             raise NonFiniteError("x: contains NaN or inf (or values whose square "
                                  "overflows float32)")
         self.count += a.shape[0]
         self.last, self.x = (call, key), x
-        self._h = None
+        self._h = self._src = None
+
+    def full_sum(self):
+        """The sum, symmetric (the upper part copied from the lower), or None."""
+        if self.sum is not None and not self._full:
+            for r0, r1 in self._panels:
+                self.sum[r0:r1, r1:] = self.sum[r1:, r0:r1].T
+            self._full = True
+        return self.sum
 
     def split(self, call):
         """A copy without this call's tensor (a tap that shared it sees another one now)."""
@@ -91,9 +120,8 @@ class _Acc:
             c.sum = self.sum.clone()
             c.count = self.count
             if self.took(call) is not None:
-                a = _tokens(self.x)
-                c.sum.addmm_(a.T, a, alpha=-1)
-                c.count -= a.shape[0]
+                c._addmm(_tokens(self.x), alpha=-1)
+                c.count -= self.x.numel() // self.features
         return c
 
     @property
@@ -101,6 +129,17 @@ class _Acc:
         if self._h is None:
             self._h = _AccHessian(self)
         return self._h
+
+    @property
+    def source(self) -> Source:
+        """The Hessian as compression reads it (its factor made once for all its taps)."""
+        if self._src is None:
+            self._src = Source(self.h)
+        return self._src
+
+    def release(self):
+        """Drop the sum and what was made from it (the last weight it feeds is done)."""
+        self.sum = self.x = self._h = self._src = None
 
 
 class _AccHessian(Hessian):
@@ -111,7 +150,7 @@ class _AccHessian(Hessian):
     def __init__(self, acc):  # no super().__init__: no zero float64 sum
         self.features = acc.features
         self.count = acc.count
-        self._src = acc.sum
+        self._src = acc.full_sum()
         self._sum = None
 
     @property
@@ -124,6 +163,21 @@ class _AccHessian(Hessian):
     @sum.setter
     def sum(self, value):
         self._sum, self._src = value, None
+
+    def product_matrix(self):
+        """(M, scale) with scale * M = the float32 matrix, M a view of the sum: for
+        products with H, no copy."""
+        if self._sum is not None or self._src is None or not self.count or \
+                self._src.dtype != torch.float32:
+            return self.matrix, 1.0
+        return self._src.cpu().numpy(), 2.0 / self.count
+
+    @property
+    def mean_sq(self):
+        if self._sum is not None or self._src is None:
+            return super().mean_sq
+        d = torch.diagonal(self._src).double().cpu().numpy()
+        return d / self.count if self.count else np.zeros(self.features)
 
     def as_matrix(self, dtype=np.float32):
         if self._sum is not None or self._src is None or not self.count or \
@@ -145,6 +199,8 @@ class _Stats:
         self.abs_max = np.zeros(features, np.float32) if need_x else None
         self.samples = []
         self.n_samples = 0
+        self.out_sq = 0.0   # sum of ||W x||^2 over the layer's outputs (``_collect``)
+        self.out_calls = 0  # calls whose output was seen
 
     def update_x(self, x):
         if not self.need_x:
@@ -162,6 +218,14 @@ class _Stats:
     @property
     def count(self):
         return self.acc.count
+
+    def output_energy(self, calls):
+        """tr(W H W^T) = 2/n * sum ||W x||^2 from the layer's outputs in the calibration
+        pass, when it saw every call's (the forward of the last layer of a block is
+        skipped); else None."""
+        if self.out_calls != calls or not self.count:
+            return None
+        return 2.0 * self.out_sq / self.count
 
     @property
     def h(self) -> Hessian:
@@ -191,6 +255,9 @@ class _Values:
 
     def __contains__(self, p):
         return p in self._store
+
+    def discard(self, p):
+        self._store.pop(p, None)
 
     def __iter__(self):
         return iter(list(self._store))
@@ -391,7 +458,7 @@ def _bar(total, progress, desc):
 
 
 def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progress=None,
-            keep_hessians=False) -> OneshotResult:
+            keep_hessians=False, baselines=False, true_sequential=None) -> OneshotResult:
     """Compress ``model`` with ``recipe`` calibrated on ``batches``; returns an
     ``OneshotResult`` and updates the model's weights in place (at the end, all at once).
 
@@ -401,6 +468,17 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
     iterable (read once) of model inputs -- a tensor, a tuple of positional arguments or a
     dict of keyword arguments.  sequential_targets: the blocks (see
     ``capture.find_blocks``).  progress: a bar per block (None: when it takes a moment).
+    baselines: each report also has the error of the data-free counterpart (rtn /
+    magnitude per row at the same setting) -- one more product with each Hessian per
+    weight, about a sixth of the time on TinyLlama-sized layers.
+    true_sequential: within a block, each layer's Hessian is taken on the outputs of the
+    block's earlier layers already compressed (GPTQ's true-sequential order), and the
+    block is calibrated, compressed and propagated in one forward pass instead of two
+    (``_one_pass``; it holds every batch's activations inside the block at once).  None:
+    when that is at most ``ONE_PASS_FRACTION`` (1/4) of the model's size; False:
+    llm-compressor's order (every Hessian of a block from the uncompressed block, then a
+    second pass).  Blocks with a
+    MultiheadAttention or a smoothing stage always take two passes.
     """
     plan = stages(recipe)
     by_param, taps = _plan(model, plan)
@@ -423,6 +501,8 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
     compact = {}     # param name -> QTensor (quantized weights)
     report = []
     hessians = {}
+    run = _Run(model, by_param, params, modules, new, compact, report,
+               hessians if keep_hessians else None, bool(baselines))
     was_training = model.training
     model.eval()
     cache_was = _disable_kv_cache(model)
@@ -433,22 +513,34 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
             inps = cap.block_inputs(model, first, batches, block_name=blocks[0][0] or "model")
             for bi, (bname, block) in enumerate(blocks):
                 btaps = in_block.get(bi, [])
-                if btaps:
-                    _calibrate_and_compress(model, block, bname, inps, btaps, by_param,
-                                            params, modules, new, compact, report,
-                                            hessians if keep_hessians else None)
-                if bi + 1 < nblocks:
-                    local = _local_params(new, bname, params)
-                    for j, inp in enumerate(inps):
-                        inps[j] = cap.next_inputs(inp, cap.call_block(block, inp, local))
-                    del local
+                groups = _one_pass_groups(run, block, bname, inps, btaps, true_sequential)
+                if groups is not None:
+                    mark = _mark(run)
+                    try:
+                        outs = _one_pass(run, block, bname, inps, groups)
+                    except (_Diverged, LockstepError):
+                        _undo(run, mark)
+                        groups = None
+                if groups is not None:
+                    if bi + 1 < nblocks:
+                        for j, out in enumerate(outs):
+                            inps[j] = cap.next_inputs(inps[j], out)
+                            outs[j] = None
+                    del outs
+                else:  # two passes: calibrate (and compress), then propagate
+                    if btaps:
+                        _calibrate_and_compress(run, block, bname, inps, btaps)
+                    if bi + 1 < nblocks:
+                        local = _local_params(new, bname, params)
+                        for j, inp in enumerate(inps):
+                            inps[j] = cap.next_inputs(inp, cap.call_block(block, inp, local))
+                        del local
                 release_memory()
                 if bar is not None:
                     bar.update(1)
             del inps
             if None in in_block:
-                _tail(model, batches, in_block[None], by_param, params, modules, new,
-                      compact, report, hessians if keep_hessians else None)
+                _tail(run, batches, in_block[None])
                 if bar is not None:
                     bar.update(1)
         _swap(params, new)
@@ -527,7 +619,25 @@ def _collect(module, prefix, taps, inps, need_x, call):
         if stop_early[0] and len(fired) == len(stats):
             raise cap._Stop
 
-    with cap.Capture(module, rel, observe):
+    # The output energies tr(W H W^T) the report divides by, from the Linear layers'
+    # outputs of this same pass (no product with H; the layer's own weight and bias, so
+    # only where a plain Linear computes the output)
+    mods = dict(module.named_modules())
+    out_hooks = []
+    for t in rel:
+        mod = mods.get(t.module_name)
+        if t.kind == "input" and type(mod) is nn.Linear:
+            def out_hook(m, _inp, y, st=stats[t.key]):
+                e = y.detach()
+                if m.bias is not None:
+                    e = e - m.bias
+                # per-row float32 dots summed in float64 (4x faster than a float64 sum of
+                # squares, measured 2e-9 relative to it)
+                st.out_sq += float(torch.linalg.vecdot(e, e).double().sum())
+                st.out_calls += 1
+            out_hooks.append(mod.register_forward_hook(out_hook))
+    with contextlib.ExitStack() as stack, cap.Capture(module, rel, observe):
+        stack.callback(lambda: [h.remove() for h in out_hooks])
         for i, inp in enumerate(inps):
             call_no[0] = i
             try:
@@ -541,34 +651,216 @@ def _collect(module, prefix, taps, inps, need_x, call):
                 stop_early[0] = len(fired) == len(stats) and \
                     all(c == 1 for c in fired.values())
             fired.clear()
+    for st in stats.values():
+        st.calls = len(inps)
     return stats
 
 
-def _calibrate_and_compress(model, block, bname, inps, btaps, by_param, params, modules,
-                            new, compact, report, keep_h):
-    need_x = {t.key for t in btaps for st, ts in by_param[t.param]
+@dataclass
+class _Run:
+    """What every step of one oneshot call shares."""
+    model: nn.Module
+    by_param: dict
+    params: dict
+    modules: dict
+    new: "_Values"
+    compact: dict              # param -> QTensor (quantized weights)
+    report: list
+    hessians: Optional[dict]   # {key: Hessian} when keep_hessians, else None
+    baselines: bool
+
+
+def _calibrate_and_compress(run, block, bname, inps, btaps):
+    need_x = {t.key for t in btaps for st, ts in run.by_param[t.param]
               if st.method in ("awq", "smoothquant") and t in ts}
     stats = _collect(block, bname, btaps, inps, need_x,
                      lambda inp: cap.call_block(block, inp))
-    _compress_layers(model, btaps, stats, by_param, params, modules, new, compact, report)
-    if keep_h is not None:
-        keep_h.update({k: s.h for k, s in stats.items()})
+    _compress_layers(run, btaps, stats)
+    if run.hessians is not None:
+        run.hessians.update({k: s.h for k, s in stats.items()})
     del stats
     release_memory()
 
 
-def _tail(model, batches, ttaps, by_param, params, modules, new, compact, report, keep_h):
-    allnew = {p: torch.from_numpy(new[p]).to(dtype=params[p].dtype) for p in new}
+# ------------------------------------------------------------------ one pass per block
+#: One pass holds every batch's activations inside the block at once (each batch's forward
+#: waits at the layer being compressed).  true_sequential=None takes it when that is at
+#: most this fraction of the model's parameter bytes (``_one_pass_bytes``): peak memory
+#: stays about the model's, as with two passes.
+ONE_PASS_FRACTION = 0.25
+
+
+def _hidden(inp):
+    args, kwargs = inp
+    h = args[0] if args else next(iter(kwargs.values()), None)
+    return h if isinstance(h, torch.Tensor) else None
+
+
+def _one_pass_bytes(inps, btaps) -> int:
+    """What one pass holds beyond the block's inputs, about: every token's widest target
+    input plus four hidden-state copies (the residual, the normed input and an attention's
+    inner states), float32 -- measured 65 MB where this says 59 (4 LLaMA blocks of width
+    512, 4,096 tokens).  -1 when the inputs are not a hidden-state tensor."""
+    hs = [_hidden(inp) for inp in inps]
+    if any(h is None or h.ndim == 0 for h in hs):
+        return -1
+    width = hs[0].shape[-1]
+    tokens = sum(h.numel() for h in hs) // max(width, 1)
+    return tokens * (max(t.features for t in btaps) + 4 * width) * 4
+
+
+def _one_pass_groups(run, block, bname, inps, btaps, true_sequential):
+    """[[taps reading one tensor], ...] in the order the block runs them, when the block
+    can be calibrated, compressed and propagated in one pass: every target a Linear
+    (``MultiheadAttention`` computes q/k/v and out_proj inside one call), no smoothing
+    stage (it folds scales across layers), and on the first batch every target runs
+    exactly once.  Otherwise None (the two-pass path)."""
+    if true_sequential is False or not btaps:
+        return None
+    if any(t.kind != "input" for t in btaps):
+        return None
+    if any(st.family == "smooth" or st.method == "awq"
+           for t in btaps for st, _ in run.by_param[t.param]):
+        return None
+    if true_sequential is None:
+        held = _one_pass_bytes(inps, btaps)
+        model_bytes = sum(p.numel() * p.element_size() for p in run.params.values())
+        if not 0 <= held <= ONE_PASS_FRACTION * model_bytes:
+            return None
+    rel = {t.key: t for t in btaps}
+    fired, held = [], []
+
+    def observe(tap, x):
+        fired.append((tap.key, (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype,
+                                x._version)))
+        held.append(x)  # alive until the probe ends: no two inputs share an address
+    with cap.Capture(block, _relative(btaps, bname), observe):
+        cap.call_block(block, inps[0])
+    del held
+    keys = [k for k, _ in fired]
+    if sorted(keys) != sorted(rel) or len(set(keys)) != len(keys):
+        return None
+    groups, by_tensor = [], {}
+    for key, tkey in fired:
+        if tkey in by_tensor:
+            groups[by_tensor[tkey]].append(rel[key])
+        else:
+            by_tensor[tkey] = len(groups)
+            groups.append([rel[key]])
+    return groups
+
+
+def _mark(run):
+    """What ``_undo`` goes back to."""
+    return set(run.new), set(run.compact), len(run.report), \
+        None if run.hessians is None else set(run.hessians)
+
+
+def _undo(run, mark):
+    new, compact, nrep, hs = mark
+    for p in [p for p in run.new if p not in new]:
+        run.new.discard(p)
+    for p in [p for p in run.compact if p not in compact]:
+        del run.compact[p]
+    del run.report[nrep:]
+    if hs is not None:
+        for k in [k for k in run.hessians if k not in hs]:
+            del run.hessians[k]
+
+
+def _relative(taps, prefix):
+    return [cap.Tap(t.key, t.module_name[len(prefix) + 1:] if prefix else t.module_name,
+                    t.kind, t.param, t.rows, t.features) for t in taps]
+
+
+class _Diverged(Exception):
+    """A later batch took another path through the block than the first (the one pass
+    is abandoned, and the block takes two)."""
+
+
+def _one_pass(run, block, bname, inps, groups):
+    """Calibrate, compress and propagate ``block`` in one forward pass over every batch
+    (``lockstep``): at the first layer of each group the batches' inputs are added to the
+    group's Hessian, all of them wait, the group is compressed (its Hessian then holds the
+    outputs of the block's layers before it *already compressed*: GPTQ's true-sequential
+    order) and its new weights go into the block for the rest of the pass.  Returns the
+    block's outputs.  The block's parameters are put back at the end, error or not; the
+    model changes only in oneshot's final swap."""
+    from .lockstep import Lockstep
+    point = {}    # tap key -> group index (the group's first tap)
+    member = {}   # tap key -> group index (its later taps)
+    for gi, g in enumerate(groups):
+        point[g[0].key] = gi
+        for t in g[1:]:
+            member[t.key] = gi
+    stats = {}
+    for g in groups:
+        acc = _Acc(g[0].features)
+        for t in g:
+            stats[t.key] = _Stats(t.features, False)
+            stats[t.key].acc = acc
+    ls = Lockstep(len(inps))
+    seen = [dict() for _ in inps]  # per batch: group -> the tensor its first tap saw
+
+    def observe(tap, x):
+        i = ls.index
+        key = (x.data_ptr(), tuple(x.shape), tuple(x.stride()), x.dtype, x._version)
+        gi = point.get(tap.key)
+        if gi is not None:
+            stats[tap.key].acc.add(x, i, tap.key)
+            seen[i][gi] = key
+            ls.pause(gi)
+        elif seen[i].get(member[tap.key]) != key:
+            raise _Diverged(f"{tap.key!r} read another tensor than "
+                            f"{groups[member[tap.key]][0].key!r} in batch {i}")
+
+    modules = dict(block.named_modules())
+    saved = []
+
+    def put(p):  # the compressed value of ``p`` into the block, for the rest of the pass
+        local = p[len(bname) + 1:] if bname else p
+        mname, _, attr = local.rpartition(".")
+        mod = modules[mname]
+        old = mod._parameters[attr]
+        saved.append((mod, attr, old))
+        t = torch.from_numpy(run.new[p]).to(dtype=old.dtype, device=old.device)
+        mod._parameters[attr] = nn.Parameter(t, requires_grad=False)
+
+    def at_point(gi):
+        g = groups[gi]
+        _compress_layers(run, g, {t.key: stats[t.key] for t in g})
+        if run.hessians is not None:
+            run.hessians.update({t.key: stats[t.key].h for t in g})
+        for p in dict.fromkeys(t.param for t in g):
+            put(p)
+
+    def work(i):
+        with torch.no_grad():
+            return cap.call_block(block, inps[i])
+
+    try:
+        for p in run.new:  # values this block already has (none today; kept general)
+            if bname == "" or p.startswith(bname + "."):
+                put(p)
+        with cap.Capture(block, _relative([t for g in groups for t in g], bname), observe):
+            outs = ls.run(work, at_point)
+    finally:
+        for mod, attr, old in reversed(saved):
+            mod._parameters[attr] = old
+    return outs
+
+
+def _tail(run, batches, ttaps):
+    allnew = {p: torch.from_numpy(run.new[p]).to(dtype=run.params[p].dtype) for p in run.new}
     stats = {}
     if ttaps:
-        need_x = {t.key for t in ttaps for st, ts in by_param[t.param]
+        need_x = {t.key for t in ttaps for st, ts in run.by_param[t.param]
                   if st.method in ("awq", "smoothquant") and t in ts}
-        stats = _collect(model, "", ttaps, batches, need_x,
-                         lambda b: _call_model(model, allnew, b))
-    _compress_layers(model, ttaps, stats, by_param, params, modules, new, compact, report,
-                     embeddings=True)
-    if keep_h is not None:
-        keep_h.update({k: s.h for k, s in stats.items()})
+        stats = _collect(run.model, "", ttaps, batches, need_x,
+                         lambda b: _call_model(run.model, allnew, b))
+    _compress_layers(run, ttaps, stats, embeddings=True)
+    if run.hessians is not None:
+        run.hessians.update({k: s.h for k, s in stats.items()})
 
 
 def _call_model(model, params, batch):
@@ -580,23 +872,33 @@ def _call_model(model, params, batch):
     return torch.func.functional_call(model, params, (batch,))
 
 
-def _compress_layers(model, taps, stats, by_param, params, modules, new, compact, report,
-                     embeddings=False):
-    """Compress every parameter these taps feed (and, for the tail, the embeddings)."""
+def _compress_layers(run, taps, stats, embeddings=False):
+    """Compress every parameter these taps feed (and, for the tail, the embeddings).  An
+    accumulator's sum and factor are dropped once the last weight it feeds is done
+    (unless the Hessians are kept)."""
     work = {}
     for t in taps:
         work.setdefault(t.param, None)
     if embeddings:
-        for p, entries in by_param.items():
+        for p, entries in run.by_param.items():
             if not entries[0][1]:
                 work.setdefault(p, None)
-    current = _Current(work, new, params)
+    last_use = {}
+    for t in taps:
+        if t.key in stats:
+            last_use[id(stats[t.key].acc)] = (t.param, stats[t.key].acc)
+    current = _Current(work, run.new, run.params)
     # smoothing stages first: they change the layer, its producer and its input statistics
-    scales = _smooth(taps, stats, by_param, params, modules, new, current, report)
+    scales = _smooth(run, taps, stats, current)
     for p in work:
-        with _kernel_threads(params[p].numel()):
-            _compress_param(p, by_param, stats, scales, current, new, compact, report)
+        with _kernel_threads(run.params[p].numel()):
+            _compress_param(run, p, stats, scales, current)
         current.done(p)
+        if run.hessians is None:
+            for k, (lp, acc) in list(last_use.items()):
+                if lp == p:
+                    acc.release()
+                    del last_use[k]
 
 
 class _Current(dict):
@@ -633,19 +935,28 @@ class _Current(dict):
 _SMALL = 1 << 22  # elements: below this a weight's kernels run on the calling thread
 
 
+@contextlib.contextmanager
 def _kernel_threads(size):
-    """litecomp's kernels on one thread for a small weight: between the BLAS calls of the
-    OBS loop and torch's own ops, the thread pools' spinning workers cost more than a
-    second thread gains on a few milliseconds of work (measured in oneshot: 2x on the
-    whole compression of a 4-layer model)."""
-    return threads(1) if size < _SMALL else contextlib.nullcontext()
+    """litecomp's kernels and NumPy's BLAS on one thread for a small weight: between the
+    BLAS calls of the OBS loop and torch's own ops, the thread pools' spinning workers
+    cost more than a second thread gains on a few milliseconds of work (measured in
+    oneshot: 2x on the whole compression of a 4-layer model; and BLAS workers still
+    spinning slowed the forward pass that follows)."""
+    if size >= _SMALL:
+        yield
+        return
+    from .._runtime import blas_single_thread
+    with threads(1), blas_single_thread():
+        yield
 
 
-def _compress_param(p, by_param, stats, scales, current, new, compact, report):
+def _compress_param(run, p, stats, scales, current):
     """Every non-smoothing stage of parameter ``p`` in recipe order."""
+    new, compact, report = run.new, run.compact, run.report
     w = current[p]
     keep = last_q = None
-    for st, ptaps in by_param[p]:
+    first = p not in new and all(st.family != "smooth" for st, _ in run.by_param[p])
+    for st, ptaps in run.by_param[p]:
         if st.family == "smooth":
             continue
         made = False  # w is already q's values
@@ -659,7 +970,12 @@ def _compress_param(p, by_param, stats, scales, current, new, compact, report):
             if st.method == "awq":
                 w, q, rep = _awq_quantize(p, w, ptaps, stats, scales, st, keep)
             else:
-                w, q, k, rep = compress_tensor(p, w, parts, st, keep)
+                known = None
+                if first and not scales and len(ptaps) == 1:  # w is the model's weight
+                    o = stats[ptaps[0].key]
+                    known = [o.output_energy(getattr(o, "calls", -1))]
+                w, q, k, rep = compress_tensor(p, w, parts, st, keep,
+                                               baselines=run.baselines, energies=known)
                 made = True
                 keep = k if k is not None else keep
             report.append(rep)
@@ -668,6 +984,7 @@ def _compress_param(p, by_param, stats, scales, current, new, compact, report):
             if not made:
                 w = np.asarray(q.dequantize(), np.float32)
         last_q = q
+        first = False
     if last_q is not None:  # the last stage quantized: w is its values
         new.set_quantized(p, last_q)
     else:
@@ -677,13 +994,15 @@ def _compress_param(p, by_param, stats, scales, current, new, compact, report):
 def _parts_for(ptaps, stats, scales, w):
     parts = []
     for t in ptaps:
-        h = stats[t.key].h
         s = scales.get(t.key)
         if s is not None:  # the input is now x / s
+            h = stats[t.key].h
             h2 = Hessian(h.features)
             h2.sum = h.sum / np.outer(s, s).astype(np.float64)
             h2.count = h.count
-            h = h2
+            h = Source(h2)
+        else:
+            h = stats[t.key].acc.source
         rows = slice(*t.rows) if t.rows else slice(0, w.shape[0])
         parts.append((rows, h, t.key))
     parts.sort(key=lambda r: r[0].start)
@@ -699,7 +1018,6 @@ def _data_free(p, w, st, keep, report, parts=None):
     """A data-free stage (rtn, magnitude, ...) on the whole weight.  With ``parts`` (the
     layer's Hessians) the report has the output error; without (embeddings) the weight's
     relative error."""
-    from ..calib.apply import _energy
     from ..prune import apply
     from ..prune.state import _stage_masks
     from ..quant.state import quantize_stage
@@ -709,8 +1027,8 @@ def _data_free(p, w, st, keep, report, parts=None):
         if not parts:
             return float(np.sum((new - w) ** 2, dtype=np.float64) /
                          max(float(np.sum(w.astype(np.float64) ** 2)), 1e-300))
-        num = sum(_energy(new[r] - w[r], h.matrix) for r, h, _k in parts)
-        den = sum(_energy(w[r], h.matrix) for r, h, _k in parts)
+        num = sum(h.energy(new[r], w[r]) for r, h, _k in parts)
+        den = sum(h.energy(w[r]) for r, h, _k in parts)
         return num / den if den else 0.0
     note = "" if parts else "weight error (no data)"
     if st.family == "prune":
@@ -728,9 +1046,11 @@ def _data_free(p, w, st, keep, report, parts=None):
 
 
 # ------------------------------------------------------------------ smoothing
-def _smooth(taps, stats, by_param, params, modules, new, current, report):
+def _smooth(run, taps, stats, current):
     """Apply the awq / smoothquant stages of these taps: choose s per producer group, scale
     the layers' columns, fold 1/s into the producer.  Returns {tap key: s}."""
+    by_param, params, modules = run.by_param, run.params, run.modules
+    new, report = run.new, run.report
     from ..quant.awq import awq_scales, smoothquant_scales
     groups = {}
     notes = {}
