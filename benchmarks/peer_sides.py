@@ -3,7 +3,7 @@ cases run both in one process, where the second side's peak memory includes what
 first left in the heap):
 
     python -m benchmarks.peer_sides [--method gptq|sparsegpt] [--shape toy|tinyllama]
-                                    [--seeds 0,1,2]
+                                    [--seeds 0,1,2] [--true-sequential]
 
 Needs torch, transformers and llmcompressor (``pip install torch==2.13.0 llmcompressor``
 on one command line).  Prints one line per side and seed: wall time (deep copy of the
@@ -19,7 +19,7 @@ import sys, time
 from benchmarks.cases import calib as bc
 from benchmarks.harness import run_with_peak
 method, side, shape, seed = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-run = bc._peer_case(method, False, shape, seed)
+run = bc._peer_case(method, False, shape, seed, True if sys.argv[5] == "1" else None)
 fn = run.litecomp if side == "litecomp" else run.anchor[1]
 c0, t0 = time.process_time(), time.perf_counter()
 peak, err = run_with_peak(fn)
@@ -33,12 +33,15 @@ def main(argv=None):
     ap.add_argument("--method", default="gptq", choices=("gptq", "sparsegpt"))
     ap.add_argument("--shape", default="toy", choices=("toy", "tinyllama"))
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--true-sequential", action="store_true",
+                    help="litecomp's one pass per block (oneshot(true_sequential=True))")
     args = ap.parse_args(argv)
     errs = {"litecomp": [], "llm-compressor": []}
     for seed in [int(s) for s in args.seeds.split(",")]:
         for side in ("litecomp", "llm-compressor"):
             out = subprocess.run([sys.executable, "-c", CHILD, args.method, side, args.shape,
-                                  str(seed)], capture_output=True, text=True, check=True)
+                                  str(seed), "1" if args.true_sequential else "0"],
+                                 capture_output=True, text=True, check=True)
             wall, cpu, peak, err = out.stdout.strip().splitlines()[-1].split()
             errs[side].append(float(err))
             print(f"{args.method} {args.shape} seed {seed} {side:15s} wall {wall} s  cpu "

@@ -762,7 +762,7 @@ def test_accumulator_sums_row_panels_and_fills_by_symmetry():
     import sys
     os_ = sys.modules["litecomp.torch.oneshot"]
     n = 1400
-    assert len(os_._row_panels(n)) == 2 and os_._row_panels(512) == [(0, 512)]
+    assert len(os_._row_panels(n)) == 4 and os_._row_panels(160) == [(0, 160)]
     g = torch.Generator().manual_seed(0)
     xs = [torch.randn(2, 50, n, generator=g) for _ in range(3)]
     acc = os_._Acc(n)

@@ -220,7 +220,7 @@ def _word_tokenizer(vocab):
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="0", pad_token="0")
 
 
-def _peer_case(method, quick, shape="toy", seed=0):
+def _peer_case(method, quick, shape="toy", seed=0, true_sequential=None):
     llmc = optional_import("llmcompressor")
     if torch is None or optional_import("transformers") is None or llmc is None:
         return Run(litecomp=lambda: None,
@@ -243,7 +243,7 @@ def _peer_case(method, quick, shape="toy", seed=0):
     def lite():
         m = copy.deepcopy(base)
         lt.oneshot(m, recipe, batches, sequential_targets=["LlamaDecoderLayer"],
-                   progress=False)
+                   progress=False, true_sequential=true_sequential)
         return _logit_error(m, ref, test)
 
     def peer():
