@@ -202,6 +202,7 @@ class _Stats:
         self.n_samples = 0
         self.out_sq = 0.0   # sum of ||W x||^2 over the layer's outputs (``_collect``)
         self.out_calls = 0  # calls whose output was seen
+        self.calls = -1     # calls of the calibration pass (``_collect`` sets it)
 
     def update_x(self, x):
         if not self.need_x:
@@ -587,8 +588,7 @@ def _local_params(new, prefix, params):
 def _collect(module, prefix, taps, inps, need_x, call):
     """Run ``call(inp)`` for every stored input with hooks on ``taps``; {key: _Stats}."""
     stats = {t.key: _Stats(t.features, t.key in need_x) for t in taps}
-    rel = [cap.Tap(t.key, t.module_name[len(prefix) + 1:] if prefix else t.module_name,
-                   t.kind, t.param, t.rows, t.features) for t in taps]
+    rel = _relative(taps, prefix)
 
     # Taps fed one tensor (q/k/v_proj, gate/up_proj) share one accumulator: joined when
     # they see the same tensor in the first call, split again if they ever do not.
@@ -974,7 +974,7 @@ def _compress_param(run, p, stats, scales, current):
                 known = None
                 if first and not scales and len(ptaps) == 1:  # w is the model's weight
                     o = stats[ptaps[0].key]
-                    known = [o.output_energy(getattr(o, "calls", -1))]
+                    known = [o.output_energy(o.calls)]
                 w, q, k, rep = compress_tensor(p, w, parts, st, keep,
                                                baselines=run.baselines, energies=known)
                 made = True
