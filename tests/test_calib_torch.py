@@ -12,6 +12,7 @@ from torch import nn  # noqa: E402
 
 import litecomp  # noqa: E402
 import litecomp.torch as lt  # noqa: E402
+from litecomp.torch import capture as cap  # noqa: E402
 from litecomp import calib  # noqa: E402
 from litecomp.errors import ArgumentError, NonFiniteError  # noqa: E402
 
@@ -778,13 +779,17 @@ def test_accumulator_sums_row_panels_and_fills_by_symmetry():
     assert c.count == 200
 
 
-@pytest.mark.parametrize("true_sequential", [False, True])
-def test_report_error_is_the_definition(true_sequential, monkeypatch):
+@pytest.mark.parametrize("true_sequential,stack", [(False, False), (True, False),
+                                                   (False, True)])
+def test_report_error_is_the_definition(true_sequential, stack, monkeypatch):
     """Each report's error is ||X (W' - W)^T||^2 / ||X W^T||^2 on the layer's calibration
     inputs: tr(E H E^T) / tr(W H W^T) with the kept Hessian -- whether the denominator came
     from the layer's outputs in the calibration pass (two passes; not for the last layer
-    of a block, whose forward is skipped) or from H."""
+    of a block, whose forward is skipped after the first call) or from H."""
+    import sys
     from litecomp.calib.apply import Source
+    if not stack:  # three calls (batch by batch); stacked, the three batches are one call
+        monkeypatch.setattr(sys.modules["litecomp.torch.oneshot"], "STACK_BYTES", 0)
     products = []
     real = Source.energy
     monkeypatch.setattr(Source, "energy",
@@ -799,10 +804,169 @@ def test_report_error_is_the_definition(true_sequential, monkeypatch):
                      true_sequential=true_sequential)
     assert len(res.report) == 14
     # tr(W H W^T) by a product with H: with two passes only for down_proj
-    assert products == [True] * (14 if true_sequential else 2)
+    assert products == [True] * (14 if true_sequential else 0 if stack else 2)
     for r in res.report:
         w = before[r.name].astype(np.float64)
         e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w
         H = res.hessians[r.name[:-len(".weight")]].matrix.astype(np.float64)
         want = np.sum((e @ H) * e) / np.sum((w @ H) * w)
         assert r.error == pytest.approx(want, rel=1e-4), r.name
+
+
+# ------------------------------------------------------------------ stacking batches
+def test_stack_inputs_joins_runs_of_one_shape_and_undoes():
+    g = torch.Generator().manual_seed(0)
+    pe = torch.randn(1, 6, 4, generator=g)
+    xs = [torch.randn(1, 6, 8, generator=g) for _ in range(5)] + \
+        [torch.randn(2, 5, 8, generator=g)]
+    inps = [((x,), {"pe": pe.clone(), "flag": True}) for x in xs]
+    inps[3] = ((xs[3],), {"pe": pe + 1, "flag": True})   # another position input
+    row = 4 * 8  # bytes per row: a budget of 18 rows, three of these batches
+    stacked, sizes = cap.stack_inputs(inps, 18 * row, row)
+    assert sizes == [[1, 1, 1], [1], [1], [2]]
+    assert torch.equal(cap.hidden(stacked[0]), torch.cat(xs[:3]))
+    assert torch.equal(stacked[1][1]["pe"], pe + 1)
+    back = cap.unstack_inputs(stacked, sizes)
+    assert len(back) == 6
+    for (a, ka), (b, kb) in zip(back, inps):
+        assert torch.equal(a[0], b[0]) and torch.equal(ka["pe"], kb["pe"])
+    # keyword-only hidden states, and a budget of one batch: nothing joined
+    kw = [((), {"hidden_states": x, "mask": None}) for x in xs[:3]]
+    st, sz = cap.stack_inputs(kw, 6 * row, row)
+    assert sz == [[1], [1], [1]]
+    st, sz = cap.stack_inputs(kw, 12 * row, row)
+    assert sz == [[1, 1], [1]] and cap.hidden(st[0]).shape == (2, 6, 8)
+
+
+class _MixesBatches(nn.Module):
+    """Attention over dim 0 (a sequence-first layout): batches joined on dim 0 would
+    attend to each other."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 16)
+
+    def forward(self, x):
+        return self.fc(x) + x.mean(0, keepdim=True)
+
+
+def test_stacks_batches_tells_a_block_that_mixes_them():
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(1, 7, 16, generator=g) for _ in range(3)]
+    stacked, sizes = cap.stack_inputs([((x,), {}) for x in xs], 1 << 20, 64)
+    assert sizes == [[1, 1, 1]]
+    torch.manual_seed(0)
+    assert cap.stacks_batches(nn.Sequential(nn.Linear(16, 16), nn.GELU()), stacked[0],
+                              sizes[0])
+    assert not cap.stacks_batches(_MixesBatches(), stacked[0], sizes[0])
+
+
+def _stack_run(monkeypatch, model_fn, batches, stack, **kw):
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+    monkeypatch.setattr(mod, "STACK_BYTES", mod.STACK_BYTES if stack else 0)
+    m = model_fn()
+    res = lt.oneshot(m, {"method": "gptq", "bits": 4, "group_size": 16,
+                         "ignore": ["lm_head"]}, batches, progress=False, **kw)
+    return m, res
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_stacked_batches_compress_as_batch_by_batch(monkeypatch, true_sequential):
+    """Joining batches changes the products' rounding only: the Hessians agree to float
+    rounding, the codes nearly all (a code at a rounding tie may flip), the errors
+    closely."""
+    def model():
+        torch.manual_seed(0)
+        return LlamaLike().eval()
+    batches = [torch.randint(0, 100, (1, 12), generator=torch.Generator().manual_seed(i))
+               for i in range(6)]
+    kw = dict(sequential_targets=["LlamaLikeDecoderLayer"], keep_hessians=True,
+              true_sequential=true_sequential)
+    calls = []
+    real = cap.call_block
+    monkeypatch.setattr(cap, "call_block", lambda b, inp, params=None: calls.append(
+        cap.hidden(inp).shape[0]) or real(b, inp, params))
+    m1, r1 = _stack_run(monkeypatch, model, batches, True, **kw)
+    assert max(calls) == 6  # the six batches went through a block as one call
+    calls.clear()
+    m0, r0 = _stack_run(monkeypatch, model, batches, False, **kw)
+    assert set(calls) == {1}
+    for k, h in r0.hessians.items():
+        np.testing.assert_allclose(r1.hessians[k].matrix, h.matrix, rtol=1e-4, atol=1e-5)
+        assert r1.hessians[k].count == h.count == 72
+    for a, b in zip(r0.report, r1.report):
+        assert a.name == b.name and a.error == pytest.approx(b.error, rel=0.05)
+    for k, v in r0.state_dict.items():
+        if k.endswith(".codes") or k.endswith("weight_packed"):
+            same = np.mean(np.asarray(v) == np.asarray(r1.state_dict[k]))
+            assert same > 0.95, k
+
+
+def test_a_block_that_mixes_batches_runs_them_one_by_one(monkeypatch):
+    """The first block mixes batches: the check finds it before anything is calibrated, so
+    the result is exactly that of batch by batch -- and not what joining them gives."""
+    def model():
+        torch.manual_seed(0)
+        return nn.Sequential(_MixesBatches(), nn.Linear(16, 16))
+    batches = [torch.randn(1, 7, 16, generator=torch.Generator().manual_seed(i))
+               for i in range(4)]
+    recipe = {"method": "gptq", "bits": 4, "group_size": 16}
+    kw = dict(progress=False, keep_hessians=True, true_sequential=False)
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+    res = lt.oneshot(model(), recipe, batches, **kw)
+    monkeypatch.setattr(mod, "STACK_BYTES", 0)
+    one = lt.oneshot(model(), recipe, batches, **kw)
+    for k in one.hessians:
+        assert np.array_equal(res.hessians[k].matrix, one.hessians[k].matrix), k
+    monkeypatch.setattr(mod, "STACK_BYTES", 1 << 20)
+    monkeypatch.setattr(cap, "stacks_batches", lambda *a: True)  # unchecked: wrong
+    bad = lt.oneshot(model(), recipe, batches, **kw)
+    assert not np.allclose(bad.hessians["1"].matrix, one.hessians["1"].matrix, rtol=1e-3)
+
+
+# ------------------------------------------------------------------ memory of the work order
+def test_a_sole_hessian_is_consumed_and_the_results_do_not_change(monkeypatch):
+    """down_proj's (and o_proj's) Hessian feeds one weight: its factor is made in the accumulator's own
+    memory, that weight goes first, and nothing in the result changes (same codes, same
+    report, report in the block's order) -- compared with the Hessians kept, where
+    nothing is consumed."""
+    import sys
+    from litecomp.calib.apply import Source
+    mod = sys.modules["litecomp.torch.oneshot"]
+    taken, order = [], []
+    real_take = mod._AccHessian.take_matrix
+    monkeypatch.setattr(mod._AccHessian, "take_matrix",
+                        lambda self: taken.append(self.features) or real_take(self))
+    real_cp = mod._compress_param
+    monkeypatch.setattr(mod, "_compress_param",
+                        lambda run, p, *a: order.append(p) or real_cp(run, p, *a))
+
+    def run(keep):
+        torch.manual_seed(0)
+        m = LlamaLike().eval()
+        return lt.oneshot(m, {"method": "gptq", "bits": 4, "group_size": 16,
+                              "ignore": ["lm_head"]}, tokens(3), keep_hessians=keep,
+                          sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
+                          true_sequential=False)
+    a = run(False)
+    down = [f for f in taken]
+    first = order[0]
+    taken.clear()
+    b = run(True)
+    # per block: down_proj's (64 wide) and o_proj's (32) feed one weight each
+    assert taken == [] and down == [64, 32, 64, 32] and first.endswith("mlp.down_proj.weight")
+    assert [r.name for r in a.report] == [r.name for r in b.report]
+    assert a.report[0].name.endswith("self_attn.q_proj.weight")
+    for ra, rb in zip(a.report, b.report):
+        assert ra.error == rb.error, ra.name
+    for k, v in b.state_dict.items():
+        assert np.array_equal(np.asarray(a.state_dict[k]), np.asarray(v)), k
+    # a consumed Source refuses to be read again
+    h = calib.Hessian(4)
+    h.update(np.eye(4, dtype=np.float32))
+    src = Source(h)
+    src._consumed = True
+    with pytest.raises(RuntimeError, match="consumed"):
+        src.energy(np.ones((2, 4), np.float32))

@@ -85,12 +85,16 @@ class Source:
     many weights share it (q/k/v_proj, gate/up_proj): the float32 matrix for products
     (``energy``; from a ``product_matrix()`` view where the Hessian has one, no copy), the
     mean x^2 per column (``mean_sq``) and the OBS factor per (damp, act_order)
-    (``factor``).  ``release()`` drops what it made."""
+    (``factor``).  ``consumable``: the Hessian's owner (``oneshot``) needs it no more once
+    the factor exists -- the factor is then made in its memory (``take_matrix``), and any
+    later read is an internal error.  ``release()`` drops what it made."""
 
     def __init__(self, h):
         self.h = h
         self._m = None
         self._factors = {}
+        self.consumable = False  # the factor may be made in the Hessian's own memory
+        self._consumed = False
 
     def _product(self):
         if self._m is None:
@@ -100,6 +104,8 @@ class Source:
 
     def energy(self, E, minus=None) -> float:
         """tr(E H E^T) (E - minus when given)."""
+        if self._consumed:
+            raise RuntimeError("litecomp internal error: a consumed Hessian was read")
         m, scale = self._product()
         return scale * _energy(E, m, minus)
 
@@ -111,8 +117,15 @@ class Source:
         from .obs import factor
         key = (float(damp), bool(act_order))
         if key not in self._factors:
-            self._factors[key] = factor([_symmetric(self.h.matrix)], cols, damp,
-                                        act_order=act_order)
+            if self._consumed:
+                raise RuntimeError("litecomp internal error: a consumed Hessian was read")
+            take = getattr(self.h, "take_matrix", None) if self.consumable else None
+            if take is not None:  # H's memory becomes the factor's
+                self._m, self._consumed = None, True
+                m = take()
+            else:
+                m = self.h.matrix
+            self._factors[key] = factor([_symmetric(m)], cols, damp, act_order=act_order)
         return self._factors[key]
 
     def release(self):

@@ -29,6 +29,14 @@ from ..errors import ArgumentError, NonFiniteError, ShapeError
 DAMP_RETRIES = 4
 
 
+def _all_finite(A) -> bool:
+    """np.isfinite(A).all() by row panels: no full-size bool temporary (31 MB for a
+    5632^2 Hessian, at the moment its layer is compressed)."""
+    if A.ndim != 2:
+        return bool(np.isfinite(A).all())
+    return all(bool(np.isfinite(A[r0:r0 + 512]).all()) for r0 in range(0, A.shape[0], 512))
+
+
 def check_hessian(H, cols, name="H") -> np.ndarray:
     """H as a float32 (cols, cols) array: square, the weight's width, finite, symmetric.
     A one-element list ``[H]`` hands the caller's only reference over: a float32 array is
@@ -54,8 +62,8 @@ def check_hessian(H, cols, name="H") -> np.ndarray:
         raise ShapeError(f"{name}: is {H.shape[0]}x{H.shape[1]} but the weight has {cols} "
                          "input columns")
     H = np.asarray(H, np.float32) if owned and H.dtype == np.float32 else np.array(H, np.float32)
-    if symmetric:
-        if not np.isfinite(H).all():
+    if symmetric:  # row panels: no n^2 bool temporary
+        if not _all_finite(H):
             raise NonFiniteError(f"{name}: contains NaN or inf")
         return H
     asym = scale = 0.0
@@ -83,7 +91,7 @@ def check_weight(w, name="w") -> np.ndarray:
     if w.size == 0:
         raise ShapeError(f"{name}: is empty")
     W = np.array(w, np.float32) if w.dtype in (np.float32, np.float64) else to_float32(w)
-    if not np.isfinite(W).all():
+    if not _all_finite(W):
         raise NonFiniteError(f"{name}: contains NaN or inf")
     return W
 
@@ -267,7 +275,7 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False, flipped=False):
                  for k0 in range(0, n, _CHOL_BLOCK)] if attempt < DAMP_RETRIES else None
         try:
             L = cholesky_lower(H)
-            if not np.isfinite(L).all():
+            if not _all_finite(L):
                 raise np.linalg.LinAlgError("not finite")
         except np.linalg.LinAlgError:
             L = None
@@ -277,7 +285,7 @@ def inverse_factor(H, damp=0.01, *, name="H", overwrite=False, flipped=False):
             del H
             U = _flip(tri_inv_lower(L))  # in L's memory
             del L
-            if np.isfinite(U).all() and (np.diagonal(U) > 0).all():
+            if _all_finite(U) and (np.diagonal(U) > 0).all():
                 return U, step, float(damp_value(d, step))
             H = None
         if H is None:

@@ -31,7 +31,8 @@ from torch import nn
 from ..errors import ArgumentError
 
 __all__ = ["Tap", "taps_for", "Capture", "find_blocks", "block_inputs", "call_block",
-           "next_inputs", "run_batch"]
+           "next_inputs", "run_batch", "hidden", "stack_inputs", "unstack_inputs",
+           "stacks_batches"]
 
 QKV = ("q", "k", "v")
 
@@ -271,14 +272,140 @@ def call_block(block, inp, params=None):
     return block(*args, **kwargs)
 
 
-def next_inputs(inp, out):
-    """The next block's (args, kwargs): this block's output replaces the first argument."""
+def hidden(inp):
+    """The hidden state in a stored (args, kwargs): the first positional argument, else the
+    first keyword argument (None when that is not a tensor)."""
     args, kwargs = inp
+    h = args[0] if args else next(iter(kwargs.values()), None)
+    return h if isinstance(h, torch.Tensor) else None
+
+
+def _output(out):
     h = out[0] if isinstance(out, (tuple, list)) else out
-    h = h.detach()
+    return h.detach()
+
+
+def _with_hidden(inp, h):
+    args, kwargs = inp
     if args:
         return (h,) + tuple(args[1:]), kwargs
     key = next(iter(kwargs))  # the first keyword carried the hidden state
     kw = dict(kwargs)
     kw[key] = h
     return (), kw
+
+
+def next_inputs(inp, out):
+    """The next block's (args, kwargs): this block's output replaces the first argument."""
+    return _with_hidden(inp, _output(out))
+
+
+# ------------------------------------------------------------------ stacking batches
+def _same(a, b) -> bool:
+    """``a`` and ``b`` are the same input: equal tensors (shape, dtype, device, values),
+    containers of such, or equal plain values."""
+    if a is b:
+        return True
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+                and a.shape == b.shape and a.dtype == b.dtype and a.device == b.device
+                and bool(torch.equal(a, b)))
+    if isinstance(a, (tuple, list)) and type(a) is type(b):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # an object without a plain equality: not known to be the same
+        return False
+
+
+def _rest(inp):
+    """(args, kwargs) without the hidden state."""
+    args, kwargs = inp
+    if args:
+        return tuple(args[1:]), kwargs
+    return (), dict(list(kwargs.items())[1:])
+
+
+def stack_inputs(inps, per_call_bytes, row_bytes) -> tuple:
+    """(stacked, sizes): runs of consecutive stored inputs whose hidden states differ only
+    along dim 0 (same trailing shape, dtype and device) and whose other arguments are the
+    same, each run joined into one input by concatenating the hidden states along dim 0
+    -- at most ``per_call_bytes`` of ``row_bytes`` per hidden-state row (a row: one index
+    of every dim but the last) per call.  ``sizes[i]``: the dim-0 sizes of what was joined
+    in ``stacked[i]`` (``unstack_inputs`` undoes it).  A block whose batches are
+    independent computes the same on the stack (``stacks_batches`` checks it) with larger
+    matrix products.  The inputs' hidden states are copied into the stacks (the caller
+    drops ``inps``)."""
+    stacked, sizes = [], []
+    run, run_h = [], []
+
+    def close():
+        if not run:
+            return
+        if len(run) == 1:
+            stacked.append(run[0])
+        else:
+            stacked.append(_with_hidden(run[0], torch.cat(run_h, 0)))
+        sizes.append([h.shape[0] if h is not None and h.ndim else None for h in run_h])
+        run.clear()
+        run_h.clear()
+
+    rows = 0
+    for inp in inps:
+        h = hidden(inp)
+        joinable = h is not None and h.ndim >= 2
+        n = h[..., 0].numel() if joinable else 0
+        if run and joinable and run_h[0] is not None and run_h[0].ndim >= 2:
+            h0 = run_h[0]
+            if (h.shape[1:] == h0.shape[1:] and h.dtype == h0.dtype
+                    and h.device == h0.device and (rows + n) * row_bytes <= per_call_bytes
+                    and _same(_rest(inp), _rest(run[0]))):
+                run.append(inp)
+                run_h.append(h)
+                rows += n
+                continue
+        close()
+        run.append(inp)
+        run_h.append(h if joinable else None)
+        rows = n
+    close()
+    return stacked, sizes
+
+
+def unstack_inputs(stacked, sizes) -> list:
+    """The inputs ``stack_inputs`` joined, one per original batch again (views)."""
+    out = []
+    for inp, sz in zip(stacked, sizes):
+        if len(sz) == 1:
+            out.append(inp)
+            continue
+        for part in torch.split(hidden(inp), sz, 0):
+            out.append(_with_hidden(inp, part))
+    return out
+
+
+#: How closely a block's output on a stack must equal its outputs batch by batch, relative
+#: to the largest output: the matrix products differ only in rounding (measured 1e-7);
+#: a block that mixes batches differs by the size of its outputs.
+STACK_RTOL = 1e-4
+
+
+def stacks_batches(block, inp, sizes) -> bool:
+    """Whether ``block`` computes on the stacked input ``inp`` (of ``sizes``) what it
+    computes on its first two batches one at a time: run on the first two as a stack and
+    one by one (a transformer block in eval mode does; a sequence-first attention, which
+    would join the batches' sequences, does not)."""
+    if len(sz := sizes) < 2:
+        return True
+    h = hidden(inp)
+    two = h[:sz[0] + sz[1]]
+    a, b = h[:sz[0]], h[sz[0]:sz[0] + sz[1]]
+    both = _output(call_block(block, _with_hidden(inp, two)))
+    one = torch.cat([_output(call_block(block, _with_hidden(inp, a))),
+                     _output(call_block(block, _with_hidden(inp, b)))], 0)
+    if both.shape != one.shape or not torch.isfinite(one).all():
+        return False
+    scale = float(one.abs().max())
+    return float((both - one).abs().max()) <= STACK_RTOL * scale
