@@ -436,6 +436,14 @@ def test_compressed_values_are_held_exactly():
     got = v["d"]
     got[0, 0] = 99  # a read is a fresh array
     assert v["d"][0, 0] == dense[0, 0]
+    # rows with nothing kept, a 3-D value and an odd width (the bitmask's padding bits)
+    odd = np.where(rng.random((5, 3, 13)) < 0.7, 0, rng.standard_normal((5, 3, 13)))
+    odd = odd.astype(np.float32)
+    odd[2] = 0
+    v["o"] = odd
+    assert v._store["o"][0] == "sparse" and v.shape("o") == (5, 3, 13)
+    assert np.array_equal(v["o"], odd)
+    assert v._store["o"][2].nbytes == np.count_nonzero(odd) * 4  # only the kept values
 
 
 def test_progress_bar_per_block(capsys):

@@ -264,7 +264,8 @@ def _tokens(x):
 class _Values:
     """{param name: new float32 value} of the compressed parameters, held compactly until
     the swap: a quantized weight as its QTensor (dequantized when read), a pruned one as
-    its nonzero values plus a bit mask -- so the pipeline's extra memory is about the
+    its nonzero values plus a bit mask per row (``litecomp.sparse``'s sparse-bitmask
+    form) -- so the pipeline's extra memory is about the
     compressed model, not a second float copy of it.  Reading gives a fresh float32 array."""
 
     def __init__(self):
@@ -283,11 +284,13 @@ class _Values:
         return len(self._store)
 
     def __setitem__(self, p, v):
-        v = np.asarray(v, np.float32)
-        nz = v != 0
-        kept = int(np.count_nonzero(nz))
-        if v.ndim and kept < 0.9 * v.size:  # pruned: values + 1 bit per entry is smaller
-            self._store[p] = ("sparse", v.shape, np.packbits(nz, axis=None), v[nz])
+        from ..core import tensor_stats
+        from ..sparse import _bitmask_encode
+        v = np.ascontiguousarray(v, np.float32)
+        # pruned: values + 1 bit per entry is smaller (the sparse-bitmask kernels, one
+        # parallel pass each)
+        if v.ndim and v.size and tensor_stats(v).nonzero < 0.9 * v.size:
+            self._store[p] = ("sparse", v.shape) + _bitmask_encode(v)
         else:
             self._store[p] = ("dense", v)
 
@@ -301,11 +304,9 @@ class _Values:
             return rest[0].copy()
         if kind == "q":
             return np.asarray(rest[0].dequantize(), np.float32)
-        shape, bits, vals = rest
-        n = int(np.prod(shape))
-        out = np.zeros(n, np.float32)
-        out[np.unpackbits(bits, count=n).astype(np.bool_)] = vals
-        return out.reshape(shape)
+        from ..sparse import _bitmask_decode
+        shape, compressed, bitmask, offsets = rest
+        return _bitmask_decode(p, np.asarray(shape, np.int64), compressed, bitmask, offsets)
 
     def get(self, p, default=None):
         return self[p] if p in self._store else default
