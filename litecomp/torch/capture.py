@@ -397,8 +397,9 @@ def stacks_batches(block, inp, sizes) -> bool:
     computes on its first two batches one at a time: run on the first two as a stack and
     one by one (a transformer block in eval mode does; a sequence-first attention, which
     would join the batches' sequences, does not)."""
-    if len(sz := sizes) < 2:
+    if len(sizes) < 2:
         return True
+    sz = sizes
     h = hidden(inp)
     two = h[:sz[0] + sz[1]]
     a, b = h[:sz[0]], h[sz[0]:sz[0] + sz[1]]

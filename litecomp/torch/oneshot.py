@@ -263,10 +263,10 @@ def _tokens(x):
 
 class _Values:
     """{param name: new float32 value} of the compressed parameters, held compactly until
-    the swap: a quantized weight as its QTensor (dequantized when read), a pruned one as
-    its nonzero values plus a bit mask per row (``litecomp.sparse``'s sparse-bitmask
-    form) -- so the pipeline's extra memory is about the
-    compressed model, not a second float copy of it.  Reading gives a fresh float32 array."""
+    the swap: a quantized weight as its QTensor (dequantized when read), a pruned one in
+    ``litecomp.sparse``'s sparse-bitmask form (nonzero values, a bit mask per row) when
+    that is smaller -- so the pipeline's extra memory is about the compressed model, not
+    a second float copy of it.  Reading gives a fresh float32 array."""
 
     def __init__(self):
         self._store = {}
@@ -284,12 +284,9 @@ class _Values:
         return len(self._store)
 
     def __setitem__(self, p, v):
-        from ..core import tensor_stats
-        from ..sparse import _bitmask_encode
+        from ..sparse import _bitmask_encode, _dense_is_smaller
         v = np.ascontiguousarray(v, np.float32)
-        # pruned: values + 1 bit per entry is smaller (the sparse-bitmask kernels, one
-        # parallel pass each)
-        if v.ndim and v.size and tensor_stats(v).nonzero < 0.9 * v.size:
+        if v.ndim and v.size and not _dense_is_smaller(v):  # pruned: the bitmask form
             self._store[p] = ("sparse", v.shape) + _bitmask_encode(v)
         else:
             self._store[p] = ("dense", v)
@@ -724,7 +721,6 @@ def _calibrate_and_compress(run, block, bname, inps, btaps):
               if st.method in ("awq", "smoothquant") and t in ts}
     stats = _collect(block, bname, btaps, inps, need_x,
                      lambda inp: cap.call_block(block, inp))
-    release_memory()  # the forward's freed activations: else the heap keeps them resident
     _compress_layers(run, btaps, stats)
     if run.hessians is not None:
         run.hessians.update({k: s.h for k, s in stats.items()})
