@@ -191,9 +191,13 @@ def _tiny_llama(quick, shape="toy", seed=0):
                                    max_position_embeddings=256, **dims)
     torch.manual_seed(seed)
     model = transformers.LlamaForCausalLM(cfg)
-    # llm-compressor re-reads the config from model.config.name_or_path: give it a folder
+    # llm-compressor re-reads the config from model.config.name_or_path: give it a folder,
+    # removed when the process ends (each one holds the whole model, 369 MB for TinyLlama's)
+    import atexit
+    import shutil
     import tempfile
     folder = tempfile.mkdtemp(prefix="litecomp-bench-llama-")
+    atexit.register(shutil.rmtree, folder, True)
     model.save_pretrained(folder)
     return transformers.LlamaForCausalLM.from_pretrained(folder).eval(), cfg
 
