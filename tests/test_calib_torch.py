@@ -978,3 +978,116 @@ def test_a_sole_hessian_is_consumed_and_the_results_do_not_change(monkeypatch):
     src._consumed = True
     with pytest.raises(RuntimeError, match="consumed"):
         src.energy(np.ones((2, 4), np.float32))
+
+
+# ------------------------------------------------------------------ the spill file
+def test_values_held_dense_then_spilled_read_back_exactly(tmp_path):
+    """hold_dense keeps a value as given (view: the array itself, no copy); settle encodes
+    it and moves every float value to the spill file; reads give the same values."""
+    import os
+    from litecomp.torch.oneshot import _Spill, _Spilled, _Values
+    rng = np.random.default_rng(1)
+    dense = rng.standard_normal((6, 10)).astype(np.float32)
+    pruned = np.where(rng.random((7, 13)) < 0.5, 0, rng.standard_normal((7, 13)))
+    pruned = pruned.astype(np.float32)
+    q = litecomp.quant.quantize(dense, 4, group_size=5)
+    v = _Values(_Spill(str(tmp_path)))
+    v["before"] = pruned * 2           # set before the hold: encoded at once
+    v.hold_dense()
+    v["p"], v["d"] = pruned, dense
+    v.set_quantized("q", q)
+    assert v.view("p") is v._store["p"][1] and v._store["p"][0] == "dense"
+    assert v._store["before"][0] == "sparse"
+    v.settle()
+    assert v._store["p"][0] == "sparse" and v._store["d"][0] == "dense"
+    for p in ("p", "d", "before"):  # every float array is in the file now
+        assert all(isinstance(x, _Spilled) for x in v._store[p][1:]
+                   if not isinstance(x, tuple)), p
+    assert v._store["q"][1] is q                       # codes stay in memory
+    assert os.listdir(tmp_path) == []                  # the file has no name
+    assert np.array_equal(v["p"], pruned) and np.array_equal(v["d"], dense)
+    assert np.array_equal(v["before"], pruned * 2) and np.array_equal(v["q"], q.dequantize())
+    assert v.view("d") is not v.view("d")              # read back: a fresh array each time
+    assert v.shape("p") == (7, 13) and v.shape("d") == (6, 10) and v.shape("q") == (6, 10)
+    v.close()
+
+
+@pytest.mark.parametrize("true_sequential", [False, True])
+def test_spilled_values_give_the_same_model(tmp_path, monkeypatch, true_sequential):
+    import os
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+    puts = []
+    real_put = mod._Spill.put
+    monkeypatch.setattr(mod._Spill, "put", lambda self, a: puts.append(a.nbytes) or
+                        real_put(self, a))
+
+    def run(spill):
+        torch.manual_seed(0)
+        m = LlamaLike().eval()
+        res = lt.oneshot(m, {"method": "sparsegpt", "sparsity": 0.5, "ignore": ["lm_head"]},
+                         tokens(3), sequential_targets=["LlamaLikeDecoderLayer"],
+                         progress=False, true_sequential=true_sequential, spill=spill)
+        return m, res
+    m0, r0 = run(False)
+    assert puts == []
+    m1, r1 = run(str(tmp_path))
+    # the first block's 7 weights went to the file (the last block's are swapped at once)
+    assert len(puts) >= 7 and sum(puts) > 0
+    assert os.listdir(tmp_path) == []
+    for (k, a), b in zip(m0.state_dict().items(), m1.state_dict().values()):
+        assert torch.equal(a, b), k
+    assert [r.error for r in r0.report] == [r.error for r in r1.report]
+
+
+def test_a_failed_spill_write_keeps_the_values_in_memory(monkeypatch):
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+
+    class Full:  # a file whose writes fail (a full disk)
+        def seek(self, *a):
+            pass
+
+        def write(self, *a):
+            raise OSError(28, "No space left on device")
+
+        def flush(self):
+            pass
+
+        def close(self):
+            pass
+    real_init = mod._Spill.__init__
+    spills = []
+
+    def init(self, folder):
+        real_init(self, folder)
+        self._f.close()
+        self._f = Full()
+        spills.append(self)
+    monkeypatch.setattr(mod._Spill, "__init__", init)
+    torch.manual_seed(0)
+    m1 = LlamaLike().eval()
+    lt.oneshot(m1, {"method": "sparsegpt", "sparsity": 0.5, "ignore": ["lm_head"]},
+               tokens(3), sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
+               true_sequential=False)
+    assert len(spills) == 1 and spills[0].failed
+    torch.manual_seed(0)
+    m0 = LlamaLike().eval()
+    lt.oneshot(m0, {"method": "sparsegpt", "sparsity": 0.5, "ignore": ["lm_head"]},
+               tokens(3), sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
+               true_sequential=False, spill=False)
+    for (k, a), b in zip(m0.state_dict().items(), m1.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_spill_argument_is_checked_before_anything_changes(tmp_path):
+    m = small_lm()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(ArgumentError, match="spill: .* is not a folder"):
+        lt.oneshot(m, {"method": "wanda", "sparsity": 0.5}, tokens(1), progress=False,
+                   spill=str(tmp_path / "absent"))
+    with pytest.raises(ArgumentError, match="spill: expected True, False or a folder"):
+        lt.oneshot(m, {"method": "wanda", "sparsity": 0.5}, tokens(1), progress=False,
+                   spill=3)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k

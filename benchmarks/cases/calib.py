@@ -5,6 +5,7 @@ pipeline beside llm-compressor's ``oneshot`` on a small Hugging Face LLaMA (MISS
 ``pip install torch==2.13.0 llmcompressor`` -- one command line, so the CPU torch stays)."""
 
 import copy
+import time
 import os
 
 import numpy as np
@@ -244,10 +245,14 @@ def _peer_case(method, quick, shape="toy", seed=0, true_sequential=None):
     else:
         recipe = {"method": "sparsegpt", "sparsity": 0.5, "ignore": ["lm_head"]}
 
+    seconds = {}  # side -> wall time of its oneshot call alone (no copy, no evaluation)
+
     def lite():
         m = copy.deepcopy(base)
+        t = time.perf_counter()
         lt.oneshot(m, recipe, batches, sequential_targets=["LlamaDecoderLayer"],
                    progress=False, true_sequential=true_sequential)
+        seconds["litecomp"] = time.perf_counter() - t
         return _logit_error(m, ref, test)
 
     def peer():
@@ -264,11 +269,14 @@ def _peer_case(method, quick, shape="toy", seed=0, true_sequential=None):
         m = copy.deepcopy(base)
         ds = Dataset.from_dict({"input_ids": [b[0].tolist() for b in batches],
                                 "attention_mask": [[1] * b.shape[1] for b in batches]})
+        t = time.perf_counter()
         oneshot(model=m, dataset=ds, recipe=mod, processor=_word_tokenizer(cfg.vocab_size),
                 num_calibration_samples=len(batches), max_seq_length=batches[0].shape[1])
+        seconds["llm-compressor"] = time.perf_counter() - t
         return _logit_error(m, ref, test)
 
     run = Run(litecomp=lite, anchor=(f"llmcompressor.oneshot {method}", peer))
+    run.oneshot_seconds = seconds
 
     def check(a, b):
         run.notes = f"held-out logit error: litecomp {a:.4g}, llm-compressor {b:.4g}"
