@@ -343,14 +343,14 @@ def test_qat_convert_computes_what_the_trained_model_computes(mlp, learnable):
     q = lt.prepare_qat(model, "int8", learnable=learnable)
     assert isinstance(q[0], lt.QATLinear) and not isinstance(model[0], lt.QATLinear)
     opt = torch.optim.Adam(q.parameters(), lr=1e-3)
-    s0 = float(q[0].weight_fake_quant.scale[0]) if learnable else None
+    s0 = float(q[0].weight_fake_quant.scale[0].detach()) if learnable else None
     for _ in range(3):
         _step(opt, nn.functional.cross_entropy(q(xc), yc))
     for m in q.modules():  # freeze the ranges, as torch.ao.quantization.disable_observer
         if isinstance(m, lt.FakeQuantize):
             m.observe = False
     if learnable:  # LSQ: the scales are trained parameters
-        assert float(q[0].weight_fake_quant.scale[0]) != s0
+        assert float(q[0].weight_fake_quant.scale[0].detach()) != s0
         assert q[0].weight_fake_quant.scale.grad is not None
     with torch.no_grad():
         want = q(x)
