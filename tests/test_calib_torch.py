@@ -1091,3 +1091,118 @@ def test_spill_argument_is_checked_before_anything_changes(tmp_path):
                    spill=3)
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+# ------------------------------------------------------------------ the layers after the blocks
+def _with_head(monkeypatch, model_fn, *, old_path=False, stack=False, rec=None, **kw):
+    """oneshot with the LM head targeted; ``old_path``: the tail calibrated by running the
+    whole model with the compressed values (what a model whose forward does not call its
+    last block once per batch gets)."""
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+    monkeypatch.setattr(mod, "STACK_BYTES", mod.STACK_BYTES if stack else 0)
+    if old_path:
+        def refuse(*a, **k):
+            raise mod._NotOnce
+        monkeypatch.setattr(mod, "_blocks_replaced", refuse)
+    m = model_fn()
+    res = lt.oneshot(m, rec or {"method": "gptq", "bits": 4, "group_size": 16}, tokens(3),
+                     progress=False, **kw)
+    monkeypatch.undo()
+    return m, res
+
+
+@pytest.mark.parametrize("model", ["llama", "decoder"])
+def test_the_head_is_calibrated_on_the_last_blocks_outputs(monkeypatch, model):
+    """The LM head's Hessian comes from the last block's propagated outputs with the blocks
+    replaced, not from a second run through every block: the same values bit for bit
+    (batch by batch), the blocks' forward run once fewer per block and batch, and every
+    block's own forward back in place."""
+    def make():
+        torch.manual_seed(0)
+        return LlamaLike().eval() if model == "llama" else small_lm()
+    kw = {"sequential_targets": ["LlamaLikeDecoderLayer"]} if model == "llama" else {}
+    kw["true_sequential"] = False
+    cls = LlamaLikeDecoderLayer if model == "llama" else nn.TransformerDecoderLayer
+    runs = []
+    real = cls.forward
+    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: runs.append(1) or
+                        real(self, *a, **k))
+    a, ra = _with_head(monkeypatch, make, **kw)
+    new_runs = len(runs)
+    runs.clear()
+    monkeypatch.setattr(cls, "forward", lambda self, *a, **k: runs.append(1) or
+                        real(self, *a, **k))
+    b, rb = _with_head(monkeypatch, make, old_path=True, **kw)
+    head = "lm_head.weight" if model == "llama" else "fc.weight"
+    assert head in {r.name for r in ra.report}
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert [r.error for r in ra.report] == [r.error for r in rb.report]
+    # 2 blocks x 3 batches x (calibrate, propagate -- the last block too, for the head);
+    # the tail runs no block, where the whole run adds 2 x 3 more
+    assert new_runs == 2 * 3 * 2 and len(runs) == new_runs + 2 * 3
+    blocks = a.layers if model == "llama" else a.transformer_decoder.layers
+    assert all("forward" not in blk.__dict__ for blk in blocks)
+
+
+def test_the_head_from_joined_batches_matches_batch_by_batch(monkeypatch):
+    torch.manual_seed(0)
+    a, ra = _with_head(monkeypatch, lambda: LlamaLike().eval(), stack=True,
+                       sequential_targets=["LlamaLikeDecoderLayer"], true_sequential=False)
+    torch.manual_seed(0)
+    b, rb = _with_head(monkeypatch, lambda: LlamaLike().eval(), stack=False,
+                       sequential_targets=["LlamaLikeDecoderLayer"], true_sequential=False)
+    ea = {r.name: r.error for r in ra.report}
+    eb = {r.name: r.error for r in rb.report}
+    assert ea.keys() == eb.keys() and "lm_head.weight" in ea
+    for k in ea:
+        assert ea[k] == pytest.approx(eb[k], rel=0.05, abs=1e-4), k
+    qa, qb = (np.asarray(r.state_dict["lm_head.weight.qdata"]) for r in (ra, rb))
+    assert np.mean(qa == qb) > 0.95  # packed codes: a code at a rounding tie may flip
+
+
+class CallsLastTwice(LlamaLike):
+    """A forward that runs its last block twice (weights shared across two steps)."""
+
+    def forward(self, input_ids):
+        h = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            h = layer(h, attention_mask=None)[0]
+        h = self.layers[-1](h, attention_mask=None)[0]
+        return self.lm_head(self.norm(h))
+
+
+def test_a_model_that_runs_its_last_block_twice_gets_the_whole_run(monkeypatch):
+    def make():
+        torch.manual_seed(0)
+        return CallsLastTwice().eval()
+    kw = {"sequential_targets": ["LlamaLikeDecoderLayer"], "true_sequential": False}
+    a, ra = _with_head(monkeypatch, make, **kw)
+    b, rb = _with_head(monkeypatch, make, old_path=True, **kw)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    assert all("forward" not in blk.__dict__ for blk in a.layers)
+
+
+def test_the_blocks_are_put_back_when_the_tail_fails(monkeypatch):
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+    real = mod._collect
+
+    def failing(module, prefix, *a, **k):
+        if module is m:  # the tail's run: fail inside it
+            def boom(*_):
+                raise RuntimeError("tail fails")
+            return real(module, prefix, *a[:-1], boom)
+        return real(module, prefix, *a, **k)
+    torch.manual_seed(0)
+    m = LlamaLike().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    monkeypatch.setattr(mod, "_collect", failing)
+    with pytest.raises(RuntimeError, match="tail fails"):
+        lt.oneshot(m, {"method": "gptq", "bits": 4, "group_size": 16}, tokens(3),
+                   sequential_targets=["LlamaLikeDecoderLayer"], progress=False)
+    assert all("forward" not in blk.__dict__ for blk in m.layers)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k

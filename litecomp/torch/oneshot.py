@@ -637,6 +637,10 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
             inps = cap.block_inputs(model, first, batches, block_name=blocks[0][0] or "model")
             inps, sizes = _stacked(run, inps, taps)
             checked = {}  # block class -> whether it computes the same on a stack
+            # layers after the blocks (an LM head) are calibrated on the last block's
+            # outputs, kept from its propagation (``_tail``)
+            tail_calibrated = bool(in_block.get(None))
+            last_outs = None
             for bi, (bname, block) in enumerate(blocks):
                 btaps = in_block.get(bi, [])
                 if sizes is not None:
@@ -653,24 +657,33 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
                     except (_Diverged, LockstepError):
                         _undo(run, mark)
                         groups = None
+                last = bi + 1 == nblocks
                 if groups is not None:
-                    if bi + 1 < nblocks:
+                    if not last:
                         for j, out in enumerate(outs):
                             inps[j] = cap.next_inputs(inps[j], out)
                             outs[j] = None
                         new.settle()
+                    elif tail_calibrated:
+                        last_outs = [_detach(o) for o in outs]
                     del outs
                 else:  # two passes: calibrate (and compress), then propagate
-                    last = bi + 1 == nblocks
                     if not last:
                         new.hold_dense()
                     if btaps:
-                        _calibrate_and_compress(run, block, bname, inps, btaps, last)
-                    if not last:
+                        _calibrate_and_compress(run, block, bname, inps, btaps,
+                                                last and not tail_calibrated)
+                    if not last or tail_calibrated:
                         local = _local_params(new, bname, params)
+                        outs = last_outs = [] if last else None
                         for j, inp in enumerate(inps):
-                            inps[j] = cap.next_inputs(inp, cap.call_block(block, inp, local))
-                        del local
+                            out = cap.call_block(block, inp, local)
+                            if last:
+                                outs.append(_detach(out))
+                                inps[j] = None
+                            else:
+                                inps[j] = cap.next_inputs(inp, out)
+                        del local, out
                         release_memory()  # the forward's heap, before the values' encoding
                         new.settle()
                 release_memory()
@@ -678,7 +691,8 @@ def oneshot(model: nn.Module, recipe, batches, *, sequential_targets=None, progr
                     bar.update(1)
             del inps
             if None in in_block:
-                _tail(run, batches, in_block[None])
+                _tail(run, batches, in_block[None], blocks, last_outs, sizes)
+                del last_outs
                 if bar is not None:
                     bar.update(1)
         _swap(params, new)
@@ -1032,17 +1046,101 @@ def _one_pass(run, block, bname, inps, groups):
     return outs
 
 
-def _tail(run, batches, ttaps):
-    allnew = {p: torch.from_numpy(run.new[p]).to(dtype=run.params[p].dtype) for p in run.new}
+def _tail(run, batches, ttaps, blocks=(), last_outs=None, sizes=None):
+    """The layers outside every block (an LM head; embeddings, data-free).  Their Hessians
+    come from the model run on each batch with every block replaced by the last block's
+    output for that batch (kept from its propagation, ``_blocks_replaced``): what runs is
+    only what is outside the blocks -- no second pass through the blocks and no float
+    copy of their compressed values.  A model whose forward does not call its last block
+    exactly once per batch is run through all of it with the compressed values instead."""
     stats = {}
     if ttaps:
         need_x = {t.key for t in ttaps for st, ts in run.by_param[t.param]
                   if st.method in ("awq", "smoothquant") and t in ts}
-        stats = _collect(run.model, "", ttaps, batches, need_x,
-                         lambda b: _call_model(run.model, allnew, b))
+        if last_outs is not None:
+            try:
+                with _blocks_replaced(run.model, blocks, _per_batch(last_outs, sizes)) as call:
+                    stats = _collect(run.model, "", ttaps, batches, need_x, call)
+            except _NotOnce:
+                stats = None
+            del last_outs
+        if not stats:
+            allnew = {p: torch.from_numpy(run.new[p]).to(dtype=run.params[p].dtype)
+                      for p in run.new}
+            stats = _collect(run.model, "", ttaps, batches, need_x,
+                             lambda b: _call_model(run.model, allnew, b))
+            del allnew
     _compress_layers(run, ttaps, stats, embeddings=True)
     if run.hessians is not None:
         run.hessians.update({k: s.h for k, s in stats.items()})
+
+
+def _detach(out):
+    return cap._detach(out)
+
+
+def _per_batch(outs, sizes):
+    """The last block's outputs, one per original batch (joined calls split again)."""
+    if sizes is None:
+        return outs
+    got = []
+    for out, sz in zip(outs, sizes):
+        if len(sz) == 1:
+            got.append(out)
+            continue
+        for part in torch.split(cap._output(out), sz, 0):
+            got.append(part if isinstance(out, torch.Tensor) else
+                       type(out)((part,) + tuple(out[1:])))
+    return got
+
+
+class _NotOnce(Exception):
+    """The model's forward did not call its last block exactly once for a batch."""
+
+
+@contextlib.contextmanager
+def _blocks_replaced(model, blocks, outs):
+    """``call(batch)`` runs the model with every block's forward replaced by one that
+    returns the last block's output for that batch (the i-th call: ``outs[i]``).  The
+    blocks' own ``forward`` is restored on the way out, however it is left."""
+    state = {"i": -1, "last": 0}
+    last = blocks[-1][1]
+
+    def stub(*args, **kwargs):
+        return outs[state["i"]]
+
+    def last_stub(*args, **kwargs):
+        state["last"] += 1
+        if state["last"] > 1:
+            raise _NotOnce
+        return outs[state["i"]]
+
+    def call(batch):
+        state["i"] += 1
+        state["last"] = 0
+        if state["i"] >= len(outs):
+            raise _NotOnce
+        try:
+            cap.run_batch(model, batch)
+        except cap._Stop:
+            if state["last"] != 1:
+                raise _NotOnce from None
+            raise
+        if state["last"] != 1:
+            raise _NotOnce
+
+    saved = []
+    try:
+        for _, b in blocks:
+            saved.append((b, b.__dict__.get("forward")))
+            b.forward = last_stub if b is last else stub
+        yield call
+    finally:
+        for b, f in saved:
+            if f is None:
+                b.__dict__.pop("forward", None)
+            else:
+                b.forward = f
 
 
 def _call_model(model, params, batch):
