@@ -1139,9 +1139,10 @@ def test_the_head_is_calibrated_on_the_last_blocks_outputs(monkeypatch, model):
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
     assert [r.error for r in ra.report] == [r.error for r in rb.report]
-    # 2 blocks x 3 batches x (calibrate, propagate -- the last block too, for the head);
-    # the tail runs no block, where the whole run adds 2 x 3 more
-    assert new_runs == 2 * 3 * 2 and len(runs) == new_runs + 2 * 3
+    # 2 blocks x 3 batches x (calibrate, propagate -- the last block too, for the head),
+    # plus the first batch through both blocks (the check that the replaced blocks give the
+    # head what the real ones do); the whole run adds 2 blocks x 3 batches more
+    assert new_runs == 2 * 3 * 2 + 2 and len(runs) == new_runs + 2 * 3
     blocks = a.layers if model == "llama" else a.transformer_decoder.layers
     assert all("forward" not in blk.__dict__ for blk in blocks)
 
@@ -1206,3 +1207,33 @@ def test_the_blocks_are_put_back_when_the_tail_fails(monkeypatch):
     assert all("forward" not in blk.__dict__ for blk in m.layers)
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+class HeadReadsAnEarlierBlock(LlamaLike):
+    """The head sees the last block's output plus the first block's (a skip connection):
+    blocks replaced by the last one's output would feed it garbage."""
+
+    def forward(self, input_ids):
+        h = self.embed_tokens(input_ids)
+        first = None
+        for layer in self.layers:
+            h = layer(h, attention_mask=None)[0]
+            first = h if first is None else first
+        return self.lm_head(self.norm(h + first))
+
+
+def test_a_head_that_reads_an_earlier_block_gets_the_whole_run(monkeypatch):
+    def make():
+        torch.manual_seed(0)
+        return HeadReadsAnEarlierBlock().eval()
+    kw = {"sequential_targets": ["LlamaLikeDecoderLayer"], "true_sequential": False}
+    a, ra = _with_head(monkeypatch, make, **kw)
+    b, rb = _with_head(monkeypatch, make, old_path=True, **kw)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k
+    # and the replaced blocks would have given another head
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+    monkeypatch.setattr(mod, "_replaced_sees_the_same", lambda *a: True)
+    c, rc = _with_head(monkeypatch, make, **kw)
+    assert not torch.equal(c.lm_head.weight, a.lm_head.weight)

@@ -1058,12 +1058,16 @@ def _tail(run, batches, ttaps, blocks=(), last_outs=None, sizes=None):
         need_x = {t.key for t in ttaps for st, ts in run.by_param[t.param]
                   if st.method in ("awq", "smoothquant") and t in ts}
         if last_outs is not None:
+            outs = _per_batch(last_outs, sizes)
+            del last_outs
             try:
-                with _blocks_replaced(run.model, blocks, _per_batch(last_outs, sizes)) as call:
+                if not _replaced_sees_the_same(run, blocks, outs[0], batches[0], ttaps):
+                    raise _NotOnce
+                with _blocks_replaced(run.model, blocks, outs) as call:
                     stats = _collect(run.model, "", ttaps, batches, need_x, call)
             except _NotOnce:
                 stats = None
-            del last_outs
+            del outs
         if not stats:
             allnew = {p: torch.from_numpy(run.new[p]).to(dtype=run.params[p].dtype)
                       for p in run.new}
@@ -1095,7 +1099,69 @@ def _per_batch(outs, sizes):
 
 
 class _NotOnce(Exception):
-    """The model's forward did not call its last block exactly once for a batch."""
+    """The model's forward did not call its last block exactly once for a batch (or the
+    blocks replaced do not give the layers after them what the blocks do)."""
+
+
+def _tail_inputs(model, ttaps, run_it) -> dict:
+    """{tap key: the first input it sees} while ``run_it()`` runs the model."""
+    seen = {}
+
+    def observe(tap, x):
+        seen.setdefault(tap.key, x.clone())
+    with cap.Capture(model, ttaps, observe):
+        run_it()
+    return seen
+
+
+def _replaced_sees_the_same(run, blocks, out0, batch0, ttaps) -> bool:
+    """On the first batch: do the layers after the blocks see, with the blocks replaced
+    (``_blocks_replaced``), what they see when every block really runs with its compressed
+    values (one block's values decoded at a time)?  No for a model that reads an earlier
+    block's output after the last block (a skip connection to the head), or that runs a
+    target layer between blocks.  Equal to ``capture.STACK_RTOL`` of the largest value:
+    the kept outputs may come from batches joined, which changes rounding only."""
+    model = run.model
+
+    def real_blocks():
+        saved = []
+
+        def make(name, b):
+            def real(*args, **kwargs):
+                f = b.__dict__.pop("forward")
+                try:
+                    return cap.call_block(b, (args, kwargs),
+                                          _local_params(run.new, name, run.params))
+                finally:
+                    b.forward = f
+            return real
+        try:
+            for name, b in blocks:
+                saved.append((b, b.__dict__.get("forward")))
+                b.forward = make(name, b)
+            cap.run_batch(model, batch0)
+        finally:
+            for b, f in saved:
+                if f is None:
+                    b.__dict__.pop("forward", None)
+                else:
+                    b.forward = f
+
+    def replaced():
+        with _blocks_replaced(model, blocks, [out0]) as call:
+            call(batch0)
+    want = _tail_inputs(model, ttaps, real_blocks)
+    got = _tail_inputs(model, ttaps, replaced)
+    if want.keys() != got.keys():
+        return False
+    for k, w in want.items():
+        g = got[k]
+        if g.shape != w.shape:
+            return False
+        scale = float(w.abs().max()) if w.numel() else 0.0
+        if w.numel() and float((g - w).abs().max()) > cap.STACK_RTOL * max(scale, 1e-30):
+            return False
+    return True
 
 
 @contextlib.contextmanager
