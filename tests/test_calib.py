@@ -546,3 +546,35 @@ def test_failed_cholesky_is_undone_without_a_copy(rng, n, bad):
     assert np.array_equal(H, orig) == (bad < obs._CHOL_BLOCK)  # a later block: H changed
     obs._restore_lower(H, saved)
     assert np.array_equal(H, orig)
+
+
+# ------------------------------------------------------------------ act_order's permutation
+@pytest.mark.parametrize("n", [1, 2, 3, 7, 130, 513])
+@pytest.mark.parametrize("flip", [False, True])
+def test_permute_in_place_is_numpys_gather(n, flip):
+    """The C kernel's H[p][:, p] (J P H P^T J with flip) in H's own memory equals NumPy's
+    fancy-index gather exactly, on one thread and on two (copies only)."""
+    rng = np.random.default_rng(n)
+    H = rng.standard_normal((n, n)).astype(np.float32)
+    p = rng.permutation(n)
+    q = p[::-1] if flip else p
+    want = H[np.ix_(q, q)]
+    for t in (1, 2):
+        with litecomp.threads(t):
+            work = H.copy()
+            got = obs.permute_in_place(work, p, flip=flip)
+        assert got is work and np.array_equal(got, want), t
+    assert np.array_equal(obs.permuted(H, p, flip=flip), want)  # the copying twin
+
+
+def test_permute_in_place_checks_the_permutation_before_writing():
+    H = np.arange(16, dtype=np.float32).reshape(4, 4)
+    for bad in ([0, 1, 1, 2], [0, 1, 2, 4], [-1, 0, 1, 2]):
+        work = H.copy()
+        with pytest.raises(ArgumentError, match="perm: entry"):
+            obs.permute_in_place(work, np.array(bad))
+        assert np.array_equal(work, H)
+    # not float32 C-contiguous: a copy (the caller's array is left alone)
+    F = np.asfortranarray(H)
+    out = obs.permute_in_place(F, np.array([3, 2, 1, 0]))
+    assert out is not F and np.array_equal(out, H[::-1, ::-1]) and np.array_equal(F, H)

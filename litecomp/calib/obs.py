@@ -235,6 +235,19 @@ def permuted(H, perm, *, flip=False) -> np.ndarray:
     return out
 
 
+def permute_in_place(H, perm, *, flip=False) -> np.ndarray:
+    """``permuted(H, perm, flip=flip)`` in H's own memory (``_C.permute_symmetric``: rows
+    along the permutation's cycles, then each row's columns; copies only, exact).  No
+    second n^2 array: NumPy's take allocates one, and at 5632 wide its first touch (127 MB
+    of fresh pages) took 0.3 s in oneshot, five times the copies.  H must be a float32
+    C-contiguous writeable matrix (else it gets ``permuted``'s copy)."""
+    p = np.asarray(perm)[::-1] if flip else np.asarray(perm)
+    if H.dtype != np.float32 or not H.flags.c_contiguous or not H.flags.writeable:
+        return permuted(H, perm, flip=flip)
+    _C.permute_symmetric(H, np.ascontiguousarray(p, np.int64))
+    return H
+
+
 def damp_value(diag, step) -> np.float32:
     """What ``inverse_factor`` adds to every diagonal entry: step * mean(diag H), dead
     entries (H_jj = 0) counted as 1."""
@@ -331,7 +344,7 @@ def factor(H, cols, damp=0.01, *, act_order=False, name="H") -> Factor:
     perm = None
     if act_order:
         perm = np.argsort(-np.diagonal(Hm), kind="stable")
-        Hm = permuted(Hm, perm, flip=True)  # the flip inverse_factor would do
+        Hm = permute_in_place(Hm, perm, flip=True)  # and the flip inverse_factor would do
     box = [Hm]
     del Hm
     U, step, lam = inverse_factor(box, damp, name=name, flipped=act_order)  # frees H
