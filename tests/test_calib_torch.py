@@ -792,8 +792,9 @@ def test_accumulator_sums_row_panels_and_fills_by_symmetry():
 def test_report_error_is_the_definition(true_sequential, stack, monkeypatch):
     """Each report's error is ||X (W' - W)^T||^2 / ||X W^T||^2 on the layer's calibration
     inputs: tr(E H E^T) / tr(W H W^T) with the kept Hessian -- whether the denominator came
-    from the layer's outputs in the calibration pass (two passes; not for the last layer
-    of a block, whose forward is skipped after the first call) or from H."""
+    from the layer's outputs in the calibration pass (two passes), from the Hessian sum on
+    torch's threads (the last layer of a block, whose forward is skipped after the first
+    call) or from a product with H in the compression (one pass)."""
     import sys
     from litecomp.calib.apply import Source
     if not stack:  # three calls (batch by batch); stacked, the three batches are one call
@@ -811,8 +812,41 @@ def test_report_error_is_the_definition(true_sequential, stack, monkeypatch):
                      sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
                      true_sequential=true_sequential)
     assert len(res.report) == 14
-    # tr(W H W^T) by a product with H: with two passes only for down_proj
-    assert products == [True] * (14 if true_sequential else 0 if stack else 2)
+    # tr(W H W^T) by a product with H in the compression: only with one pass
+    assert products == [True] * (14 if true_sequential else 0)
+    for r in res.report:
+        w = before[r.name].astype(np.float64)
+        e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w
+        H = res.hessians[r.name[:-len(".weight")]].matrix.astype(np.float64)
+        want = np.sum((e @ H) * e) / np.sum((w @ H) * w)
+        assert r.error == pytest.approx(want, rel=1e-4), r.name
+
+
+@pytest.mark.parametrize("seq", [8, 32])
+def test_the_last_layer_is_skipped_only_when_that_pays(monkeypatch, seq):
+    """The rest of a block's calibration forward is skipped after its last tap only when
+    its energy from the Hessian sum (in^2 per output) costs less than the layer's product
+    with the inputs (tokens per output): 3 x 32 tokens into down_proj's 64 inputs, not
+    3 x 8.  Either way the report's error is the definition."""
+    import sys
+    mod = sys.modules["litecomp.torch.oneshot"]
+    monkeypatch.setattr(mod, "STACK_BYTES", 0)
+    ran = []
+    real = nn.Linear.forward
+    monkeypatch.setattr(nn.Linear, "forward", lambda self, x: ran.append(
+        self.in_features) or real(self, x))
+    torch.manual_seed(0)
+    m = LlamaLike().eval()
+    before = {k: v.detach().numpy().copy() for k, v in m.named_parameters()}
+    g = torch.Generator().manual_seed(3)
+    b = [torch.randint(0, 100, (1, seq), generator=g) for _ in range(3)]
+    res = lt.oneshot(m, {"method": "gptq", "bits": 4, "group_size": 16,
+                         "ignore": ["lm_head"]}, b, keep_hessians=True,
+                     sequential_targets=["LlamaLikeDecoderLayer"], progress=False,
+                     true_sequential=False)
+    # down_proj (64 inputs) in the calibration: every call of both blocks when 24 tokens,
+    # the first call only when 96; plus the first block's propagation (3 calls)
+    assert ran.count(64) == (2 * 3 if seq == 8 else 2 * 1) + 3
     for r in res.report:
         w = before[r.name].astype(np.float64)
         e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w

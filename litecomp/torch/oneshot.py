@@ -822,11 +822,47 @@ def _collect(module, prefix, taps, inps, need_x, call):
                 st.acc.x = None
             if i == 0:
                 stop_early[0] = len(fired) == len(stats) and \
-                    all(c == 1 for c in fired.values())
+                    all(c == 1 for c in fired.values()) and \
+                    _skip_pays(mods, rel, list(fired), stats, len(inps))
             fired.clear()
     for st in stats.values():
         st.calls = len(inps)
+    if stop_early[0]:
+        _skipped_energies(mods, rel, stats, len(inps))
     return stats
+
+
+def _skip_pays(mods, taps, order, stats, calls) -> bool:
+    """Whether skipping the rest of the forward once the last tap has fired costs less
+    than what it then takes: the skipped layer's output energy tr(W S W^T) from its
+    Hessian sum S is out*in^2 multiply-adds, its product with the inputs tokens*in*out.
+    So it pays when the calibration has more tokens than the layer has inputs (4,096
+    tokens into the small LLaMA's 1536-wide down_proj; not into TinyLlama's 5632)."""
+    last = next((t for t in taps if t.key == order[-1]), None)
+    mod = mods.get(last.module_name) if last is not None else None
+    if last is None or last.kind != "input" or type(mod) is not nn.Linear:
+        return True  # nothing computed from the skipped layer's outputs
+    tokens = stats[last.key].acc.count * calls  # about: the first call's count per call
+    return tokens > last.features
+
+
+def _skipped_energies(mods, taps, stats, calls):
+    """The output energies of the Linear layers whose forward was skipped, from their
+    Hessian sums S (= sum x^T x over the calls) on torch's threads: sum ||W x||^2 =
+    tr(W S W^T), 256 rows of W at a time."""
+    for t in taps:
+        st = stats[t.key]
+        mod = mods.get(t.module_name)
+        if t.kind != "input" or type(mod) is not nn.Linear or st.out_calls == calls or \
+                st.acc.sum is None:
+            continue
+        S = st.acc.full_sum()
+        w = mod.weight.detach().to(S.dtype)
+        total = 0.0
+        for r0 in range(0, w.shape[0], 256):
+            wr = w[r0:r0 + 256]
+            total += float(torch.linalg.vecdot(wr @ S, wr).double().sum())
+        st.out_sq, st.out_calls = total, calls
 
 
 @dataclass
