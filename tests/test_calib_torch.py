@@ -787,6 +787,16 @@ def test_accumulator_sums_row_panels_and_fills_by_symmetry():
     assert c.count == 200
 
 
+def _assert_errors_are_the_definition(res, m, before):
+    """Each report's error is tr(E H E^T) / tr(W H W^T) with the kept Hessian."""
+    for r in res.report:
+        w = before[r.name].astype(np.float64)
+        e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w
+        H = res.hessians[r.name[:-len(".weight")]].matrix.astype(np.float64)
+        want = np.sum((e @ H) * e) / np.sum((w @ H) * w)
+        assert r.error == pytest.approx(want, rel=1e-4), r.name
+
+
 @pytest.mark.parametrize("true_sequential,stack", [(False, False), (True, False),
                                                    (False, True)])
 def test_report_error_is_the_definition(true_sequential, stack, monkeypatch):
@@ -814,12 +824,7 @@ def test_report_error_is_the_definition(true_sequential, stack, monkeypatch):
     assert len(res.report) == 14
     # tr(W H W^T) by a product with H in the compression: only with one pass
     assert products == [True] * (14 if true_sequential else 0)
-    for r in res.report:
-        w = before[r.name].astype(np.float64)
-        e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w
-        H = res.hessians[r.name[:-len(".weight")]].matrix.astype(np.float64)
-        want = np.sum((e @ H) * e) / np.sum((w @ H) * w)
-        assert r.error == pytest.approx(want, rel=1e-4), r.name
+    _assert_errors_are_the_definition(res, m, before)
 
 
 @pytest.mark.parametrize("seq", [8, 32])
@@ -847,12 +852,7 @@ def test_the_last_layer_is_skipped_only_when_that_pays(monkeypatch, seq):
     # down_proj (64 inputs) in the calibration: every call of both blocks when 24 tokens,
     # the first call only when 96; plus the first block's propagation (3 calls)
     assert ran.count(64) == (2 * 3 if seq == 8 else 2 * 1) + 3
-    for r in res.report:
-        w = before[r.name].astype(np.float64)
-        e = m.get_parameter(r.name).detach().numpy().astype(np.float64) - w
-        H = res.hessians[r.name[:-len(".weight")]].matrix.astype(np.float64)
-        want = np.sum((e @ H) * e) / np.sum((w @ H) * w)
-        assert r.error == pytest.approx(want, rel=1e-4), r.name
+    _assert_errors_are_the_definition(res, m, before)
 
 
 # ------------------------------------------------------------------ stacking batches
@@ -1208,16 +1208,24 @@ class CallsLastTwice(LlamaLike):
         return self.lm_head(self.norm(h))
 
 
-def test_a_model_that_runs_its_last_block_twice_gets_the_whole_run(monkeypatch):
+def _as_the_whole_run(monkeypatch, cls):
+    """(model, its maker, oneshot's keywords) of oneshot with the head on a ``cls``
+    model, after checking it equals the whole run's (the tail not calibrated on the
+    replaced blocks)."""
     def make():
         torch.manual_seed(0)
-        return CallsLastTwice().eval()
+        return cls().eval()
     kw = {"sequential_targets": ["LlamaLikeDecoderLayer"], "true_sequential": False}
     a, ra = _with_head(monkeypatch, make, **kw)
-    b, rb = _with_head(monkeypatch, make, old_path=True, **kw)
+    b, _ = _with_head(monkeypatch, make, old_path=True, **kw)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(x, y), k
     assert all("forward" not in blk.__dict__ for blk in a.layers)
+    return a, make, kw
+
+
+def test_a_model_that_runs_its_last_block_twice_gets_the_whole_run(monkeypatch):
+    _as_the_whole_run(monkeypatch, CallsLastTwice)
 
 
 def test_the_blocks_are_put_back_when_the_tail_fails(monkeypatch):
@@ -1257,14 +1265,7 @@ class HeadReadsAnEarlierBlock(LlamaLike):
 
 
 def test_a_head_that_reads_an_earlier_block_gets_the_whole_run(monkeypatch):
-    def make():
-        torch.manual_seed(0)
-        return HeadReadsAnEarlierBlock().eval()
-    kw = {"sequential_targets": ["LlamaLikeDecoderLayer"], "true_sequential": False}
-    a, ra = _with_head(monkeypatch, make, **kw)
-    b, rb = _with_head(monkeypatch, make, old_path=True, **kw)
-    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
-        assert torch.equal(x, y), k
+    a, make, kw = _as_the_whole_run(monkeypatch, HeadReadsAnEarlierBlock)
     # and the replaced blocks would have given another head
     import sys
     mod = sys.modules["litecomp.torch.oneshot"]

@@ -1160,8 +1160,6 @@ def _replaced_sees_the_same(run, blocks, out0, batch0, ttaps) -> bool:
     model = run.model
 
     def real_blocks():
-        saved = []
-
         def make(name, b):
             def real(*args, **kwargs):
                 f = b.__dict__.pop("forward")
@@ -1171,17 +1169,8 @@ def _replaced_sees_the_same(run, blocks, out0, batch0, ttaps) -> bool:
                 finally:
                     b.forward = f
             return real
-        try:
-            for name, b in blocks:
-                saved.append((b, b.__dict__.get("forward")))
-                b.forward = make(name, b)
+        with _forwards_replaced(blocks, make):
             cap.run_batch(model, batch0)
-        finally:
-            for b, f in saved:
-                if f is None:
-                    b.__dict__.pop("forward", None)
-                else:
-                    b.forward = f
 
     def replaced():
         with _blocks_replaced(model, blocks, [out0]) as call:
@@ -1231,12 +1220,20 @@ def _blocks_replaced(model, blocks, outs):
         if state["last"] != 1:
             raise _NotOnce
 
+    with _forwards_replaced(blocks, lambda _name, b: last_stub if b is last else stub):
+        yield call
+
+
+@contextlib.contextmanager
+def _forwards_replaced(blocks, make):
+    """Each block's ``forward`` replaced by ``make(name, block)`` inside; the blocks' own
+    put back on the way out, however it is left."""
     saved = []
     try:
-        for _, b in blocks:
+        for name, b in blocks:
             saved.append((b, b.__dict__.get("forward")))
-            b.forward = last_stub if b is last else stub
-        yield call
+            b.forward = make(name, b)
+        yield
     finally:
         for b, f in saved:
             if f is None:
